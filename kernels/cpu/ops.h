@@ -1,0 +1,68 @@
+// CPU reference ops (fp32). Each op is the contract a CUDA kernel must match; the GPU tests
+// compare against these. Plain loops, parallelized with OpenMP where it pays.
+//
+// Conventions: activations are row-major [tokens][features]; linear weights are stored as
+// Hugging Face stores them, [out_features][in_features], so `y = x · Wᵀ`.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/paged_kv.h"
+
+namespace arbor::cpu {
+
+// out[t] = table[ids[t]] for t < n_tokens; table is [vocab][hidden]. Ids must be in range
+// (the caller validates them against the vocabulary).
+void embedding(const float* table, const int32_t* ids, int n_tokens, int hidden, float* out);
+
+// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight, for each of n_rows rows of `dim` values.
+// `out` may alias `x`.
+void rmsnorm(const float* x, const float* weight, int n_rows, int dim, float eps, float* out);
+
+// In place: x[r] += y[r], then out[r] = rmsnorm(x[r]). The fused "residual add + norm" that
+// the decoder layer uses between blocks. `x` keeps the summed residual stream.
+void add_rmsnorm(float* x, const float* y, const float* weight, int n_rows, int dim, float eps,
+                 float* out);
+
+// out[m][n] = sum_k x[m][k] * w[n][k]   (x: [m][k], w: [n][k], out: [m][n]).
+void matmul(const float* x, const float* w, int m, int n, int k, float* out);
+
+// gate_up is [n_rows][2 * dim] with the gate half first; out[r][i] = silu(gate) * up.
+void silu_mul(const float* gate_up, int n_rows, int dim, float* out);
+
+// RoPE frequencies. Default Llama rope: inv_freq[i] = theta^(-2i/head_dim) for
+// i < head_dim/2. With llama3 scaling (rope_type "llama3"), the frequencies are rescaled by
+// wavelength exactly as Hugging Face's _compute_llama3_parameters does.
+struct RopeScaling {
+  bool llama3 = false;
+  float factor = 1.0f;
+  float low_freq_factor = 1.0f;
+  float high_freq_factor = 4.0f;
+  int original_max_position = 8192;
+};
+std::vector<float> rope_inv_freq(int head_dim, float theta, const RopeScaling& scaling);
+
+// Rotates, in place, `n_heads` heads of `head_dim` values for each token, in the
+// Hugging Face "rotate half" convention: element i pairs with element i + head_dim/2.
+// x is [n_tokens][n_heads][head_dim]; positions[t] is the token's position.
+void rope(float* x, const int32_t* positions, int n_tokens, int n_heads, int head_dim,
+          const float* inv_freq);
+
+// Writes the K and V rows of n_tokens new tokens into one layer's paged cache:
+// token t goes to slot slot_mapping[t] (= block * block_size + offset). k and v are
+// [n_tokens][num_kv_heads][head_dim].
+void kv_cache_write(const float* k, const float* v, const int32_t* slot_mapping, int n_tokens,
+                    const PagedKvShape& shape, float* k_cache, float* v_cache);
+
+// Causal attention of a ragged batch of query tokens over the paged cache (which must
+// already hold the new tokens' K/V). q is [n_tokens][num_q_heads][head_dim], out has the
+// same shape. num_q_heads must be a multiple of shape.num_kv_heads (GQA: query head h reads
+// kv head h / (num_q_heads / num_kv_heads)). scale multiplies q·k (normally 1/sqrt(head_dim)).
+// If lse is not null it receives, per [token][q_head], the natural-log log-sum-exp of the
+// scaled scores — the quantity flash-decoding partials are merged with.
+void paged_attention(const float* q, int num_q_heads, const PagedKvShape& shape,
+                     const float* k_cache, const float* v_cache, const AttentionBatch& batch,
+                     float scale, float* out, float* lse = nullptr);
+
+}  // namespace arbor::cpu

@@ -1,0 +1,7 @@
+// arbor: one executable, subcommands.
+#include <cstdio>
+
+int main() {
+  std::puts("arbor " ARBOR_VERSION);
+  return 0;
+}
