@@ -26,6 +26,8 @@ void add_rmsnorm(float* x, const float* y, const float* weight, int n_rows, int 
                  float* out);
 
 // out[m][n] = sum_k x[m][k] * w[n][k]   (x: [m][k], w: [n][k], out: [m][n]).
+// Each output is summed in a fixed order that does not depend on m or on the thread count, so
+// a row's result is the same whether it is computed alone (decode) or in a batch.
 void matmul(const float* x, const float* w, int m, int n, int k, float* out);
 
 // gate_up is [n_rows][2 * dim] with the gate half first; out[r][i] = silu(gate) * up.
@@ -33,7 +35,8 @@ void silu_mul(const float* gate_up, int n_rows, int dim, float* out);
 
 // RoPE frequencies. Default Llama rope: inv_freq[i] = theta^(-2i/head_dim) for
 // i < head_dim/2. With llama3 scaling (rope_type "llama3"), the frequencies are rescaled by
-// wavelength exactly as Hugging Face's _compute_llama3_parameters does.
+// wavelength exactly as Hugging Face's _compute_llama3_parameters does (same fp32 steps).
+// Throws std::invalid_argument for an odd head_dim or inconsistent llama3 parameters.
 struct RopeScaling {
   bool llama3 = false;
   float factor = 1.0f;
@@ -45,13 +48,16 @@ std::vector<float> rope_inv_freq(int head_dim, float theta, const RopeScaling& s
 
 // Rotates, in place, `n_heads` heads of `head_dim` values for each token, in the
 // Hugging Face "rotate half" convention: element i pairs with element i + head_dim/2.
-// x is [n_tokens][n_heads][head_dim]; positions[t] is the token's position.
+// x is [n_tokens][n_heads][head_dim]; positions[t] is the token's position. The angle is
+// float(position) * inv_freq[i] rounded to fp32, as in Hugging Face.
 void rope(float* x, const int32_t* positions, int n_tokens, int n_heads, int head_dim,
           const float* inv_freq);
 
 // Writes the K and V rows of n_tokens new tokens into one layer's paged cache:
 // token t goes to slot slot_mapping[t] (= block * block_size + offset). k and v are
-// [n_tokens][num_kv_heads][head_dim].
+// [n_tokens][num_kv_heads][head_dim]. A negative slot marks a padding token and is skipped
+// (vLLM's convention, for padded batches); a slot past the cache throws
+// std::invalid_argument before anything is written.
 void kv_cache_write(const float* k, const float* v, const int32_t* slot_mapping, int n_tokens,
                     const PagedKvShape& shape, float* k_cache, float* v_cache);
 
@@ -61,6 +67,9 @@ void kv_cache_write(const float* k, const float* v, const int32_t* slot_mapping,
 // kv head h / (num_q_heads / num_kv_heads)). scale multiplies q·k (normally 1/sqrt(head_dim)).
 // If lse is not null it receives, per [token][q_head], the natural-log log-sum-exp of the
 // scaled scores — the quantity flash-decoding partials are merged with.
+// Throws std::invalid_argument (before computing anything) for a batch that would read out of
+// bounds: more query tokens than context, a block table too short for the context or naming
+// a block outside the cache, decreasing query_start, or a bad head count.
 void paged_attention(const float* q, int num_q_heads, const PagedKvShape& shape,
                      const float* k_cache, const float* v_cache, const AttentionBatch& batch,
                      float scale, float* out, float* lse = nullptr);
