@@ -50,10 +50,24 @@ struct LlamaConfig {
 
 // Parses a config.json object; `source` names the file in error messages. Throws ModelError
 // for unsupported architectures (anything but Llama), missing or invalid fields,
-// inconsistent head counts, or unsupported rope scaling / biases.
+// inconsistent head counts, or unsupported rope scaling / biases / activations.
+// Required: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+// vocab_size, and "architectures" containing "LlamaForCausalLM" (or, without architectures,
+// model_type "llama"). Optional with Hugging Face's defaults: num_key_value_heads,
+// head_dim, max_position_embeddings (2048), rms_norm_eps (1e-6), rope_theta (10000),
+// rope_scaling (none; "llama3" and "default" supported), tie_word_embeddings (false),
+// hidden_act ("silu" only). The transformers-v5 form "rope_parameters" {rope_type,
+// rope_theta, ...} is read when rope_scaling is absent. A field set to null counts as absent.
 LlamaConfig parse_llama_config(const nlohmann::json& config, const std::string& source);
 
-// Reads model_dir/config.json and, if present, model_dir/generation_config.json.
+// Reads model_dir/config.json and, if present, model_dir/generation_config.json: its
+// eos_token_id (int or list) is merged into eos_token_ids (union, config's ids first), its
+// bos_token_id is used when config.json has none, and temperature / top_p / top_k /
+// repetition_penalty become `generation` (do_sample is ignored, as vLLM does).
 LlamaConfig load_llama_config(const std::filesystem::path& model_dir);
+
+// Reads and parses one JSON file. Throws ModelError naming the file when it cannot be read
+// or is not valid JSON (with the parser's message). Shared by the model-folder loaders.
+nlohmann::json read_json_file(const std::filesystem::path& path);
 
 }  // namespace arbor
