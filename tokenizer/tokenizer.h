@@ -33,13 +33,17 @@ class Tokenizer {
   virtual int vocab_size() const = 0;
   virtual std::optional<int32_t> bos_id() const = 0;
   virtual std::optional<int32_t> eos_id() const = 0;
+  // True for the ids that decode(..., skip_special=true) drops (IncrementalDetokenizer relies on
+  // this); false for out-of-range ids.
   virtual bool is_special(int32_t id) const = 0;
   virtual std::string id_to_piece(int32_t id) const = 0;
 };
 
 // Loads the tokenizer of a Hugging Face model folder: tokenizer.model (SentencePiece), with
-// tokenizer_config.json's add_bos_token / add_eos_token if present. Throws TokenizerError
-// naming the file when nothing usable is there.
+// tokenizer_config.json's add_bos_token / add_eos_token if present (defaults true / false, as
+// HF's LlamaTokenizer). Throws TokenizerError naming the file when nothing usable is there: no
+// folder, no tokenizer.model (a folder with only tokenizer.json is not supported yet), a
+// tokenizer.model SentencePiece cannot load, or a malformed tokenizer_config.json.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir);
 
 }  // namespace arbor

