@@ -1,0 +1,83 @@
+#include "engine/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "engine/batch_builder.h"
+#include "engine/kv_block_manager.h"
+#include "tokenizer/incremental_detokenizer.h"
+
+namespace arbor {
+
+const char* finish_reason_name(FinishReason reason) {
+  return reason == FinishReason::kStop ? "stop" : "length";
+}
+
+GenerateResult generate(LlamaCpu& model, const Tokenizer& tokenizer,
+                        const std::vector<int32_t>& prompt_ids, const GenerateOptions& options,
+                        const std::function<void(std::string_view)>& on_text) {
+  using Clock = std::chrono::steady_clock;
+  const LlamaConfig& config = model.config();
+  const int context_limit = config.max_position_embeddings;
+  const int prompt_len = int(prompt_ids.size());
+  if (prompt_len == 0) throw std::invalid_argument("the prompt is empty");
+  if (prompt_len >= context_limit)
+    throw std::invalid_argument("the prompt has " + std::to_string(prompt_len) +
+                                " tokens; the model's context is " + std::to_string(context_limit) +
+                                " tokens");
+  if (options.max_tokens < 0) throw std::invalid_argument("max_tokens must be >= 0");
+  options.sampling.validate(config.vocab_size);
+  const int max_new = std::min(options.max_tokens, context_limit - prompt_len);
+
+  // The cache holds exactly this request: prompt plus every token it may generate.
+  KvBlockManager blocks((prompt_len + max_new + options.block_size - 1) / options.block_size,
+                        options.block_size);
+  CpuKvCache cache(config.num_layers, model.kv_shape(blocks.num_blocks(), options.block_size));
+  std::vector<int32_t> block_table;
+  std::vector<int32_t> tokens = prompt_ids;
+  if (!blocks.reserve(block_table, prompt_len + max_new))
+    throw std::logic_error("KV cache sized too small");  // cannot happen: sized above
+
+  GenerateResult result;
+  result.prompt_tokens = prompt_len;
+  Sampler sampler(options.sampling);
+  IncrementalDetokenizer detok(tokenizer, prompt_ids);
+  std::vector<float> logits;
+
+  // Chunked prefill: only the last chunk's last token needs logits.
+  const auto t0 = Clock::now();
+  for (int start = 0; start < prompt_len; start += options.prefill_chunk) {
+    ScheduledChunk chunk{tokens, block_table, start,
+                         std::min(options.prefill_chunk, prompt_len - start), false};
+    chunk.want_logits = start + chunk.count == prompt_len;
+    model.forward(build_forward_batch({&chunk, 1}, options.block_size), cache, logits);
+  }
+  const auto t1 = Clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  const std::vector<int>& eos = config.eos_token_ids;
+  std::span<const int32_t> prompt_span(prompt_ids);
+  for (int step = 0; step < max_new; ++step) {
+    std::span<const int32_t> output_span(tokens.data() + prompt_len, tokens.size() - prompt_len);
+    SampledToken tok = sampler.sample(logits, prompt_span, output_span);
+    tokens.push_back(tok.id);
+    result.output_ids.push_back(tok.id);
+    result.sampled.push_back(std::move(tok));
+    const int32_t id = result.output_ids.back();
+    if (!options.ignore_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
+      result.finish_reason = FinishReason::kStop;
+      break;
+    }
+    if (std::string text = detok.push(id); !text.empty()) on_text(text);
+    if (step + 1 == max_new) break;  // no logits needed after the last token
+    ScheduledChunk chunk{tokens, block_table, int(tokens.size()) - 1, 1, true};
+    model.forward(build_forward_batch({&chunk, 1}, options.block_size), cache, logits);
+  }
+  if (std::string rest = detok.flush(); !rest.empty()) on_text(rest);
+  result.decode_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  blocks.release(block_table);
+  return result;
+}
+
+}  // namespace arbor

@@ -1,0 +1,46 @@
+// Offline generation of one prompt on the CPU backend: chunked prefill, then a decode loop
+// with sampling, stop conditions and streaming of UTF-8-safe text increments. This is what
+// `arbor generate` runs; the serving engine (continuous batching) builds on the same parts.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/sampler.h"
+#include "models/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace arbor {
+
+struct GenerateOptions {
+  SamplingParams sampling;
+  int max_tokens = 128;
+  bool ignore_eos = false;
+  int block_size = 16;
+  int prefill_chunk = 512;  // tokens per prefill step; bounds activation memory
+};
+
+enum class FinishReason { kStop, kLength };
+const char* finish_reason_name(FinishReason reason);
+
+struct GenerateResult {
+  std::vector<int32_t> output_ids;
+  std::vector<SampledToken> sampled;  // per output token (logprobs when requested)
+  FinishReason finish_reason = FinishReason::kLength;
+  int prompt_tokens = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;  // from the first to the last generated token
+};
+
+// Generates from prompt_ids. Every text increment goes to on_text as soon as it is stable.
+// Stops at an EOS id (config's list, unless ignore_eos), after max_tokens, or at the model's
+// context limit. Throws std::invalid_argument when the prompt is empty or already fills
+// the context.
+GenerateResult generate(LlamaCpu& model, const Tokenizer& tokenizer,
+                        const std::vector<int32_t>& prompt_ids, const GenerateOptions& options,
+                        const std::function<void(std::string_view)>& on_text);
+
+}  // namespace arbor

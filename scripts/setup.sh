@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what arbor needs to build, from Debian 12 packages, when it is missing.
+# Idempotent: a machine that has everything runs no apt command at all.
+# The CUDA backend is built when a CUDA Toolkit (nvcc) is found — in PATH or in
+# /usr/local/cuda — and skipped otherwise; this script does not install CUDA.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git clang-format
+  libcpp-httplib-dev nlohmann-json3-dev libsentencepiece-dev libspdlog-dev libfmt-dev
+  catch2 libcli11-dev libpcre2-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all build dependencies are installed"
+fi
