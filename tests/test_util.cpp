@@ -11,7 +11,9 @@
 
 namespace arbor::test {
 
-std::filesystem::path fixtures_dir() { return ARBOR_FIXTURES_DIR; }
+std::filesystem::path fixtures_dir() {
+  return ARBOR_FIXTURES_DIR;
+}
 
 TempDir::TempDir() {
   static std::atomic<int> counter{0};

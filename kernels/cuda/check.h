@@ -15,15 +15,15 @@ class CudaError : public std::runtime_error {
 
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* call, const char* file,
                                           int line) {
-  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + call + " failed: " +
-                  cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + call +
+                  " failed: " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
 }  // namespace arbor::cuda
 
-#define CUDA_CHECK(call)                                                          \
-  do {                                                                            \
-    cudaError_t arbor_cuda_err_ = (call);                                         \
-    if (arbor_cuda_err_ != cudaSuccess)                                           \
+#define CUDA_CHECK(call)                                                           \
+  do {                                                                             \
+    cudaError_t arbor_cuda_err_ = (call);                                          \
+    if (arbor_cuda_err_ != cudaSuccess)                                            \
       ::arbor::cuda::throw_cuda_error(arbor_cuda_err_, #call, __FILE__, __LINE__); \
   } while (0)

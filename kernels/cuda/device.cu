@@ -10,9 +10,9 @@ std::vector<DeviceInfo> list_devices(std::string* why_none) {
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
     if (why_none) {
-      *why_none = err != cudaSuccess ? std::string(cudaGetErrorName(err)) + ": " +
-                                           cudaGetErrorString(err)
-                                     : "the CUDA runtime reports no devices";
+      *why_none = err != cudaSuccess
+                      ? std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err)
+                      : "the CUDA runtime reports no devices";
     }
     cudaGetLastError();  // clear the sticky error so later calls start clean
     return devices;
