@@ -27,3 +27,6 @@ class CudaError : public std::runtime_error {
     if (arbor_cuda_err_ != cudaSuccess)                                            \
       ::arbor::cuda::throw_cuda_error(arbor_cuda_err_, #call, __FILE__, __LINE__); \
   } while (0)
+
+// After a kernel launch: reports a bad launch configuration at the launch site.
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())

@@ -1,0 +1,529 @@
+// Element-wise and row-wise CUDA ops of the Llama forward (contracts: kernels/cuda/ops.h).
+//
+// Every kernel computes in fp32 and rounds to bf16 exactly where Hugging Face's bf16 forward
+// rounds: each torch op on a bf16 tensor computes in fp32 ("opmath") and rounds its result to
+// bf16, so a fused kernel that wants the same bits must round after each op the model
+// performs as a separate torch op. The comments at each kernel name the torch ops emulated.
+//
+// Layout: helpers, then one section per op (kernels first, then the launcher). Launchers
+// validate arguments on the host (std::invalid_argument), never allocate, and check the
+// launch. Fast paths use 16-byte accesses (8 bf16) when sizes and pointers allow; a scalar
+// path handles every other shape with the same arithmetic.
+#include "kernels/cuda/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/check.h"
+
+namespace arbor::cuda {
+namespace {
+
+// ---- helpers ----------------------------------------------------------------------------
+
+void require(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+int ceil_div(long long a, long long b) {
+  return int((a + b - 1) / b);
+}
+
+// Rounds an fp32 value to the nearest bf16 (ties to even) and back: what storing the result
+// of a torch op into a bf16 tensor does.
+__device__ __forceinline__ float round_bf16(float x) {
+  return __bfloat162float(__float2bfloat16_rn(x));
+}
+
+// 8 bf16 values in one 16-byte word.
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  uint4 u;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+  return u;
+}
+__device__ __forceinline__ uint4 load16(const bf16* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+__device__ __forceinline__ void store16(bf16* p, const uint4& u) {
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+// kVW consecutive bf16 values as floats (kVW = 8: one 16-byte access; kVW = 1: one value).
+template <int kVW>
+__device__ __forceinline__ void load_vec(const bf16* p, float (&f)[kVW]) {
+  if constexpr (kVW == 8) {
+    unpack8(load16(p), f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kVW; ++e) f[e] = __bfloat162float(p[e]);
+  }
+}
+template <int kVW>
+__device__ __forceinline__ void store_vec(bf16* p, const float (&f)[kVW]) {
+  if constexpr (kVW == 8) {
+    store16(p, pack8(f));
+  } else {
+#pragma unroll
+    for (int e = 0; e < kVW; ++e) p[e] = __float2bfloat16_rn(f[e]);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+// `scratch` holds 32 floats and must not be reused by the caller after this call.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  // Every warp adds the per-warp sums itself: no second barrier for a broadcast.
+  v = lane < int(blockDim.x / 32) ? scratch[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+constexpr int kThreads = 256;  // block size of the element-wise kernels
+constexpr int kMaxGrid = 1 << 20;
+
+int grid_for(size_t items) {
+  return int(std::min<size_t>((items + kThreads - 1) / kThreads, kMaxGrid));
+}
+
+// ---- embedding --------------------------------------------------------------------------
+
+// One block per token copies its table row; kVW = 8 copies 16 bytes per access.
+template <int kVW>
+__global__ void embedding_kernel(const bf16* __restrict__ table, const int32_t* __restrict__ ids,
+                                 int hidden, bf16* __restrict__ out) {
+  const int t = blockIdx.x;
+  const bf16* src = table + size_t(ids[t]) * hidden;
+  bf16* dst = out + size_t(t) * hidden;
+  for (int i = threadIdx.x * kVW; i < hidden; i += blockDim.x * kVW) {
+    if constexpr (kVW == 8) {
+      store16(dst + i, load16(src + i));
+    } else {
+      dst[i] = src[i];
+    }
+  }
+}
+
+// ---- rmsnorm / add_rmsnorm --------------------------------------------------------------
+//
+// Hugging Face, per decoder layer:
+//   hidden = residual + hidden                      (bf16 add: fp32 sum rounded to bf16)
+//   h32 = hidden.to(float32)
+//   h32 = h32 * rsqrt(h32.pow(2).mean(-1) + eps)    (fp32)
+//   out = weight * h32.to(bfloat16)                 (round, then bf16 multiply: round again)
+// The row is held in registers between the reduction and the output (kVec 16-byte vectors
+// per thread), so x is read once; out may alias x, since every read of the row precedes the
+// block barrier inside block_sum and every write follows it.
+
+template <int kVec, bool kAdd>
+__global__ void __launch_bounds__(1024)
+    rmsnorm_vec_kernel(const bf16* x, bf16* residual, const bf16* __restrict__ weight, int dim,
+                       float eps, bf16* out) {
+  __shared__ float scratch[32];
+  const size_t base = size_t(blockIdx.x) * dim;
+  const int nvec = dim / 8;
+  float v[kVec][8];
+  float sum_sq = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const int c = threadIdx.x + j * blockDim.x;
+    if (c < nvec) {
+      unpack8(load16(x + base + size_t(c) * 8), v[j]);
+      if constexpr (kAdd) {
+        float r[8];
+        unpack8(load16(residual + base + size_t(c) * 8), r);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[j][e] = round_bf16(r[e] + v[j][e]);
+        store16(residual + base + size_t(c) * 8, pack8(v[j]));  // exact: already bf16
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum_sq += v[j][e] * v[j][e];
+    }
+  }
+  const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / float(dim) + eps);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const int c = threadIdx.x + j * blockDim.x;
+    if (c < nvec) {
+      float w[8], o[8];
+      unpack8(load16(weight + size_t(c) * 8), w);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = round_bf16(v[j][e] * inv_rms) * w[e];
+      store16(out + base + size_t(c) * 8, pack8(o));
+    }
+  }
+}
+
+// Any dim, any alignment: two passes over the row (the second re-reads it from cache).
+template <bool kAdd>
+__global__ void rmsnorm_scalar_kernel(const bf16* x, bf16* residual,
+                                      const bf16* __restrict__ weight, int dim, float eps,
+                                      bf16* out) {
+  __shared__ float scratch[32];
+  const size_t base = size_t(blockIdx.x) * dim;
+  float sum_sq = 0.0f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float val = __bfloat162float(x[base + i]);
+    if constexpr (kAdd) {
+      val = round_bf16(__bfloat162float(residual[base + i]) + val);
+      residual[base + i] = __float2bfloat16_rn(val);
+    }
+    sum_sq += val * val;
+  }
+  const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / float(dim) + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    // The same thread wrote residual[base + i] above, so it reads its own store.
+    const float val = __bfloat162float(kAdd ? residual[base + i] : x[base + i]);
+    out[base + i] = __float2bfloat16_rn(round_bf16(val * inv_rms) * __bfloat162float(weight[i]));
+  }
+}
+
+template <bool kAdd>
+void launch_rmsnorm(const char* op, const bf16* x, bf16* residual, const bf16* weight, int n_rows,
+                    int dim, float eps, bf16* out, cudaStream_t stream) {
+  require(n_rows >= 0, op, "n_rows must be >= 0, got " + std::to_string(n_rows));
+  require(dim > 0, op, "dim must be positive, got " + std::to_string(dim));
+  require(eps >= 0.0f && std::isfinite(eps), op, "eps must be finite and >= 0");
+  if (n_rows == 0) return;
+  require(x && weight && out && (!kAdd || residual), op, "null pointer");
+
+  const bool vec = dim % 8 == 0 && aligned16(x) && aligned16(weight) && aligned16(out) &&
+                   (!kAdd || aligned16(residual));
+  const int nvec = dim / 8;
+  if (vec && nvec <= 4 * 1024) {
+    // Fewest vectors per thread that keep the block at <= 256 threads (<= 1024 for very
+    // wide rows): 4096 → 256 threads × 2 vectors, 8192 → 256 × 4, 16384 → 512 × 4.
+    const int k_vec = nvec <= 256 ? 1 : nvec <= 512 ? 2 : 4;
+    const int threads = ceil_div(ceil_div(nvec, k_vec), 32) * 32;
+    switch (k_vec) {
+      case 1:
+        rmsnorm_vec_kernel<1, kAdd>
+            <<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+        break;
+      case 2:
+        rmsnorm_vec_kernel<2, kAdd>
+            <<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+        break;
+      default:
+        rmsnorm_vec_kernel<4, kAdd>
+            <<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+        break;
+    }
+  } else {
+    const int threads = std::min(kThreads, ceil_div(dim, 32) * 32);
+    rmsnorm_scalar_kernel<kAdd><<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+// ---- rope_kv_write ----------------------------------------------------------------------
+//
+// One block per token. The token's cos/sin table (head_dim/2 pairs) is computed once into
+// shared memory, then the block's threads walk the work items of the row:
+//   rotation items: (head, kVW pair-columns) for the q heads and then the k heads, which are
+//     contiguous in the fused qkv row, so head h < Hq + Hkv starts at row + h * head_dim;
+//   copy items: (v head, kVW columns), straight into the cache.
+//
+// Rounding, as Hugging Face's LlamaRotaryEmbedding + apply_rotary_pos_emb in bf16:
+//   freqs = inv_freq.float() @ position_ids.float()  — one fp32 product per angle, so
+//           angle = float(pos) * inv_freq[i] exactly as here;
+//   cos = emb.cos(), sin = emb.sin() in fp32 (attention_scaling is 1 for default and llama3),
+//           then .to(bfloat16): the tables are bf16-rounded (sincosf is the precise
+//           fp32 libm function, within 2 ulp; its result is rounded to bf16 as torch does);
+//   q_embed = (q * cos) + (rotate_half(q) * sin): three bf16 tensor ops, so each product
+//           is rounded to bf16 and their sum is rounded again:
+//           r[i]        = bf16(bf16(x[i] * c[i])        + bf16(-x[i + half] * s[i]))
+//           r[i + half] = bf16(bf16(x[i + half] * c[i]) + bf16( x[i] * s[i]))
+//   (rotate_half negates exactly, and bf16(-a) = -bf16(a), so the first is a difference).
+// The cpu::rope reference keeps everything in fp32; the two differ by about one bf16 ulp.
+
+template <int kVW>
+__global__ void rope_kv_write_kernel(RopeKvWriteParams p) {
+  extern __shared__ float cs[];  // [half] cos, then [half] sin, both bf16-rounded
+  const int t = blockIdx.x;
+  const int hd = p.head_dim, half = hd / 2;
+  const float pos = float(p.positions[t]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float s, c;
+    sincosf(pos * p.inv_freq[i], &s, &c);
+    cs[i] = round_bf16(c);
+    cs[half + i] = round_bf16(s);
+  }
+  __syncthreads();
+
+  const int hq = p.num_q_heads, hkv = p.num_kv_heads;
+  const int slot = p.slot_mapping[t];
+  const bool write_kv =
+      slot >= 0 && (p.num_blocks == 0 || (long long)slot < (long long)p.num_blocks * p.block_size);
+  // Element offset of (block, kv head 0, offset, 0) in the cache; kv head h adds h * tile.
+  const size_t tile = size_t(p.block_size) * hd;
+  const size_t cache_base =
+      write_kv ? (size_t(slot / p.block_size) * hkv * p.block_size + slot % p.block_size) * hd : 0;
+
+  const bf16* row = p.qkv + size_t(t) * (hq + 2 * hkv) * hd;
+  const int rot_chunks = half / kVW;
+  const int n_rot = (hq + hkv) * rot_chunks;
+  const int copy_chunks = hd / kVW;
+  const int n_items = n_rot + (write_kv ? hkv * copy_chunks : 0);
+  for (int j = threadIdx.x; j < n_items; j += blockDim.x) {
+    if (j < n_rot) {
+      const int head = j / rot_chunks;
+      const int i0 = (j % rot_chunks) * kVW;
+      bf16* dst;
+      if (head < hq) {
+        dst = p.q_out + (size_t(t) * hq + head) * hd;
+      } else if (write_kv) {
+        dst = p.k_cache + cache_base + size_t(head - hq) * tile;
+      } else {
+        continue;  // padding token: its k is not stored
+      }
+      const bf16* src = row + size_t(head) * hd;
+      float a[kVW], b[kVW], ra[kVW], rb[kVW];
+      load_vec<kVW>(src + i0, a);
+      load_vec<kVW>(src + half + i0, b);
+#pragma unroll
+      for (int e = 0; e < kVW; ++e) {
+        const float c = cs[i0 + e], s = cs[half + i0 + e];
+        ra[e] = round_bf16(a[e] * c) - round_bf16(b[e] * s);
+        rb[e] = round_bf16(b[e] * c) + round_bf16(a[e] * s);
+      }
+      store_vec<kVW>(dst + i0, ra);  // the store rounds the sums to bf16
+      store_vec<kVW>(dst + half + i0, rb);
+    } else {
+      const int jj = j - n_rot;
+      const int h = jj / copy_chunks;
+      const int d0 = (jj % copy_chunks) * kVW;
+      const bf16* src = row + size_t(hq + hkv + h) * hd + d0;
+      bf16* dst = p.v_cache + cache_base + size_t(h) * tile + d0;
+      if constexpr (kVW == 8) {
+        store16(dst, load16(src));
+      } else {
+        *dst = *src;
+      }
+    }
+  }
+}
+
+// ---- silu_mul ---------------------------------------------------------------------------
+//
+// Hugging Face LlamaMLP: down(act_fn(gate) * up) with act_fn = torch SiLU on bf16:
+//   act = bf16(g / (1 + exp(-g)))   (torch's CUDA silu, fp32 opmath, then rounded)
+//   out = bf16(act * up)
+
+template <int kVW>
+__global__ void silu_mul_kernel(const bf16* __restrict__ gate_up, int n_rows, int dim,
+                                bf16* __restrict__ out) {
+  const int per_row = dim / kVW;
+  const size_t total = size_t(n_rows) * per_row;
+  for (size_t v = size_t(blockIdx.x) * blockDim.x + threadIdx.x; v < total;
+       v += size_t(gridDim.x) * blockDim.x) {
+    const size_t r = v / per_row;
+    const int c = int(v % per_row) * kVW;
+    const bf16* g_ptr = gate_up + r * 2 * dim + c;
+    float g[kVW], u[kVW], o[kVW];
+    load_vec<kVW>(g_ptr, g);
+    load_vec<kVW>(g_ptr + dim, u);
+#pragma unroll
+    for (int e = 0; e < kVW; ++e) o[e] = round_bf16(g[e] / (1.0f + expf(-g[e]))) * u[e];
+    store_vec<kVW>(out + r * dim + c, o);
+  }
+}
+
+// ---- conversions ------------------------------------------------------------------------
+//
+// Items [0, n_vec) move 8 elements with 16-byte accesses (only when both pointers are
+// 16-byte aligned); the remaining n - 8 * n_vec elements are single items after them.
+
+__global__ void f32_to_bf16_kernel(const float* __restrict__ src, size_t n, size_t n_vec,
+                                   bf16* __restrict__ dst) {
+  const size_t items = n_vec + (n - 8 * n_vec);
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < items;
+       i += size_t(gridDim.x) * blockDim.x) {
+    if (i < n_vec) {
+      const float4 lo = reinterpret_cast<const float4*>(src)[2 * i];
+      const float4 hi = reinterpret_cast<const float4*>(src)[2 * i + 1];
+      const float f[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      store16(dst + 8 * i, pack8(f));
+    } else {
+      const size_t e = 8 * n_vec + (i - n_vec);
+      dst[e] = __float2bfloat16_rn(src[e]);
+    }
+  }
+}
+
+__global__ void bf16_to_f32_kernel(const bf16* __restrict__ src, size_t n, size_t n_vec,
+                                   float* __restrict__ dst) {
+  const size_t items = n_vec + (n - 8 * n_vec);
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < items;
+       i += size_t(gridDim.x) * blockDim.x) {
+    if (i < n_vec) {
+      float f[8];
+      unpack8(load16(src + 8 * i), f);
+      reinterpret_cast<float4*>(dst)[2 * i] = make_float4(f[0], f[1], f[2], f[3]);
+      reinterpret_cast<float4*>(dst)[2 * i + 1] = make_float4(f[4], f[5], f[6], f[7]);
+    } else {
+      const size_t e = 8 * n_vec + (i - n_vec);
+      dst[e] = __bfloat162float(src[e]);
+    }
+  }
+}
+
+// ---- fill_normal_bf16 -------------------------------------------------------------------
+//
+// Counter-based: pair i (elements 2i, 2i+1) takes 64 random bits from splitmix64's output
+// function applied to key + (i + 1) * golden, where key = splitmix64(seed). 24 bits give
+// u1 in (0, 1), 24 more u2 in [0, 1); Box-Muller turns them into two normals. The value of an
+// element depends only on (seed, index): not on n, the grid or the GPU.
+
+__host__ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ull;
+
+__global__ void fill_normal_kernel(bf16* __restrict__ dst, size_t n, uint64_t key, float mean,
+                                   float stddev) {
+  const size_t pairs = (n + 1) / 2;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < pairs;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const uint64_t bits = mix64(key + (i + 1) * kGolden);
+    const float u1 = (float(uint32_t(bits >> 40)) + 0.5f) * 0x1p-24f;     // (0, 1)
+    const float u2 = float(uint32_t(bits >> 16) & 0xffffffu) * 0x1p-24f;  // [0, 1)
+    const float r = sqrtf(-2.0f * logf(u1));
+    float s, c;
+    sincospif(2.0f * u2, &s, &c);
+    dst[2 * i] = __float2bfloat16_rn(mean + stddev * (r * c));
+    if (2 * i + 1 < n) dst[2 * i + 1] = __float2bfloat16_rn(mean + stddev * (r * s));
+  }
+}
+
+}  // namespace
+
+// ---- launchers --------------------------------------------------------------------------
+
+void embedding(const bf16* table, const int32_t* ids, int n_tokens, int hidden, bf16* out,
+               cudaStream_t stream) {
+  const char* op = "cuda::embedding";
+  require(n_tokens >= 0, op, "n_tokens must be >= 0, got " + std::to_string(n_tokens));
+  require(hidden > 0, op, "hidden must be positive, got " + std::to_string(hidden));
+  if (n_tokens == 0) return;
+  require(table && ids && out, op, "null pointer");
+  if (hidden % 8 == 0 && aligned16(table) && aligned16(out)) {
+    const int threads = std::min(kThreads, ceil_div(hidden / 8, 32) * 32);
+    embedding_kernel<8><<<n_tokens, threads, 0, stream>>>(table, ids, hidden, out);
+  } else {
+    const int threads = std::min(kThreads, ceil_div(hidden, 32) * 32);
+    embedding_kernel<1><<<n_tokens, threads, 0, stream>>>(table, ids, hidden, out);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm(const bf16* x, const bf16* weight, int n_rows, int dim, float eps, bf16* out,
+             cudaStream_t stream) {
+  launch_rmsnorm<false>("cuda::rmsnorm", x, nullptr, weight, n_rows, dim, eps, out, stream);
+}
+
+void add_rmsnorm(bf16* residual, const bf16* x, const bf16* weight, int n_rows, int dim, float eps,
+                 bf16* out, cudaStream_t stream) {
+  launch_rmsnorm<true>("cuda::add_rmsnorm", x, residual, weight, n_rows, dim, eps, out, stream);
+}
+
+void rope_kv_write(const RopeKvWriteParams& p, cudaStream_t stream) {
+  const char* op = "cuda::rope_kv_write";
+  require(p.n_tokens >= 0, op, "n_tokens must be >= 0, got " + std::to_string(p.n_tokens));
+  require(p.num_q_heads > 0 && p.num_kv_heads > 0, op,
+          "head counts must be positive, got " + std::to_string(p.num_q_heads) + " q and " +
+              std::to_string(p.num_kv_heads) + " kv heads");
+  require(p.head_dim > 0 && p.head_dim % 2 == 0, op,
+          "head_dim must be positive and even, got " + std::to_string(p.head_dim));
+  require(p.block_size > 0, op, "block_size must be positive, got " + std::to_string(p.block_size));
+  require(p.num_blocks >= 0, op, "num_blocks must be >= 0, got " + std::to_string(p.num_blocks));
+  if (p.n_tokens == 0) return;
+  require(p.qkv && p.positions && p.slot_mapping && p.inv_freq && p.q_out && p.k_cache && p.v_cache,
+          op, "null pointer");
+
+  const bool vec = p.head_dim % 16 == 0 && aligned16(p.qkv) && aligned16(p.q_out) &&
+                   aligned16(p.k_cache) && aligned16(p.v_cache);
+  const size_t smem = sizeof(float) * size_t(p.head_dim);
+  const int vw = vec ? 8 : 1;
+  const long long items = (long long)(p.num_q_heads + p.num_kv_heads) * (p.head_dim / 2 / vw) +
+                          (long long)p.num_kv_heads * (p.head_dim / vw);
+  const int threads = int(std::min<long long>(kThreads, (items + 31) / 32 * 32));
+  if (vec) {
+    rope_kv_write_kernel<8><<<p.n_tokens, threads, smem, stream>>>(p);
+  } else {
+    rope_kv_write_kernel<1><<<p.n_tokens, threads, smem, stream>>>(p);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void silu_mul(const bf16* gate_up, int n_rows, int dim, bf16* out, cudaStream_t stream) {
+  const char* op = "cuda::silu_mul";
+  require(n_rows >= 0, op, "n_rows must be >= 0, got " + std::to_string(n_rows));
+  require(dim > 0, op, "dim must be positive, got " + std::to_string(dim));
+  if (n_rows == 0) return;
+  require(gate_up && out, op, "null pointer");
+  const size_t n = size_t(n_rows) * dim;
+  if (dim % 8 == 0 && aligned16(gate_up) && aligned16(out)) {
+    silu_mul_kernel<8><<<grid_for(n / 8), kThreads, 0, stream>>>(gate_up, n_rows, dim, out);
+  } else {
+    silu_mul_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(gate_up, n_rows, dim, out);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void f32_to_bf16(const float* src, size_t n, bf16* dst, cudaStream_t stream) {
+  if (n == 0) return;
+  require(src && dst, "cuda::f32_to_bf16", "null pointer");
+  const size_t n_vec = aligned16(src) && aligned16(dst) ? n / 8 : 0;
+  f32_to_bf16_kernel<<<grid_for(n_vec + n - 8 * n_vec), kThreads, 0, stream>>>(src, n, n_vec, dst);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bf16_to_f32(const bf16* src, size_t n, float* dst, cudaStream_t stream) {
+  if (n == 0) return;
+  require(src && dst, "cuda::bf16_to_f32", "null pointer");
+  const size_t n_vec = aligned16(src) && aligned16(dst) ? n / 8 : 0;
+  bf16_to_f32_kernel<<<grid_for(n_vec + n - 8 * n_vec), kThreads, 0, stream>>>(src, n, n_vec, dst);
+  CUDA_CHECK_LAUNCH();
+}
+
+void fill_normal_bf16(bf16* dst, size_t n, uint64_t seed, float mean, float std,
+                      cudaStream_t stream) {
+  const char* op = "cuda::fill_normal_bf16";
+  require(std::isfinite(mean) && std::isfinite(std) && std >= 0.0f, op,
+          "mean must be finite and std finite and >= 0");
+  if (n == 0) return;
+  require(dst != nullptr, op, "null pointer");
+  fill_normal_kernel<<<grid_for((n + 1) / 2), kThreads, 0, stream>>>(dst, n, mix64(seed), mean,
+                                                                     std);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace arbor::cuda
