@@ -1,0 +1,564 @@
+// Flash-decoding over the paged KV cache (contract: kernels/cuda/decode_attention.h).
+//
+// One launch, grid (split, kv head, sequence), 4 warps per block:
+//
+//   1. Each block takes a contiguous range of its sequence's context. The number of splits a
+//      sequence really uses comes from its device-side length (splits_used below), so one
+//      plan and one captured graph serve every length up to the planned maximum; split
+//      blocks past that count exit at once.
+//   2. Inside a block each warp walks its own tokens with no block-level barrier: a lane owns
+//      8 consecutive head-dim values (one 16-byte load) of one token row, so a warp loads
+//      32 / (head_dim / 8) rows per instruction, fully coalesced, and issues kRowGroups of
+//      those K and V loads before using any. The query heads of the KV group live in
+//      registers (pre-multiplied by scale·log2 e), so each K/V byte is read once for all of
+//      them. Scores are summed across the lanes of a row with xor shuffles; the softmax is
+//      online (running max per head, base 2), accumulated in fp32.
+//   3. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
+//      uses one split writes its output directly; otherwise each split writes its partial
+//      (m, l, unnormalized o) to the workspace, fences, and bumps an atomic counter per
+//      (sequence, kv head). The block that arrives last merges all partials, writes the
+//      output and resets the counter to zero, so the next launch (or graph replay) starts
+//      from zero without a memset.
+#include "kernels/cuda/decode_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/check.h"
+
+namespace arbor::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxSplits = 1024;
+// A split covers at least this many tokens when the plan has a choice: below it the merge
+// (one more pass over the partials) costs more than the extra parallelism buys.
+constexpr int kMinTokensPerSplit = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Compile-time shape of one kernel variant (head dim D, query heads per KV head G).
+template <int D, int G>
+struct Tile {
+  static constexpr int kLanesPerRow = D / 8;              // 16 bytes = 8 bf16 per lane
+  static constexpr int kRowsPerWarp = 32 / kLanesPerRow;  // token rows per warp-wide load
+  // K and V loads in flight per lane before the first use (2 · kRowGroups · 16 bytes).
+  static constexpr int kRowGroups = G <= 2 ? 8 : 4;
+  static constexpr int kTokensPerWarpIter = kRowsPerWarp * kRowGroups;
+  static constexpr int kTokensPerBlockIter = kTokensPerWarpIter * kWarps;
+  // Resident blocks per SM the register budget is set for (__launch_bounds__: 128 registers
+  // at 4 blocks, 255 at 2); the plan sizes one wave of blocks with it. G = 8 holds 64 query
+  // and 64 accumulator registers per lane, so it gets the larger budget.
+  static constexpr int kMinBlocksPerSm = G == 8 ? 2 : 4;
+};
+
+// Runtime view of Tile<D, G>, for the host-side plan.
+struct TileInfo {
+  int tokens_per_block_iter;
+  int blocks_per_sm;
+};
+
+template <int D, int G>
+constexpr TileInfo tile_info() {
+  return {Tile<D, G>::kTokensPerBlockIter, Tile<D, G>::kMinBlocksPerSm};
+}
+
+TileInfo tile_info(int head_dim, int group) {
+  if (head_dim == 64) {
+    return group == 1 ? tile_info<64, 1>() : group == 4 ? tile_info<64, 4>() : tile_info<64, 8>();
+  }
+  return group == 1 ? tile_info<128, 1>() : group == 4 ? tile_info<128, 4>() : tile_info<128, 8>();
+}
+
+struct KernelArgs {
+  const bf16* q;
+  const bf16* k_cache;
+  const bf16* v_cache;
+  const int32_t* block_tables;
+  const int32_t* context_lens;
+  bf16* out;
+  float* out_f32;  // may be null
+  float* lse;      // may be null
+  // Workspace (used only when num_splits > 1), indexed by pair = seq * num_kv_heads + kvh:
+  float* ws_o;    // [pair][num_splits][G][D], unnormalized partial outputs
+  float* ws_m;    // [pair][num_splits][G], running max (base 2, scaled scores)
+  float* ws_l;    // [pair][num_splits][G], sum of exp2(score - m)
+  int* counters;  // [pair], arrivals of finished splits; zero between launches
+  int num_kv_heads;
+  int max_blocks_per_seq;
+  int block_shift;   // log2(block_size)
+  int num_splits;    // plan.num_splits = gridDim.x
+  float scale_log2;  // scale * log2(e): scores are kept in base 2
+};
+
+__device__ __forceinline__ int ceil_div(int a, int b) {
+  return (a + b - 1) / b;
+}
+
+// Splits sequence of length `len` uses, and the tokens each covers (a multiple of `gran`).
+// Every block of a (sequence, kv head) computes this from the same device-side length, so
+// they agree on the count the merge waits for.
+__device__ __forceinline__ int splits_used(int len, int num_splits, int gran, int* chunk) {
+  if (len <= 0) return 0;
+  *chunk = ceil_div(ceil_div(len, num_splits), gran) * gran;
+  return ceil_div(len, *chunk);
+}
+
+// 16 bytes of K or V, read once: no L1 allocation.
+__device__ __forceinline__ uint4 load_kv(const bf16* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+// 2^x; exactly 0 for x = -inf.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+
+// Eight bf16 (one uint4) to fp32: a bf16 is the high half of the fp32 with the same value.
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+__device__ __forceinline__ float4 scale_add(float4 acc, float a, float4 x, float b) {
+  return make_float4(acc.x * a + x.x * b, acc.y * a + x.y * b, acc.z * a + x.z * b,
+                     acc.w * a + x.w * b);
+}
+
+// Final output of query head `hq`, dims [d, d + 4), from the merged (m, l, o). l >= 1 here:
+// the top-scoring token contributes exp2(0).
+template <int D>
+__device__ __forceinline__ void write_final(const KernelArgs& a, size_t row, int d, float4 o,
+                                            float l, float m) {
+  const float inv = 1.0f / l;
+  o = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(o.x, o.y);
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(o.z, o.w);
+  uint2 packed;
+  packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+  packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(a.out + row * D + d) = packed;
+  if (a.out_f32) *reinterpret_cast<float4*>(a.out_f32 + row * D + d) = o;
+  if (a.lse && d == 0) a.lse[row] = (m + log2f(l)) * kLn2;
+}
+
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
+    decode_attention_kernel(const KernelArgs a) {
+  using T = Tile<D, G>;
+  constexpr int kLanes = T::kLanesPerRow;
+  constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
+
+  const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = lane / kLanes, col = lane % kLanes;
+  const int num_q_heads = a.num_kv_heads * G;
+  const size_t out_row0 = size_t(seq) * num_q_heads + size_t(kvh) * G;  // first q head row
+
+  // Lengths beyond the block table are clamped so that a bad length cannot read outside it.
+  const int len = max(0, min(a.context_lens[seq], a.max_blocks_per_seq << a.block_shift));
+  int chunk = 0;
+  const int n_used = splits_used(len, a.num_splits, T::kTokensPerBlockIter, &chunk);
+  if (n_used == 0) {  // empty context: o = 0, lse = -inf, written by split 0 alone
+    if (split == 0) {
+      for (int e = threadIdx.x; e < kChunks; e += kThreads) {
+        const size_t r = out_row0 + e / (D / 4);
+        const int d = e % (D / 4) * 4;
+        *reinterpret_cast<uint2*>(a.out + r * D + d) = make_uint2(0, 0);
+        if (a.out_f32) *reinterpret_cast<float4*>(a.out_f32 + r * D + d) = float4{0, 0, 0, 0};
+        if (a.lse && d == 0) a.lse[r] = -INFINITY;
+      }
+    }
+    return;
+  }
+  if (split >= n_used) return;  // not counted by the merge: it waits for n_used arrivals
+  const int begin = split * chunk;
+  const int end = min(len, begin + chunk);
+
+  // This lane's 8 dims of each query head of the group, scaled so that q·k is in base 2.
+  float q[G][8];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    unpack8(*reinterpret_cast<const uint4*>(a.q + (out_row0 + h) * D + col * 8), q[h]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[h][i] *= a.scale_log2;
+  }
+
+  // Per warp: running max m (the same in every lane), and per lane the sums over its rows.
+  float m[G], l[G], o[G][8];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[h][i] = 0.0f;
+  }
+
+  const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
+  const int offset_mask = (1 << a.block_shift) - 1;
+  // The loop condition depends only on the warp, so all lanes run every shuffle below.
+  for (int t0 = begin + warp * T::kTokensPerWarpIter; t0 < end; t0 += T::kTokensPerBlockIter) {
+    // Issue every K and V load of this step first. A row group's rows are consecutive and
+    // start at a multiple of kRowsPerWarp (<= block_size), so they share one cache block.
+    uint4 kr[T::kRowGroups], vr[T::kRowGroups];
+    bool valid[T::kRowGroups];
+#pragma unroll
+    for (int g = 0; g < T::kRowGroups; ++g) {
+      const int tok = t0 + g * T::kRowsPerWarp + row;
+      valid[g] = tok < end;
+      kr[g] = vr[g] = make_uint4(0, 0, 0, 0);  // masked rows: p = 0 times finite V
+      if (valid[g]) {
+        const int64_t block = __ldg(table + (tok >> a.block_shift));
+        const int64_t elem =
+            (((block * a.num_kv_heads + kvh) << a.block_shift) + (tok & offset_mask)) * D + col * 8;
+        kr[g] = load_kv(a.k_cache + elem);
+        vr[g] = load_kv(a.v_cache + elem);
+      }
+    }
+
+    // Scores s = q·k (base 2) of every row and head, summed across the row's lanes.
+    float s[T::kRowGroups][G];
+#pragma unroll
+    for (int g = 0; g < T::kRowGroups; ++g) {
+      float kf[8];
+      unpack8(kr[g], kf);
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc = fmaf(q[h][i], kf[i], acc);
+        s[g][h] = acc;
+      }
+    }
+#pragma unroll
+    for (int off = kLanes / 2; off >= 1; off /= 2) {
+#pragma unroll
+      for (int g = 0; g < T::kRowGroups; ++g) {
+#pragma unroll
+        for (int h = 0; h < G; ++h) s[g][h] += __shfl_xor_sync(0xffffffffu, s[g][h], off);
+      }
+    }
+
+    // Online softmax: new max over this step's rows (across the warp), rescale, accumulate.
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int g = 0; g < T::kRowGroups; ++g) {
+        if (!valid[g]) s[g][h] = -INFINITY;
+        mx = fmaxf(mx, s[g][h]);
+      }
+#pragma unroll
+      for (int off = kLanes; off < 32; off *= 2) {
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      }
+      const float m_new = fmaxf(m[h], mx);
+      // Reference point for exp2; 0 when nothing was seen yet, so -inf - ref stays -inf.
+      const float ref = m_new == -INFINITY ? 0.0f : m_new;
+      const float alpha = fast_exp2(m[h] - ref);
+      m[h] = m_new;
+      l[h] *= alpha;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[h][i] *= alpha;
+#pragma unroll
+      for (int g = 0; g < T::kRowGroups; ++g) s[g][h] = fast_exp2(s[g][h] - ref);  // p
+    }
+#pragma unroll
+    for (int g = 0; g < T::kRowGroups; ++g) {
+      float vf[8];
+      unpack8(vr[g], vf);
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        l[h] += s[g][h];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[h][i] = fmaf(s[g][h], vf[i], o[h][i]);
+      }
+    }
+  }
+
+  // Sum l and o over the warp's rows (all rows of a warp share m).
+#pragma unroll
+  for (int off = kLanes; off < 32; off *= 2) {
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], off);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[h][i] += __shfl_xor_sync(0xffffffffu, o[h][i], off);
+    }
+  }
+
+  // Merge the warps through shared memory. A warp with no tokens has m = -inf, l = o = 0.
+  __shared__ __align__(16) float s_o[kWarps][G][D];
+  __shared__ float s_m[kWarps][G];
+  __shared__ float s_l[kWarps][G];
+  __shared__ int s_is_last;
+  if (row == 0) {
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      float4* dst = reinterpret_cast<float4*>(&s_o[warp][h][col * 8]);
+      dst[0] = make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
+      dst[1] = make_float4(o[h][4], o[h][5], o[h][6], o[h][7]);
+    }
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      s_m[warp][h] = m[h];
+      s_l[warp][h] = l[h];
+    }
+  }
+  __syncthreads();
+
+  const size_t pair = size_t(seq) * a.num_kv_heads + kvh;
+  for (int e = threadIdx.x; e < kChunks; e += kThreads) {
+    const int h = e / (D / 4), d = e % (D / 4) * 4;
+    float mb = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mb = fmaxf(mb, s_m[w][h]);
+    // Warp 0 always has the split's first token, so mb is finite; guard anyway.
+    const float ref = mb == -INFINITY ? 0.0f : mb;
+    float lb = 0.0f;
+    float4 ob = make_float4(0, 0, 0, 0);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float c = fast_exp2(s_m[w][h] - ref);
+      lb += c * s_l[w][h];
+      ob = scale_add(ob, 1.0f, *reinterpret_cast<const float4*>(&s_o[w][h][d]), c);
+    }
+    if (n_used == 1) {
+      write_final<D>(a, out_row0 + h, d, ob, lb, mb);
+    } else {
+      const size_t part = pair * a.num_splits + split;
+      *reinterpret_cast<float4*>(a.ws_o + (part * G + h) * D + d) = ob;
+      if (d == 0) {
+        a.ws_m[part * G + h] = mb;
+        a.ws_l[part * G + h] = lb;
+      }
+    }
+  }
+  if (n_used == 1) return;
+
+  // Publish this split's partial, then count it. The last of the n_used arrivals merges.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int arrived = atomicAdd(a.counters + pair, 1) + 1;
+    s_is_last = arrived == n_used;
+    // Every split has arrived, so nobody else touches the counter in this launch.
+    if (arrived == n_used) atomicExch(a.counters + pair, 0);
+  }
+  __syncthreads();
+  if (!s_is_last) return;
+  __threadfence();
+
+  // Merge the n_used partials (.cg loads: read from L2, where the other SMs wrote them).
+  for (int e = threadIdx.x; e < kChunks; e += kThreads) {
+    const int h = e / (D / 4), d = e % (D / 4) * 4;
+    float mm = -INFINITY, lm = 0.0f;
+    float4 om = make_float4(0, 0, 0, 0);
+#pragma unroll 4
+    for (int sp = 0; sp < n_used; ++sp) {
+      const size_t part = pair * a.num_splits + sp;
+      const float ms = __ldcg(a.ws_m + part * G + h);  // finite: every used split has tokens
+      const float ls = __ldcg(a.ws_l + part * G + h);
+      const float4 os = __ldcg(reinterpret_cast<const float4*>(a.ws_o + (part * G + h) * D + d));
+      const float m_new = fmaxf(mm, ms);
+      const float c_old = fast_exp2(mm - m_new), c_new = fast_exp2(ms - m_new);
+      lm = lm * c_old + ls * c_new;
+      om = scale_add(om, c_old, os, c_new);
+      mm = m_new;
+    }
+    write_final<D>(a, out_row0 + h, d, om, lm, mm);
+  }
+}
+
+// Byte offsets of the workspace regions, each 256-byte aligned.
+struct WorkspaceLayout {
+  size_t o = 0, m = 0, l = 0, counters = 0, total = 0;
+};
+
+size_t align256(size_t x) {
+  return (x + 255) / 256 * 256;
+}
+
+WorkspaceLayout workspace_layout(const DecodeAttentionParams& p, int num_splits) {
+  WorkspaceLayout w;
+  if (num_splits <= 1) return w;  // one split: no partials, no counters
+  const size_t parts = size_t(p.num_seqs) * p.num_q_heads * num_splits;  // (seq, q head, split)
+  w.o = 0;
+  w.m = align256(parts * p.head_dim * sizeof(float));
+  w.l = w.m + align256(parts * sizeof(float));
+  w.counters = w.l + align256(parts * sizeof(float));
+  w.total = w.counters + align256(size_t(p.num_seqs) * p.num_kv_heads * sizeof(int));
+  return w;
+}
+
+[[noreturn]] void fail(const std::string& what) {
+  throw std::invalid_argument("decode_attention: " + what);
+}
+
+// Shape checks shared by the plan and the launch.
+void check_shape(const DecodeAttentionParams& p) {
+  if (p.num_seqs < 0) fail("num_seqs is negative (" + std::to_string(p.num_seqs) + ")");
+  if (p.num_seqs > 65535) fail("num_seqs " + std::to_string(p.num_seqs) + " exceeds 65535");
+  if (p.head_dim != 64 && p.head_dim != 128) {
+    fail("head_dim " + std::to_string(p.head_dim) + " is not supported (64 or 128)");
+  }
+  if (p.num_kv_heads <= 0 || p.num_kv_heads > 65535) {
+    fail("num_kv_heads " + std::to_string(p.num_kv_heads) + " is not in [1, 65535]");
+  }
+  if (p.num_q_heads <= 0 || p.num_q_heads % p.num_kv_heads != 0) {
+    fail("num_q_heads (" + std::to_string(p.num_q_heads) +
+         ") is not a positive multiple of num_kv_heads (" + std::to_string(p.num_kv_heads) + ")");
+  }
+  const int group = p.num_q_heads / p.num_kv_heads;
+  if (group != 1 && group != 2 && group != 4 && group != 8) {
+    fail("GQA ratio " + std::to_string(group) + " (num_q_heads / num_kv_heads) is not supported" +
+         " (1, 2, 4 or 8)");
+  }
+  const int bs = p.block_size;
+  if (bs != 8 && bs != 16 && bs != 32 && bs != 64 && bs != 128) {
+    fail("block_size " + std::to_string(bs) + " is not supported (8, 16, 32, 64 or 128)");
+  }
+  if (p.max_blocks_per_seq <= 0 && p.num_seqs > 0) {
+    fail("max_blocks_per_seq must be positive, got " + std::to_string(p.max_blocks_per_seq));
+  }
+  if (int64_t(p.max_blocks_per_seq) * bs > INT32_MAX) fail("block table spans over 2^31 tokens");
+  if (p.max_context_len < 0 || int64_t(p.max_context_len) > int64_t(p.max_blocks_per_seq) * bs) {
+    fail("max_context_len " + std::to_string(p.max_context_len) + " is outside [0, " +
+         std::to_string(int64_t(p.max_blocks_per_seq) * bs) + "] (block table capacity)");
+  }
+  if (!std::isfinite(p.scale)) fail("scale is not finite");
+}
+
+bool aligned(const void* ptr, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
+
+template <int D, int G>
+void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
+  decode_attention_kernel<D, G><<<grid, kThreads, 0, stream>>>(args);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int num_sms,
+                                          int force_splits) {
+  check_shape(p);
+  if (num_sms <= 0) fail("num_sms must be positive, got " + std::to_string(num_sms));
+  if (force_splits < 0 || force_splits > kMaxSplits) {
+    fail("force_splits " + std::to_string(force_splits) + " is outside [0, " +
+         std::to_string(kMaxSplits) + "]");
+  }
+  DecodeAttentionPlan plan;
+  if (force_splits > 0) {
+    plan.num_splits = force_splits;
+  } else if (p.num_seqs > 0 && p.max_context_len > 0) {
+    const TileInfo t = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
+    const int64_t pairs = int64_t(p.num_seqs) * p.num_kv_heads;
+    const int64_t len = p.max_context_len;
+    // Splits that still get at least one block-iteration of tokens each.
+    const int64_t most = (len + t.tokens_per_block_iter - 1) / t.tokens_per_block_iter;
+    // One wave of resident blocks (no partial second wave), but not below
+    // kMinTokensPerSplit tokens per split...
+    const int64_t wave = std::max<int64_t>(1, int64_t(num_sms) * t.blocks_per_sm / pairs);
+    const int64_t by_len = (len + kMinTokensPerSplit - 1) / kMinTokensPerSplit;
+    // ...unless that would leave SMs idle: short contexts still get one block per SM.
+    const int64_t fill = (num_sms + pairs - 1) / pairs;
+    int64_t s = std::max(std::min(wave, by_len), std::min(fill, most));
+    s = std::clamp<int64_t>(s, 1, std::min<int64_t>(most, kMaxSplits));
+    plan.num_splits = int(s);
+  }
+  plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
+  return plan;
+}
+
+void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
+                      void* workspace, cudaStream_t stream) {
+  check_shape(p);
+  if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
+    fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +
+         std::to_string(kMaxSplits) + "]");
+  }
+  if (p.num_seqs == 0) return;
+  if (!p.q || !p.k_cache || !p.v_cache || !p.block_tables || !p.context_lens || !p.out) {
+    fail("null pointer among q, k_cache, v_cache, block_tables, context_lens, out");
+  }
+  if (!aligned(p.q, 16) || !aligned(p.k_cache, 16) || !aligned(p.v_cache, 16) ||
+      !aligned(p.out, 8) || (p.out_f32 && !aligned(p.out_f32, 16)) || !aligned(p.block_tables, 4) ||
+      !aligned(p.context_lens, 4) || (p.lse && !aligned(p.lse, 4))) {
+    fail("misaligned pointer (q, k_cache, v_cache and out_f32 need 16 bytes, out 8)");
+  }
+  const WorkspaceLayout ws = workspace_layout(p, plan.num_splits);
+  if (plan.workspace_bytes < ws.total) {
+    fail("plan.workspace_bytes " + std::to_string(plan.workspace_bytes) + " < " +
+         std::to_string(ws.total) + " needed for " + std::to_string(p.num_seqs) +
+         " sequences and " + std::to_string(plan.num_splits) +
+         " splits (plan made for other params?)");
+  }
+  if (ws.total > 0 && !workspace) fail("workspace is null but the plan uses several splits");
+  if (ws.total > 0 && !aligned(workspace, 16)) fail("workspace is not 16-byte aligned");
+
+  KernelArgs a{};
+  a.q = p.q;
+  a.k_cache = p.k_cache;
+  a.v_cache = p.v_cache;
+  a.block_tables = p.block_tables;
+  a.context_lens = p.context_lens;
+  a.out = p.out;
+  a.out_f32 = p.out_f32;
+  a.lse = p.lse;
+  char* base = static_cast<char*>(workspace);
+  if (ws.total > 0) {
+    a.ws_o = reinterpret_cast<float*>(base + ws.o);
+    a.ws_m = reinterpret_cast<float*>(base + ws.m);
+    a.ws_l = reinterpret_cast<float*>(base + ws.l);
+    a.counters = reinterpret_cast<int*>(base + ws.counters);
+  }
+  a.num_kv_heads = p.num_kv_heads;
+  a.max_blocks_per_seq = p.max_blocks_per_seq;
+  a.block_shift = __builtin_ctz(unsigned(p.block_size));
+  a.num_splits = plan.num_splits;
+  a.scale_log2 = p.scale * kLog2e;
+
+  const dim3 grid(unsigned(plan.num_splits), unsigned(p.num_kv_heads), unsigned(p.num_seqs));
+  const int group = p.num_q_heads / p.num_kv_heads;
+  // The one dispatch switch: runtime head dim and GQA ratio to template constants.
+  switch (p.head_dim * 16 + group) {
+    case 64 * 16 + 1:
+      return launch<64, 1>(a, grid, stream);
+    case 64 * 16 + 2:
+      return launch<64, 2>(a, grid, stream);
+    case 64 * 16 + 4:
+      return launch<64, 4>(a, grid, stream);
+    case 64 * 16 + 8:
+      return launch<64, 8>(a, grid, stream);
+    case 128 * 16 + 1:
+      return launch<128, 1>(a, grid, stream);
+    case 128 * 16 + 2:
+      return launch<128, 2>(a, grid, stream);
+    case 128 * 16 + 4:
+      return launch<128, 4>(a, grid, stream);
+    case 128 * 16 + 8:
+      return launch<128, 8>(a, grid, stream);
+    default:
+      fail("unsupported head_dim / GQA ratio");  // check_shape rejected these already
+  }
+}
+
+}  // namespace arbor::cuda

@@ -1,0 +1,66 @@
+// Flash-decoding: attention of one new query token per sequence over its paged KV cache.
+//
+// Each sequence's context is split into chunks processed by separate thread blocks in
+// parallel; each split produces a partial (o, lse) and the partials are merged by their
+// log-sum-exp. All query heads sharing a KV head are processed together, so each K/V byte
+// is read once. bf16 in, fp32 accumulation. Layout of the cache: kernels/paged_kv.h.
+//
+// Contract (same as cpu::paged_attention with one query token per sequence): sequence s
+// attends to positions [0, context_lens[s]) read through block_tables row s.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/bf16.h"
+
+namespace arbor::cuda {
+
+struct DecodeAttentionParams {
+  const bf16* q = nullptr;                // [num_seqs][num_q_heads][head_dim]
+  const bf16* k_cache = nullptr;          // [num_blocks][num_kv_heads][block_size][head_dim]
+  const bf16* v_cache = nullptr;          // same layout
+  const int32_t* block_tables = nullptr;  // device, [num_seqs][max_blocks_per_seq]
+  const int32_t* context_lens = nullptr;  // device, [num_seqs]; 0 allowed (empty context)
+  int num_seqs = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;  // 64 or 128
+  int block_size = 0;
+  int max_blocks_per_seq = 0;
+  float scale = 0;  // multiplies q·k, usually 1/sqrt(head_dim)
+
+  // Host-side upper bound on context_lens, used only to plan the split count; the kernel
+  // reads the true lengths from device memory, so one plan (and one captured CUDA graph)
+  // serves every length up to this bound.
+  int max_context_len = 0;
+
+  bf16* out = nullptr;  // [num_seqs][num_q_heads][head_dim], normalized attention output
+
+  // Optional, for tree attention across GPUs (context parallel): when non-null, also the
+  // fp32 normalized output and the natural-log LSE of the scaled scores per (seq, q head).
+  // An empty context gives lse = -inf and o = 0 (never NaN).
+  float* out_f32 = nullptr;  // [num_seqs][num_q_heads][head_dim]
+  float* lse = nullptr;      // [num_seqs][num_q_heads]
+};
+
+struct DecodeAttentionPlan {
+  int num_splits = 1;          // upper bound on splits per sequence
+  size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
+};
+
+// Chooses the split count from batch, heads, max context and the SM count.
+// force_splits > 0 fixes it (deterministic, batch-invariant results; tests).
+DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int num_sms,
+                                          int force_splits = 0);
+
+// Launches the attention. `workspace` holds per-split partials and merge counters; it must
+// be zeroed once when allocated (the kernel leaves its counters at zero when it finishes,
+// so replays of a captured graph need no reset). Throws std::invalid_argument for
+// unsupported head_dim / GQA ratio / block size, CudaError on launch failure.
+void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
+                      void* workspace, cudaStream_t stream);
+
+}  // namespace arbor::cuda

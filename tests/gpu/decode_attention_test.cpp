@@ -1,0 +1,540 @@
+// Flash-decoding (cuda::decode_attention) against the CPU reference (cpu::paged_attention)
+// run on the same bf16-rounded q, K and V. Random inputs, shuffled block tables, NaN in
+// every cache slot the kernel must not read and in every output before the run.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/bf16.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/device_buffer.h"
+
+namespace {
+
+using arbor::cuda::bf16;
+using arbor::cuda::bf16_bits_to_float;
+using arbor::cuda::DecodeAttentionParams;
+using arbor::cuda::DecodeAttentionPlan;
+using arbor::cuda::DeviceArray;
+using arbor::cuda::DeviceBuffer;
+using arbor::cuda::float_to_bf16_bits;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// splitmix64: fast enough to fill caches of 10^8 values in a test.
+struct Rng {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) * 0x1p-24f; }
+  int below(int n) { return int(next() % uint64_t(n)); }
+};
+
+// A value a bf16 tensor can hold, never zero (zeros hide unwritten or misindexed data).
+float random_bf16_value(Rng& rng) {
+  float x = rng.uniform(-2.0f, 2.0f);
+  if (std::fabs(x) < 1e-3f) x = 0.5f;
+  return bf16_bits_to_float(float_to_bf16_bits(x));
+}
+
+struct Shape {
+  int hq = 8, hkv = 2, d = 128, bs = 16;
+};
+
+// Host copy of one test's inputs. The cache holds random values at positions < lens[s] of
+// each sequence and NaN everywhere else (the tail of each last block, spare blocks).
+struct Inputs {
+  Shape shape;
+  std::vector<int> lens;  // lengths the cache was filled for
+  int max_blocks_per_seq = 0;
+  int num_blocks = 0;
+  std::vector<float> q, k, v;  // fp32 copies of bf16 values
+  std::vector<int32_t> tables;
+  float scale = 0;
+
+  arbor::PagedKvShape kv_shape() const { return {num_blocks, shape.hkv, shape.bs, shape.d}; }
+};
+
+Inputs make_inputs(const Shape& shape, const std::vector<int>& lens, uint64_t seed) {
+  Inputs in;
+  in.shape = shape;
+  in.lens = lens;
+  in.scale = 1.0f / std::sqrt(float(shape.d));
+  Rng rng{seed};
+  const int n = int(lens.size());
+  std::vector<int> nblocks(lens.size());
+  int used = 0;
+  for (int s = 0; s < n; ++s) {
+    nblocks[size_t(s)] = (lens[size_t(s)] + shape.bs - 1) / shape.bs;
+    used += nblocks[size_t(s)];
+  }
+  // One spare table column and three spare blocks, all poisoned.
+  in.max_blocks_per_seq = *std::max_element(nblocks.begin(), nblocks.end()) + 1;
+  in.num_blocks = used + 3;
+  std::vector<int32_t> perm(size_t(in.num_blocks));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(seed));
+  // Unused table entries name a real but NaN-filled block: reading one shows up as NaN.
+  in.tables.assign(size_t(n) * size_t(in.max_blocks_per_seq), perm[size_t(used)]);
+  int next = 0;
+  for (int s = 0; s < n; ++s) {
+    for (int b = 0; b < nblocks[size_t(s)]; ++b) {
+      in.tables[size_t(s) * size_t(in.max_blocks_per_seq) + size_t(b)] = perm[size_t(next++)];
+    }
+  }
+
+  const arbor::PagedKvShape kv = in.kv_shape();
+  in.k.assign(kv.layer_elements(), kNaN);
+  in.v.assign(kv.layer_elements(), kNaN);
+  for (int s = 0; s < n; ++s) {
+    const int32_t* table = in.tables.data() + size_t(s) * size_t(in.max_blocks_per_seq);
+    for (int p = 0; p < lens[size_t(s)]; ++p) {
+      for (int h = 0; h < shape.hkv; ++h) {
+        const size_t at = kv.offset(table[p / shape.bs], h, p % shape.bs);
+        for (int i = 0; i < shape.d; ++i) {
+          in.k[at + size_t(i)] = random_bf16_value(rng);
+          in.v[at + size_t(i)] = random_bf16_value(rng);
+        }
+      }
+    }
+  }
+  in.q.resize(size_t(n) * size_t(shape.hq) * size_t(shape.d));
+  for (float& x : in.q) x = random_bf16_value(rng);
+  return in;
+}
+
+std::vector<uint16_t> to_bf16_bits(const std::vector<float>& v) {
+  std::vector<uint16_t> bits(v.size());
+  for (size_t i = 0; i < v.size(); ++i) bits[i] = float_to_bf16_bits(v[i]);
+  return bits;
+}
+
+const bf16* as_bf16(const std::vector<uint16_t>& bits) {
+  return reinterpret_cast<const bf16*>(bits.data());
+}
+
+int device_sm_count() {
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+// What the kernel wrote, as fp32.
+struct Outputs {
+  std::vector<float> out, out_f32, lse;
+};
+
+// Device copy of the inputs plus outputs, plan and workspace.
+class GpuCase {
+ public:
+  GpuCase(const Inputs& in, bool with_f32, int force_splits, int max_context_len = -1)
+      : with_f32_(with_f32) {
+    const auto qb = to_bf16_bits(in.q), kb = to_bf16_bits(in.k), vb = to_bf16_bits(in.v);
+    const size_t n = in.lens.size(), rows = n * size_t(in.shape.hq);
+    q_ = DeviceArray<bf16>(qb.size());
+    k_ = DeviceArray<bf16>(kb.size());
+    v_ = DeviceArray<bf16>(vb.size());
+    tables_ = DeviceArray<int32_t>(in.tables.size());
+    lens_ = DeviceArray<int32_t>(std::max<size_t>(n, 1));
+    out_ = DeviceArray<bf16>(rows * size_t(in.shape.d));
+    out_f32_ = DeviceArray<float>(rows * size_t(in.shape.d));
+    lse_ = DeviceArray<float>(rows);
+    q_.upload(as_bf16(qb), qb.size());
+    k_.upload(as_bf16(kb), kb.size());
+    v_.upload(as_bf16(vb), vb.size());
+    tables_.upload(in.tables.data(), in.tables.size());
+    set_lens(in.lens);
+
+    p_.q = q_.data();
+    p_.k_cache = k_.data();
+    p_.v_cache = v_.data();
+    p_.block_tables = tables_.data();
+    p_.context_lens = lens_.data();
+    p_.num_seqs = int(n);
+    p_.num_q_heads = in.shape.hq;
+    p_.num_kv_heads = in.shape.hkv;
+    p_.head_dim = in.shape.d;
+    p_.block_size = in.shape.bs;
+    p_.max_blocks_per_seq = in.max_blocks_per_seq;
+    p_.scale = in.scale;
+    p_.max_context_len =
+        max_context_len >= 0 ? max_context_len : *std::max_element(in.lens.begin(), in.lens.end());
+    p_.out = out_.data();
+    p_.out_f32 = with_f32 ? out_f32_.data() : nullptr;
+    p_.lse = with_f32 ? lse_.data() : nullptr;
+    plan_ = arbor::cuda::plan_decode_attention(p_, device_sm_count(), force_splits);
+    // The caller zeroes the workspace once, at allocation (the merge counters start at 0).
+    workspace_ = DeviceBuffer(plan_.workspace_bytes);
+    if (plan_.workspace_bytes) CUDA_CHECK(cudaMemset(workspace_.get(), 0, plan_.workspace_bytes));
+  }
+
+  const DecodeAttentionParams& params() const { return p_; }
+  const DecodeAttentionPlan& plan() const { return plan_; }
+  cudaStream_t stream() const { return stream_.get(); }
+
+  // New device-side lengths (each at most what the cache was filled for).
+  void set_lens(const std::vector<int>& lens) {
+    lens_.upload(lens.data(), lens.size(), stream_.get());
+    stream_.sync();
+  }
+
+  // NaN in every output, so that an element the kernel does not write fails the check.
+  void poison_outputs() {
+    const std::vector<uint16_t> nan_bits(out_.size(), float_to_bf16_bits(kNaN));
+    out_.upload(as_bf16(nan_bits), nan_bits.size(), stream_.get());
+    const std::vector<float> nan_f32(out_f32_.size(), kNaN), nan_lse(lse_.size(), kNaN);
+    out_f32_.upload(nan_f32.data(), nan_f32.size(), stream_.get());
+    lse_.upload(nan_lse.data(), nan_lse.size(), stream_.get());
+    stream_.sync();
+  }
+
+  void launch() { arbor::cuda::decode_attention(p_, plan_, workspace_.get(), stream_.get()); }
+
+  Outputs run() {
+    poison_outputs();
+    launch();
+    return download();
+  }
+
+  Outputs download() {
+    Outputs o;
+    std::vector<uint16_t> bits(out_.size());
+    out_.download(as_bf16_mut(bits), bits.size(), stream_.get());
+    if (with_f32_) {
+      o.out_f32.resize(out_f32_.size());
+      o.lse.resize(lse_.size());
+      out_f32_.download(o.out_f32.data(), o.out_f32.size(), stream_.get());
+      lse_.download(o.lse.data(), o.lse.size(), stream_.get());
+    }
+    stream_.sync();
+    o.out.resize(bits.size());
+    for (size_t i = 0; i < bits.size(); ++i) o.out[i] = bf16_bits_to_float(bits[i]);
+    return o;
+  }
+
+ private:
+  static bf16* as_bf16_mut(std::vector<uint16_t>& bits) {
+    return reinterpret_cast<bf16*>(bits.data());
+  }
+
+  bool with_f32_;
+  arbor::cuda::Stream stream_;
+  DeviceArray<bf16> q_, k_, v_, out_;
+  DeviceArray<int32_t> tables_, lens_;
+  DeviceArray<float> out_f32_, lse_;
+  DeviceBuffer workspace_;
+  DecodeAttentionParams p_;
+  DecodeAttentionPlan plan_;
+};
+
+// cpu::paged_attention over the sequences with a non-empty context (it rejects a query
+// token with no context); empty ones get the contract's o = 0, lse = -inf.
+struct Reference {
+  std::vector<float> out, lse;
+};
+
+Reference cpu_reference(const Inputs& in, const std::vector<int>& lens) {
+  const int hq = in.shape.hq, d = in.shape.d;
+  const size_t n = lens.size(), row = size_t(hq) * size_t(d);
+  std::vector<int> keep;
+  for (size_t s = 0; s < n; ++s) {
+    if (lens[s] > 0) keep.push_back(int(s));
+  }
+  const size_t m = keep.size();
+  std::vector<float> q(m * row);
+  std::vector<int32_t> query_start(m + 1), ctx(m), tables(m * size_t(in.max_blocks_per_seq));
+  for (size_t i = 0; i < m; ++i) {
+    const size_t s = size_t(keep[i]);
+    std::copy_n(in.q.begin() + std::ptrdiff_t(s * row), row, q.begin() + std::ptrdiff_t(i * row));
+    query_start[i] = int32_t(i);
+    ctx[i] = lens[s];
+    std::copy_n(in.tables.begin() + std::ptrdiff_t(s * size_t(in.max_blocks_per_seq)),
+                in.max_blocks_per_seq,
+                tables.begin() + std::ptrdiff_t(i * size_t(in.max_blocks_per_seq)));
+  }
+  query_start[m] = int32_t(m);
+  std::vector<float> out(m * row), lse(m * size_t(hq));
+  if (m > 0) {
+    arbor::AttentionBatch batch{int(m), query_start.data(), ctx.data(), tables.data(),
+                                in.max_blocks_per_seq};
+    arbor::cpu::paged_attention(q.data(), hq, in.kv_shape(), in.k.data(), in.v.data(), batch,
+                                in.scale, out.data(), lse.data());
+  }
+  Reference ref;
+  ref.out.assign(n * row, 0.0f);
+  ref.lse.assign(n * size_t(hq), -kInf);
+  for (size_t i = 0; i < m; ++i) {
+    const size_t s = size_t(keep[i]);
+    std::copy_n(out.begin() + std::ptrdiff_t(i * row), row,
+                ref.out.begin() + std::ptrdiff_t(s * row));
+    std::copy_n(lse.begin() + std::ptrdiff_t(i * size_t(hq)), hq,
+                ref.lse.begin() + std::ptrdiff_t(s * size_t(hq)));
+  }
+  return ref;
+}
+
+std::string describe(const Inputs& in, const std::vector<int>& lens,
+                     const DecodeAttentionPlan& plan) {
+  std::ostringstream ss;
+  ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
+     << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits << " lens=[";
+  for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
+  if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
+  ss << "]";
+  return ss.str();
+}
+
+// Compares every output element with the reference; reports the first one out of tolerance.
+//
+// Tolerances. out is bf16: rounding the fp32 result costs up to 2^-8 of its magnitude (half
+// an ulp of an 8-bit significand). Both sides accumulate in fp32 but in different orders
+// (the CPU sums up to 131072 terms in sequence, the GPU in splits and lanes), which moves a
+// result by about sqrt(n)·2^-24 of the weighted mean of |v| (|v| <= 2): under 1e-4
+// absolute; 1e-3 of the row's largest value covers the remaining exp2-vs-exp and scaling
+// differences. out_f32 gets the same bound without the bf16 term. lse: 1e-3 absolute (its
+// fp32 error is ~1e-5 for these magnitudes).
+void check_outputs(const Inputs& in, const std::vector<int>& lens, const Reference& ref,
+                   const Outputs& got, const std::string& what) {
+  INFO(what);
+  const int hq = in.shape.hq, d = in.shape.d;
+  REQUIRE(got.out.size() == ref.out.size());
+  double err2 = 0, ref2 = 0;
+  for (size_t s = 0; s < lens.size(); ++s) {
+    for (int h = 0; h < hq; ++h) {
+      const size_t r = s * size_t(hq) + size_t(h);
+      const float* want = ref.out.data() + r * size_t(d);
+      float row_max = 0;
+      for (int i = 0; i < d; ++i) row_max = std::max(row_max, std::fabs(want[i]));
+      for (int i = 0; i < d; ++i) {
+        const size_t at = r * size_t(d) + size_t(i);
+        const float w = want[i];
+        const float base_tol = 1e-3f * row_max + 1e-4f;
+        const float e = std::fabs(got.out[at] - w);
+        err2 += double(e) * e;
+        ref2 += double(w) * w;
+        if (!(e <= std::fabs(w) / 256.0f + base_tol)) {
+          INFO("out: seq " << s << " (len " << lens[s] << ") q head " << h << " dim " << i
+                           << ": got " << got.out[at] << ", want " << w << ", error " << e
+                           << " > tolerance " << std::fabs(w) / 256.0f + base_tol);
+          FAIL();
+        }
+        if (!got.out_f32.empty()) {
+          const float ef = std::fabs(got.out_f32[at] - w);
+          if (!(ef <= base_tol)) {
+            INFO("out_f32: seq " << s << " (len " << lens[s] << ") q head " << h << " dim " << i
+                                 << ": got " << got.out_f32[at] << ", want " << w << ", error "
+                                 << ef << " > tolerance " << base_tol);
+            FAIL();
+          }
+        }
+      }
+      if (!got.lse.empty()) {
+        const float gl = got.lse[r], wl = ref.lse[r];
+        const bool ok = lens[s] == 0 ? (std::isinf(gl) && gl < 0) : std::fabs(gl - wl) <= 1e-3f;
+        if (!ok) {
+          INFO("lse: seq " << s << " (len " << lens[s] << ") q head " << h << ": got " << gl
+                           << ", want " << wl);
+          FAIL();
+        }
+      }
+      if (lens[s] == 0) {  // the contract: exactly zero, never NaN
+        for (int i = 0; i < d; ++i) {
+          const size_t at = r * size_t(d) + size_t(i);
+          if (got.out[at] != 0.0f || (!got.out_f32.empty() && got.out_f32[at] != 0.0f)) {
+            INFO("empty seq " << s << " q head " << h << " dim " << i << " is not 0");
+            FAIL();
+          }
+        }
+      }
+    }
+  }
+  // Whole-tensor relative error: bf16 output rounding alone gives about 1e-3.
+  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  INFO("relative L2 error of out: " << rel);
+  CHECK(rel < 5e-3);
+}
+
+// Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
+void run_and_check(const Shape& shape, const std::vector<int>& lens,
+                   const std::vector<int>& force_splits, bool with_f32, uint64_t seed) {
+  const Inputs in = make_inputs(shape, lens, seed);
+  const Reference ref = cpu_reference(in, lens);
+  for (int splits : force_splits) {
+    GpuCase gpu(in, with_f32, splits);
+    const std::string what = describe(in, lens, gpu.plan()) +
+                             " force_splits=" + std::to_string(splits) +
+                             " seed=" + std::to_string(seed);
+    check_outputs(in, lens, ref, gpu.run(), what);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("decode_attention matches the CPU reference from 1 to 131072 tokens", "[gpu][decode]") {
+  uint64_t seed = 1;
+  for (int len : {1, 2, 15, 16, 17, 1000, 4096, 32768, 131072}) {
+    // Long contexts with one sequence and a small head count keep the CPU side quick.
+    const Shape shape = len > 32768 ? Shape{4, 1, 128, 16} : Shape{8, 2, 128, 16};
+    run_and_check(shape, {len}, {0, 1}, true, seed++);
+  }
+}
+
+TEST_CASE("decode_attention covers head dims, GQA ratios and block sizes on a mixed batch",
+          "[gpu][decode]") {
+  const std::vector<int> lens = {0, 1, 17, 100, 513, 1000, 2049};
+  uint64_t seed = 100;
+  for (int d : {64, 128}) {
+    for (int group : {1, 2, 4, 8}) {
+      for (int bs : {8, 16, 32, 64, 128}) {
+        // out_f32 and lse on every other case, so the kernel also runs without them.
+        run_and_check(Shape{2 * group, 2, d, bs}, lens, {0, 1}, /*with_f32=*/seed % 2 == 0, seed);
+        ++seed;
+      }
+    }
+  }
+}
+
+TEST_CASE("decode_attention handles batches of 1 to 64 with mixed lengths and empty contexts",
+          "[gpu][decode]") {
+  Rng rng{7};
+  uint64_t seed = 200;
+  for (int batch : {1, 2, 5, 8, 33, 64}) {
+    std::vector<int> lens(static_cast<size_t>(batch));
+    // Shorter contexts for the large batches keep the host side of the test quick.
+    const int longest = batch <= 8 ? 3000 : 500;
+    for (int& len : lens) len = rng.below(4) == 0 ? rng.below(40) : rng.below(longest);
+    if (batch > 1) lens[1] = 0;
+    run_and_check(Shape{32, 8, 128, 16}, lens, {0, 1, 3, 64}, true, seed++);
+  }
+}
+
+TEST_CASE("decode_attention of empty contexts writes o = 0 and lse = -inf", "[gpu][decode]") {
+  for (int d : {64, 128}) run_and_check(Shape{8, 2, d, 16}, {0, 0, 0}, {0, 1, 4}, true, 300);
+}
+
+TEST_CASE(
+    "one decode_attention plan and workspace serve repeated launches, shorter lengths "
+    "and graph replays",
+    "[gpu][decode]") {
+  const Shape shape{32, 8, 128, 16};
+  const Inputs in = make_inputs(shape, {8192, 5000, 4097, 33}, 400);
+  GpuCase gpu(in, true, /*force_splits=*/0, /*max_context_len=*/8192);
+  REQUIRE(gpu.plan().num_splits > 1);  // otherwise the merge counters are not exercised
+
+  // Back to back with the same workspace: the second launch needs counters reset to 0.
+  const Reference full = cpu_reference(in, in.lens);
+  for (int run = 0; run < 3; ++run) {
+    check_outputs(in, in.lens, full, gpu.run(), "repeat " + std::to_string(run));
+  }
+
+  // Shorter device-side lengths with the same plan (each at most the filled length).
+  const std::vector<std::vector<int>> lens_sets = {
+      {300, 4999, 17, 0}, {8192, 1, 4097, 33}, {129, 128, 127, 1}, {0, 0, 4000, 32}};
+  for (const auto& lens : lens_sets) {
+    gpu.set_lens(lens);
+    check_outputs(in, lens, cpu_reference(in, lens), gpu.run(), "shorter lengths, same plan");
+  }
+
+  // A captured graph replayed after the lengths change in place.
+  arbor::cuda::Graph graph;
+  graph.capture(gpu.stream(), [&] { gpu.launch(); });
+  for (const auto& lens : lens_sets) {
+    gpu.set_lens(lens);
+    gpu.poison_outputs();
+    graph.launch(gpu.stream());
+    graph.launch(gpu.stream());  // twice in a row: counters must be back at zero
+    check_outputs(in, lens, cpu_reference(in, lens), gpu.download(), "graph replay");
+  }
+}
+
+TEST_CASE("decode_attention with fixed splits is deterministic and batch-invariant",
+          "[gpu][decode]") {
+  const Shape shape{32, 8, 128, 16};
+  const std::vector<int> lens = {3000, 17, 2500, 1200, 0, 4096};
+  const Inputs in = make_inputs(shape, lens, 500);
+  GpuCase batch(in, true, /*force_splits=*/5);
+  const Outputs a = batch.run(), b = batch.run();
+  CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0);
+
+  // Sequence 3 alone (same cache, same table row) gives bit-identical results.
+  Inputs one = in;
+  const int s = 3;
+  const size_t row = size_t(shape.hq) * size_t(shape.d);
+  one.lens = {lens[s]};
+  one.q.assign(in.q.begin() + std::ptrdiff_t(s * row),
+               in.q.begin() + std::ptrdiff_t((s + 1) * row));
+  one.tables.assign(in.tables.begin() + std::ptrdiff_t(s * size_t(in.max_blocks_per_seq)),
+                    in.tables.begin() + std::ptrdiff_t((s + 1) * size_t(in.max_blocks_per_seq)));
+  GpuCase alone(one, true, /*force_splits=*/5, /*max_context_len=*/4096);
+  const Outputs c = alone.run();
+  CHECK(std::memcmp(c.out.data(), a.out.data() + s * row, row * sizeof(float)) == 0);
+  CHECK(std::memcmp(c.out_f32.data(), a.out_f32.data() + s * row, row * sizeof(float)) == 0);
+}
+
+TEST_CASE("decode_attention rejects unsupported shapes and bad arguments", "[gpu][decode]") {
+  const Inputs in = make_inputs(Shape{8, 2, 128, 16}, {100, 50}, 600);
+  GpuCase gpu(in, true, 0);
+  const int sms = device_sm_count();
+  auto plan_with = [&](auto&& change) {
+    DecodeAttentionParams p = gpu.params();
+    change(p);
+    return arbor::cuda::plan_decode_attention(p, sms);
+  };
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.head_dim = 96; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.num_q_heads = 6; }),  // GQA 3
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.num_q_heads = 9; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.block_size = 24; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.max_context_len = 1 << 20; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(arbor::cuda::plan_decode_attention(gpu.params(), 0), std::invalid_argument);
+  CHECK_THROWS_AS(arbor::cuda::plan_decode_attention(gpu.params(), sms, 5000),
+                  std::invalid_argument);
+
+  DeviceBuffer ws(1 << 20);
+  const DecodeAttentionPlan multi = arbor::cuda::plan_decode_attention(gpu.params(), sms, 4);
+  DecodeAttentionParams p = gpu.params();
+  p.q = nullptr;
+  CHECK_THROWS_AS(arbor::cuda::decode_attention(p, multi, ws.get(), nullptr),
+                  std::invalid_argument);
+  p = gpu.params();
+  p.head_dim = 256;
+  CHECK_THROWS_AS(arbor::cuda::decode_attention(p, multi, ws.get(), nullptr),
+                  std::invalid_argument);
+  // Several splits need a workspace, and one sized for these params.
+  CHECK_THROWS_AS(arbor::cuda::decode_attention(gpu.params(), multi, nullptr, nullptr),
+                  std::invalid_argument);
+  DecodeAttentionPlan small = multi;
+  small.workspace_bytes /= 2;
+  CHECK_THROWS_AS(arbor::cuda::decode_attention(gpu.params(), small, ws.get(), nullptr),
+                  std::invalid_argument);
+  // One split needs no workspace.
+  const DecodeAttentionPlan single = arbor::cuda::plan_decode_attention(gpu.params(), sms, 1);
+  CHECK(single.workspace_bytes == 0);
+  CHECK_NOTHROW(arbor::cuda::decode_attention(gpu.params(), single, nullptr, gpu.stream()));
+  CUDA_CHECK(cudaStreamSynchronize(gpu.stream()));
+}
