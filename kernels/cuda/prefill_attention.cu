@@ -1,0 +1,479 @@
+// Prefill attention on tensor cores, FlashAttention-2 style (see prefill_attention.h for the
+// contract).
+//
+// One thread block computes one tile of kBlockM = 16·kWarps query rows of one sequence for
+// one query head; each warp owns 16 consecutive rows. The block walks the sequence's keys
+// in tiles of kBlockN = 64 rows, gathered from the paged cache through the block table
+// (a tile may span several cache blocks, or be part of one), double-buffered in shared
+// memory with cp.async. Per key tile each warp computes S = Q·Kᵀ (16 × 64, fp32) with
+// mma.sync m16n8k16 bf16, applies the causal mask, updates the online softmax in fp32
+// (base 2, scale folded into one FFMA before ex2), and accumulates O += P·V with P rounded to
+// bf16. Key tiles entirely past the tile's last query position are never visited, so the
+// new-tokens square costs about half of a full one.
+//
+// Grid: x = query head (heads sharing a KV head are neighbours, so they share K/V in L2),
+// y = sequence, z = query tile of the sequence, heaviest (last) tiles first. Tiles past a
+// sequence's query length exit at once.
+//
+// Shared memory rows are head_dim bf16 (128 or 256 bytes) split into 16-byte chunks; chunk c
+// of row r is stored at chunk c ^ (r & 7), so the 8 row addresses of every ldmatrix 8×8
+// matrix (8 consecutive rows, one logical chunk) hit 8 different bank groups.
+#include "kernels/cuda/prefill_attention.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/check.h"
+
+namespace arbor::cuda {
+
+namespace {
+
+constexpr int kBlockN = 64;  // keys per K/V tile
+
+// ---------------------------------------------------------------------------------------------
+// PTX wrappers.
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous copy global → shared; when `valid` is false nothing is read and the
+// 16 destination bytes are zero-filled (src-size 0).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ldmatrix.x4: lanes 8i..8i+7 give the row addresses of 8×8 matrix i (16 bytes per row);
+// register i of every lane receives matrix i's elements (row lane/4, columns 2·(lane%4)+{0,1}),
+// the lower column in the low half.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// Same, transposed: register i receives matrix i's elements (rows 2·(lane%4)+{0,1}, column
+// lane/4), the lower row in the low half.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// D = A·B + D, A 16×16 bf16 (row-major), B 16×8 bf16 ("col": k-major per column), D 16×8 fp32.
+// With g = lane / 4 and t = lane % 4 (PTX ISA, mma.m16n8k16 fragments):
+//   a[0] = A[g][2t..2t+1]      a[1] = A[g+8][2t..2t+1]
+//   a[2] = A[g][2t+8..2t+9]    a[3] = A[g+8][2t+8..2t+9]
+//   b0   = B[2t..2t+1][g]      b1   = B[2t+8..2t+9][g]
+//   d[0..1] = D[g][2t..2t+1]   d[2..3] = D[g+8][2t..2t+1]
+// (pairs packed lower index in the low 16 bits).
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// 2^x; ex2.approx(-inf) = +0, which the masked scores rely on.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel.
+
+template <int kHeadDim, int kWarps>
+struct Tile {
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockM = 16 * kWarps;
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  static constexpr int kQElems = kBlockM * kHeadDim;
+  static constexpr int kKvElems = kBlockN * kHeadDim;
+  // Q, then two stages of (K, V).
+  static constexpr size_t kSmemBytes = sizeof(bf16) * (size_t(kQElems) + 4 * size_t(kKvElems));
+};
+
+// Element offset of (row, chunk) in a swizzled tile.
+template <int kHeadDim>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
+}
+
+struct KernelArgs {
+  const bf16* q;
+  const bf16* k_cache;
+  const bf16* v_cache;
+  const int32_t* block_tables;
+  const int32_t* context_lens;
+  const int32_t* query_start;
+  int num_q_heads;
+  int num_kv_heads;
+  int group;  // num_q_heads / num_kv_heads
+  int block_size;
+  int block_shift;  // log2(block_size) when it is a power of two (the usual case), else -1
+  int max_blocks_per_seq;
+  float scale;
+  bf16* out;
+  float* lse;
+};
+
+template <int kHeadDim, int kWarps>
+__global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, 2)
+    prefill_attention_kernel(const KernelArgs a) {
+  using T = Tile<kHeadDim, kWarps>;
+  constexpr int kBlockM = T::kBlockM;
+  constexpr int kChunks = T::kChunks;
+  constexpr int kKSteps = kHeadDim / 16;  // k16 steps of Q·Kᵀ
+  constexpr int kNTiles = kBlockN / 8;    // n8 tiles of S
+  constexpr int kDTiles = kHeadDim / 8;   // n8 tiles of O
+
+  const int head = blockIdx.x;
+  const int seq = blockIdx.y;
+  const int m_tile = gridDim.z - 1 - blockIdx.z;  // heaviest tiles launch first
+
+  const int q_begin = a.query_start[seq];
+  const int n_query = a.query_start[seq + 1] - q_begin;
+  const int m_start = m_tile * kBlockM;
+  if (m_start >= n_query) return;
+  const int ctx = a.context_lens[seq];
+  // Query row i of the sequence sits at position ctx - n_query + i and sees keys [0, pos].
+  const int pos_first = ctx - n_query + m_start;     // tile's first row
+  const int rows = min(kBlockM, n_query - m_start);  // real rows
+  const int kv_len = max(0, pos_first + rows);       // keys needed
+  const int n_kv_tiles = (kv_len + kBlockN - 1) / kBlockN;
+  // Key tiles [0, first_masked) lie at or below every row's position: no mask needed.
+  const int first_masked = max(0, pos_first + 1) / kBlockN;
+
+  const int kv_head = head / a.group;
+  const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* const sq = reinterpret_cast<bf16*>(smem_raw);
+  bf16* const skv = sq + T::kQElems;  // stage s: K at skv + 2s·kKvElems, V right after
+  const uint32_t sq_addr = smem_addr(sq);
+  const uint32_t skv_addr = smem_addr(skv);
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+
+  // ---- Q tile → shared (rows past the query are zero-filled).
+  {
+    const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
+    const bf16* q_base = a.q + size_t(q_begin + m_start) * q_row_stride + size_t(head) * kHeadDim;
+#pragma unroll
+    for (int i = 0; i < kBlockM * kChunks / T::kThreads; ++i) {
+      const int c = tid + i * T::kThreads;
+      const int r = c / kChunks, ch = c % kChunks;
+      const bool valid = r < rows;
+      const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
+      cp_async_16(sq_addr + 2 * swizzled<kHeadDim>(r, ch), src, valid);
+    }
+    cp_async_commit();
+  }
+
+  // ---- K/V tile j → stage `stage`, gathered row by row through the block table. Rows past
+  // kv_len are zero-filled (never read: the cache there may hold anything, even NaN, and a
+  // NaN V row would poison P·V even with P = 0).
+  const size_t head_offset = size_t(kv_head) * a.block_size * kHeadDim;
+  const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
+  auto load_kv = [&](int j, int stage) {
+    const uint32_t k_dst = skv_addr + 2 * (2 * stage) * T::kKvElems;
+    const uint32_t v_dst = k_dst + 2 * T::kKvElems;
+#pragma unroll
+    for (int i = 0; i < kBlockN * kChunks / T::kThreads; ++i) {
+      const int c = tid + i * T::kThreads;
+      const int r = c / kChunks, ch = c % kChunks;
+      const int key = j * kBlockN + r;
+      const int blk = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
+      const bool valid = key < kv_len && blk < a.max_blocks_per_seq;
+      size_t off = 0;
+      if (valid) {
+        off = size_t(table[blk]) * block_stride + head_offset +
+              size_t(key - blk * a.block_size) * kHeadDim + ch * 8;
+      }
+      const uint32_t o = 2 * swizzled<kHeadDim>(r, ch);
+      cp_async_16(k_dst + o, a.k_cache + off, valid);
+      cp_async_16(v_dst + o, a.v_cache + off, valid);
+    }
+    cp_async_commit();
+  };
+
+  if (n_kv_tiles > 0) load_kv(0, 0);
+
+  // ---- Q fragments → registers (A operand of S = Q·Kᵀ), kept for the whole key loop.
+  // ldmatrix.x4 for k-step kk: matrices (rows 0-7, chunk 2kk), (rows 8-15, chunk 2kk),
+  // (rows 0-7, chunk 2kk+1), (rows 8-15, chunk 2kk+1) = a[0..3] of the mma A layout.
+  // Lane l addresses row warp·16 + (l & 15), chunk 2kk + (l >> 4).
+  if (n_kv_tiles > 0) {
+    cp_async_wait<1>();  // the Q group (the K/V group may still be in flight)
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+  uint32_t qf[kKSteps][4];
+  {
+    const int r = warp * 16 + (lane & 15);
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      ldmatrix_x4(qf[kk], sq_addr + 2 * swizzled<kHeadDim>(r, 2 * kk + (lane >> 4)));
+    }
+  }
+
+  // Each lane holds rows g = lane/4 and g+8 of its warp's 16, columns 2t, 2t+1 (t = lane%4)
+  // of every n8 tile: o[d][0..1] row g, o[d][2..3] row g+8.
+  const int g = lane >> 2, t4 = lane & 3;
+  const int pos_row0 = pos_first + warp * 16 + g;  // position of row g (row g+8: +8)
+  float o[kDTiles][4];
+#pragma unroll
+  for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY};  // raw (unscaled) running max of q·k
+  float row_sum[2] = {0.0f, 0.0f};            // this lane's partial sum of exp, see the end
+  const float scale_log2 = a.scale * 1.4426950408889634f;
+
+  for (int j = 0; j < n_kv_tiles; ++j) {
+    const int stage = j & 1;
+    if (j + 1 < n_kv_tiles) {
+      load_kv(j + 1, stage ^ 1);  // that stage was released by the barrier ending j - 1
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const uint32_t k_tile = skv_addr + 2 * (2 * stage) * T::kKvElems;
+    const uint32_t v_tile = k_tile + 2 * T::kKvElems;
+
+    // ---- S = Q·Kᵀ. B[k][n] = K[n][k]: b0 for key n = g is K[n][2t..2t+1], which is what a
+    // plain ldmatrix of the 8×8 block K[n0..n0+7][k0..k0+7] gives. One ldmatrix.x4 covers two
+    // n8 tiles (keys nb..nb+15) for one k-step: matrices (keys nb+0-7, chunk 2kk),
+    // (nb+0-7, 2kk+1), (nb+8-15, 2kk), (nb+8-15, 2kk+1) → b0,b1 of tile nb/8, b0,b1 of the next.
+    // Lane l addresses key nb + (l & 7) + ((l >> 4) << 3), chunk 2kk + ((l >> 3) & 1).
+    float s[kNTiles][4];
+#pragma unroll
+    for (int n = 0; n < kNTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kNTiles / 2; ++np) {
+        uint32_t b[4];
+        const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+        ldmatrix_x4(b, k_tile + 2 * swizzled<kHeadDim>(r, 2 * kk + ((lane >> 3) & 1)));
+        mma_bf16_16816(s[2 * np], qf[kk], b[0], b[1]);
+        mma_bf16_16816(s[2 * np + 1], qf[kk], b[2], b[3]);
+      }
+    }
+
+    // ---- Causal mask: key position > row position → -inf. s[n][e] is key
+    // j·64 + 8n + 2t + (e & 1) for row g (e < 2) or g+8 (e ≥ 2).
+    if (j >= first_masked) {
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j * kBlockN + n * 8 + 2 * t4 + (e & 1);
+          const int pos = pos_row0 + (e >> 1) * 8;
+          if (key > pos) s[n][e] = -INFINITY;
+        }
+      }
+    }
+
+    // ---- Online softmax. A row is spread over the 4 lanes of a quad (same g): reduce the
+    // max with xor-shuffles 1 and 2. The running sum stays per lane until the end.
+    float scaled_max[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = row_max[h];
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      // A row that has seen only masked keys keeps max -inf; use 0 so that exp2(-inf - 0) = 0
+      // instead of exp2(-inf + inf) = NaN.
+      scaled_max[h] = mx == -INFINITY ? 0.0f : mx * scale_log2;
+      const float alpha = fast_exp2(row_max[h] * scale_log2 - scaled_max[h]);  // 0 at first
+      row_max[h] = mx;
+      row_sum[h] *= alpha;
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        o[d][2 * h] *= alpha;
+        o[d][2 * h + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = fast_exp2(fmaf(s[n][e], scale_log2, -scaled_max[e >> 1]));
+        s[n][e] = p;
+        row_sum[e >> 1] += p;
+      }
+    }
+
+    // ---- O += P·V. The S accumulators of n8 tiles 2kk, 2kk+1 are exactly the A fragment of
+    // k-step kk (keys 16kk..16kk+15): a[0] = S[g][2t..], a[1] = S[g+8][2t..] from tile 2kk,
+    // a[2], a[3] the same from tile 2kk+1. B[k][n] = V[key k][dim n]: b0 = V[2t..2t+1][g] is
+    // a transposed ldmatrix of V[k0..k0+7][d0..d0+7]. One ldmatrix.x4.trans covers two d8 tiles
+    // for one k-step: matrices (keys 0-7, chunk 2dp), (keys 8-15, chunk 2dp), (keys 0-7,
+    // chunk 2dp+1), (keys 8-15, chunk 2dp+1) → b0,b1 of d-tile 2dp, then of 2dp+1.
+    // Lane l addresses key 16kk + (l & 15), chunk 2dp + (l >> 4).
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      const uint32_t pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                              pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const int r = kk * 16 + (lane & 15);
+#pragma unroll
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v_tile + 2 * swizzled<kHeadDim>(r, 2 * dp + (lane >> 4)));
+        mma_bf16_16816(o[2 * dp], pa, b[0], b[1]);
+        mma_bf16_16816(o[2 * dp + 1], pa, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // everyone is done with this stage before it is refilled
+  }
+
+  // ---- Epilogue: finish the row sums across the quad, normalize, store bf16 pairs.
+  const size_t out_row_stride = size_t(a.num_q_heads) * kHeadDim;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = row_sum[h];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int r = warp * 16 + g + 8 * h;  // row within the tile
+    if (r >= rows) continue;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const size_t token = size_t(q_begin + m_start + r);
+    bf16* dst = a.out + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + d * 8) =
+          __floats2bfloat162_rn(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+    }
+    if (a.lse && t4 == 0) {
+      // Natural-log LSE of the scaled scores: max·scale + ln(sum of exp(scaled - max·scale)).
+      a.lse[token * a.num_q_heads + head] =
+          sum > 0.0f ? row_max[h] * a.scale + logf(sum) : -INFINITY;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+[[noreturn]] void fail(const std::string& what) {
+  throw std::invalid_argument("prefill_attention: " + what);
+}
+
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+void validate(const PrefillAttentionParams& p) {
+  if (p.num_seqs < 0) fail("negative num_seqs");
+  if (p.num_tokens < 0) fail("negative num_tokens");
+  if (p.head_dim != 64 && p.head_dim != 128) {
+    fail("head_dim " + std::to_string(p.head_dim) + " is not supported (64 or 128)");
+  }
+  if (p.num_q_heads <= 0 || p.num_kv_heads <= 0 || p.num_q_heads % p.num_kv_heads != 0) {
+    fail("num_q_heads (" + std::to_string(p.num_q_heads) + ") is not a positive multiple of " +
+         "num_kv_heads (" + std::to_string(p.num_kv_heads) + ")");
+  }
+  if (p.num_q_heads > 65535) fail("more than 65535 query heads");
+  if (p.block_size <= 0) fail("block_size must be positive");
+  if (!(p.scale > 0.0f) || !std::isfinite(p.scale)) fail("scale must be positive and finite");
+  if (p.num_seqs == 0 || p.num_tokens == 0) return;
+  if (p.num_seqs > 65535) fail("more than 65535 sequences in one launch");
+  if (p.max_query_len <= 0) fail("max_query_len must be positive");
+  if (p.max_blocks_per_seq <= 0) fail("max_blocks_per_seq must be positive");
+  if (!p.q || !p.k_cache || !p.v_cache || !p.block_tables || !p.context_lens || !p.query_start ||
+      !p.out) {
+    fail("null pointer");
+  }
+  if (!aligned16(p.q) || !aligned16(p.k_cache) || !aligned16(p.v_cache) || !aligned16(p.out)) {
+    fail("q, k_cache, v_cache and out must be 16-byte aligned");
+  }
+}
+
+template <int kHeadDim, int kWarps>
+void launch(const PrefillAttentionParams& p, cudaStream_t stream) {
+  using T = Tile<kHeadDim, kWarps>;
+  auto kernel = prefill_attention_kernel<kHeadDim, kWarps>;
+  const int m_tiles = (p.max_query_len + T::kBlockM - 1) / T::kBlockM;
+  if (m_tiles > 65535) fail("max_query_len " + std::to_string(p.max_query_len) + " too large");
+
+  if (T::kSmemBytes > 48 * 1024) {
+    // Raise the dynamic shared-memory limit once per device (an attribute of the function on
+    // the current device).
+    static std::atomic<uint64_t> configured{0};
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+    if (!bit || !(configured.load(std::memory_order_relaxed) & bit)) {
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(T::kSmemBytes)));
+      configured.fetch_or(bit, std::memory_order_relaxed);
+    }
+  }
+
+  KernelArgs a;
+  a.q = p.q;
+  a.k_cache = p.k_cache;
+  a.v_cache = p.v_cache;
+  a.block_tables = p.block_tables;
+  a.context_lens = p.context_lens;
+  a.query_start = p.query_start;
+  a.num_q_heads = p.num_q_heads;
+  a.num_kv_heads = p.num_kv_heads;
+  a.group = p.num_q_heads / p.num_kv_heads;
+  a.block_size = p.block_size;
+  a.block_shift = -1;
+  if ((p.block_size & (p.block_size - 1)) == 0) {
+    a.block_shift = 0;
+    while ((1 << a.block_shift) < p.block_size) ++a.block_shift;
+  }
+  a.max_blocks_per_seq = p.max_blocks_per_seq;
+  a.scale = p.scale;
+  a.out = p.out;
+  a.lse = p.lse;
+
+  const dim3 grid(unsigned(p.num_q_heads), unsigned(p.num_seqs), unsigned(m_tiles));
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
+  validate(p);
+  if (p.num_seqs == 0 || p.num_tokens == 0) return;
+  constexpr int kWarps = 4;  // 64 query rows per block
+  if (p.head_dim == 64) {
+    launch<64, kWarps>(p, stream);
+  } else {
+    launch<128, kWarps>(p, stream);
+  }
+}
+
+}  // namespace arbor::cuda
