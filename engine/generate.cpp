@@ -10,15 +10,11 @@
 
 namespace arbor {
 
-const char* finish_reason_name(FinishReason reason) {
-  return reason == FinishReason::kStop ? "stop" : "length";
-}
-
-GenerateResult generate(LlamaCpu& model, const Tokenizer& tokenizer,
+GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
                         const std::vector<int32_t>& prompt_ids, const GenerateOptions& options,
                         const std::function<void(std::string_view)>& on_text) {
   using Clock = std::chrono::steady_clock;
-  const LlamaConfig& config = model.config();
+  const LlamaConfig& config = runner.config();
   const int context_limit = config.max_position_embeddings;
   const int prompt_len = int(prompt_ids.size());
   if (prompt_len == 0) throw std::invalid_argument("the prompt is empty");
@@ -30,14 +26,16 @@ GenerateResult generate(LlamaCpu& model, const Tokenizer& tokenizer,
   options.sampling.validate(config.vocab_size);
   const int max_new = std::min(options.max_tokens, context_limit - prompt_len);
 
-  // The cache holds exactly this request: prompt plus every token it may generate.
-  KvBlockManager blocks((prompt_len + max_new + options.block_size - 1) / options.block_size,
-                        options.block_size);
-  CpuKvCache cache(config.num_layers, model.kv_shape(blocks.num_blocks(), options.block_size));
+  const int block_size = runner.block_size();
+  KvBlockManager blocks(runner.num_kv_blocks(), block_size);
   std::vector<int32_t> block_table;
   std::vector<int32_t> tokens = prompt_ids;
   if (!blocks.reserve(block_table, prompt_len + max_new))
-    throw std::logic_error("KV cache sized too small");  // cannot happen: sized above
+    throw std::invalid_argument("the prompt and max_tokens need " +
+                                std::to_string(blocks.blocks_for(prompt_len + max_new)) +
+                                " KV cache blocks of " + std::to_string(block_size) +
+                                " tokens; the cache has " + std::to_string(blocks.num_blocks()));
+  const int chunk_size = std::max(1, std::min(options.prefill_chunk, runner.max_batch_tokens()));
 
   GenerateResult result;
   result.prompt_tokens = prompt_len;
@@ -47,11 +45,11 @@ GenerateResult generate(LlamaCpu& model, const Tokenizer& tokenizer,
 
   // Chunked prefill: only the last chunk's last token needs logits.
   const auto t0 = Clock::now();
-  for (int start = 0; start < prompt_len; start += options.prefill_chunk) {
-    ScheduledChunk chunk{tokens, block_table, start,
-                         std::min(options.prefill_chunk, prompt_len - start), false};
+  for (int start = 0; start < prompt_len; start += chunk_size) {
+    ScheduledChunk chunk{tokens, block_table, start, std::min(chunk_size, prompt_len - start),
+                         false};
     chunk.want_logits = start + chunk.count == prompt_len;
-    model.forward(build_forward_batch({&chunk, 1}, options.block_size), cache, logits);
+    runner.forward(build_forward_batch({&chunk, 1}, block_size), logits);
   }
   const auto t1 = Clock::now();
   result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -72,7 +70,7 @@ GenerateResult generate(LlamaCpu& model, const Tokenizer& tokenizer,
     if (std::string text = detok.push(id); !text.empty()) on_text(text);
     if (step + 1 == max_new) break;  // no logits needed after the last token
     ScheduledChunk chunk{tokens, block_table, int(tokens.size()) - 1, 1, true};
-    model.forward(build_forward_batch({&chunk, 1}, options.block_size), cache, logits);
+    runner.forward(build_forward_batch({&chunk, 1}, block_size), logits);
   }
   if (std::string rest = detok.flush(); !rest.empty()) on_text(rest);
   result.decode_seconds = std::chrono::duration<double>(Clock::now() - t1).count();

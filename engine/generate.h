@@ -9,8 +9,9 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/request.h"
 #include "engine/sampler.h"
-#include "models/llama.h"
+#include "models/model_runner.h"
 #include "tokenizer/tokenizer.h"
 
 namespace arbor {
@@ -19,12 +20,8 @@ struct GenerateOptions {
   SamplingParams sampling;
   int max_tokens = 128;
   bool ignore_eos = false;
-  int block_size = 16;
   int prefill_chunk = 512;  // tokens per prefill step; bounds activation memory
 };
-
-enum class FinishReason { kStop, kLength };
-const char* finish_reason_name(FinishReason reason);
 
 struct GenerateResult {
   std::vector<int32_t> output_ids;
@@ -35,11 +32,12 @@ struct GenerateResult {
   double decode_seconds = 0;  // from the first to the last generated token
 };
 
-// Generates from prompt_ids. Every text increment goes to on_text as soon as it is stable.
-// Stops at an EOS id (config's list, unless ignore_eos), after max_tokens, or at the model's
-// context limit. Throws std::invalid_argument when the prompt is empty or already fills
-// the context.
-GenerateResult generate(LlamaCpu& model, const Tokenizer& tokenizer,
+// Generates from prompt_ids on `runner` (whose KV cache it uses from block 0 on; nothing
+// else may run on the runner meanwhile). Every text increment goes to on_text as soon as it
+// is stable. Stops at an EOS id (config's list, unless ignore_eos), after max_tokens, or at
+// the model's context limit. Throws std::invalid_argument when the prompt is empty, already
+// fills the context, or needs more KV blocks than the runner has.
+GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
                         const std::vector<int32_t>& prompt_ids, const GenerateOptions& options,
                         const std::function<void(std::string_view)>& on_text);
 

@@ -13,6 +13,10 @@
 
 #include "engine/generate.h"
 #include "models/llama.h"
+#include "models/model_runner.h"
+#ifdef ARBOR_WITH_CUDA
+#include "models/llama_cuda.h"
+#endif
 #include "server/model_path.h"
 #include "tokenizer/tokenizer.h"
 
@@ -32,7 +36,36 @@ struct GenerateArgs {
   int threads = 0;
   int block_size = 16;
   int prefill_chunk = 512;
+  std::string device = "auto";
+  std::string load_format = "auto";
+  float gpu_memory_utilization = 0.9f;
 };
+
+// The model on the requested device: "cuda" when asked or when "auto" finds a GPU in a
+// CUDA build, else the CPU reference engine with a cache just large enough for the request.
+std::unique_ptr<ModelRunner> make_runner(const GenerateArgs& args, const std::filesystem::path& dir,
+                                         int tokens_needed) {
+  bool use_cuda = args.device == "cuda";
+#ifdef ARBOR_WITH_CUDA
+  std::string why;
+  if (args.device == "auto") use_cuda = cuda_available(&why);
+  if (use_cuda) {
+    CudaRunnerOptions o;
+    o.block_size = args.block_size;
+    o.gpu_memory_utilization = args.gpu_memory_utilization;
+    o.dummy_weights = args.load_format == "dummy";
+    o.max_batch_tokens = std::max(args.prefill_chunk, 1);
+    o.max_num_seqs = 8;
+    return make_cuda_runner(dir, o);
+  }
+#else
+  if (use_cuda) throw std::runtime_error("this arbor was built without the CUDA backend");
+#endif
+  if (args.load_format == "dummy")
+    throw std::runtime_error("--load-format dummy needs the CUDA backend (--device cuda)");
+  const int blocks = (tokens_needed + args.block_size - 1) / args.block_size;
+  return std::make_unique<CpuModelRunner>(LlamaCpu::load(dir), blocks, args.block_size);
+}
 
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -47,18 +80,17 @@ int run_generate(const GenerateArgs& args) {
   const std::filesystem::path dir =
       args.model.empty() ? default_model_dir() : std::filesystem::path(args.model);
   const auto t0 = std::chrono::steady_clock::now();
-  LlamaCpu model = LlamaCpu::load(dir);
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(dir);
-  const double load_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const LlamaConfig& c = model.config();
-  spdlog::info("loaded {} ({} layers, hidden {}, vocab {}) in {:.2f} s; {} CPU threads",
-               dir.string(), c.num_layers, c.hidden_size, c.vocab_size, load_s,
-               omp_get_max_threads());
-
   const std::string prompt =
       args.prompt_file.empty() ? args.prompt : read_text_file(args.prompt_file);
   const std::vector<int32_t> ids = tokenizer->encode(prompt, /*add_special_tokens=*/true);
+  std::unique_ptr<ModelRunner> runner =
+      make_runner(args, dir, int(ids.size()) + std::max(args.max_tokens, 0));
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const LlamaConfig& c = runner->config();
+  spdlog::info("loaded {} ({} layers, hidden {}, vocab {}) in {:.2f} s on {}", dir.string(),
+               c.num_layers, c.hidden_size, c.vocab_size, load_s, runner->device_name());
 
   // Unset sampling flags fall back to the model's generation_config.json, then to the
   // usual defaults (temperature 1, no top-k/top-p), as vLLM does.
@@ -75,12 +107,11 @@ int run_generate(const GenerateArgs& args) {
   s.seed = args.seed;
   opts.max_tokens = args.max_tokens;
   opts.ignore_eos = args.ignore_eos;
-  opts.block_size = args.block_size;
   opts.prefill_chunk = args.prefill_chunk;
 
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
-  GenerateResult r = generate(model, *tokenizer, ids, opts, [](std::string_view text) {
+  GenerateResult r = generate(*runner, *tokenizer, ids, opts, [](std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   });
@@ -129,6 +160,14 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--prefill-chunk", args->prefill_chunk, "Prompt tokens per prefill step")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--device", args->device, "auto (GPU if present), cuda or cpu")
+      ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
+  cmd->add_option("--load-format", args->load_format,
+                  "auto (safetensors) or dummy (random weights from config.json, GPU only)")
+      ->check(CLI::IsMember({"auto", "dummy"}));
+  cmd->add_option("--gpu-memory-utilization", args->gpu_memory_utilization,
+                  "Fraction of GPU memory for weights, activations and KV cache")
+      ->check(CLI::Range(0.05, 1.0));
   cmd->callback([args] {
     if (args->prompt.empty() && args->prompt_file.empty())
       throw CLI::ValidationError("--prompt", "give a prompt with --prompt or --prompt-file");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -12,7 +13,15 @@
 namespace arbor::test {
 
 std::filesystem::path fixtures_dir() {
+  if (const char* src = std::getenv("ARBOR_SOURCE_DIR"); src && *src)
+    return std::filesystem::path(src) / "tests" / "fixtures";
   return ARBOR_FIXTURES_DIR;
+}
+
+std::filesystem::path demo_model_dir() {
+  if (const char* src = std::getenv("ARBOR_SOURCE_DIR"); src && *src)
+    return std::filesystem::path(src) / "models" / "demo";
+  return ARBOR_DEMO_MODEL_DIR;
 }
 
 TempDir::TempDir() {

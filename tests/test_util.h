@@ -9,8 +9,11 @@
 
 namespace arbor::test {
 
-// Folder of committed fixtures (tests/fixtures).
+// Folder of committed fixtures (tests/fixtures) and the demo model (models/demo). Both come
+// from the source tree the tests were built from, or from $ARBOR_SOURCE_DIR when set (tests
+// built here and run on another machine, e.g. the GPU host).
 std::filesystem::path fixtures_dir();
+std::filesystem::path demo_model_dir();
 
 // A fresh empty directory under the system temp dir, removed when the object dies.
 class TempDir {

@@ -55,7 +55,7 @@ TEST_CASE("generate reports bad input clearly and exits non-zero", "[cli]") {
   SECTION("missing model folder") {
     RunResult r = run_arbor("generate --model /nonexistent/model -p hi");
     CHECK(r.exit_code == 1);
-    CHECK_THAT(r.err, Catch::Contains("config.json") && Catch::Contains("/nonexistent/model"));
+    CHECK_THAT(r.err, Catch::Contains("/nonexistent/model") && Catch::Contains("does not exist"));
   }
   SECTION("truncated weights") {
     test::TempDir dir;

@@ -16,6 +16,7 @@
 #include "engine/generate.h"
 #include "engine/kv_block_manager.h"
 #include "models/llama.h"
+#include "models/model_runner.h"
 #include "tests/test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -91,7 +92,8 @@ void check_fixture(const std::filesystem::path& dir) {
     opts.sampling.temperature = 0;
     opts.max_tokens = int(p.greedy.size());
     opts.ignore_eos = true;
-    GenerateResult r = generate(model, *tokenizer, p.ids, opts, [](std::string_view) {});
+    CpuModelRunner runner(model, /*num_kv_blocks=*/64, /*block_size=*/16);
+    GenerateResult r = generate(runner, *tokenizer, p.ids, opts, [](std::string_view) {});
     CHECK(r.output_ids == p.greedy);
   }
 
@@ -157,7 +159,7 @@ TEST_CASE("tiny Llama with llama3 rope scaling, f16, head_dim 32 matches transfo
 TEST_CASE("the demo model matches transformers", "[golden]") {
   // The shipped demo model with golden values from its training run (tools/train_demo.py).
   test::TempDir dir;
-  for (const auto& e : std::filesystem::directory_iterator(ARBOR_DEMO_MODEL_DIR))
+  for (const auto& e : std::filesystem::directory_iterator(test::demo_model_dir()))
     std::filesystem::copy(e.path(), dir.path() / e.path().filename());
   for (const char* f : {"golden.json", "golden.logits.f32"})
     std::filesystem::copy(test::fixtures_dir() / "demo-golden" / f, dir.path() / f);

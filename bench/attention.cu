@@ -1,0 +1,342 @@
+// Decode-attention benchmark: microseconds per layer of cuda::decode_attention, as single
+// launches and inside a CUDA graph that replays --layers layers back to back (each layer its
+// own KV cache, so the caches together exceed L2), and the bandwidth that implies against
+// the device's own measured read bandwidth. With --peer it also runs a peer script
+// (tools/bench_sdpa.py: torch SDPA flash and cuDNN on the same shapes) and prints one table.
+//
+//   arbor_bench_attention --batch 1,8 --context 1024,4096,32768,131072
+//       --peer "python3 tools/bench_sdpa.py"
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/bf16.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/device_buffer.h"
+
+namespace {
+
+using arbor::cuda::bf16;
+using arbor::cuda::DeviceArray;
+using arbor::cuda::DeviceBuffer;
+using arbor::cuda::Event;
+using arbor::cuda::Graph;
+using arbor::cuda::Stream;
+
+// Random bf16 in [-2, 2) from a hash of the index (never all zeros: zeros time differently).
+__global__ void fill_random_kernel(bf16* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + 1) * 0x9e3779b97f4a7c15ull + seed;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    p[i] = __float2bfloat16(float(z >> 40) * 0x1p-24f * 4.0f - 2.0f);
+  }
+}
+
+void fill_random(bf16* p, size_t n, uint64_t seed, cudaStream_t stream) {
+  fill_random_kernel<<<1024, 256, 0, stream>>>(p, n, seed);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Read-only reduction over n 16-byte words: the device's attainable read bandwidth.
+__global__ void read_kernel(const uint4* __restrict__ p, size_t n, uint32_t* sink) {
+  uint32_t acc = 0;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = __ldcs(p + i + u * stride);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc += v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 v = __ldcs(p + i);
+    acc += v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;  // keeps the loads; practically never written
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? NAN : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+// Bytes per second of read_kernel over a buffer far larger than L2.
+double measure_read_bandwidth(int sms, cudaStream_t stream) {
+  size_t free_bytes = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  const size_t bytes = std::min<size_t>(size_t(4) << 30, free_bytes / 4) / 16 * 16;
+  DeviceBuffer buf(bytes);
+  DeviceArray<uint32_t> sink(1);
+  fill_random(buf.as<bf16>(), bytes / 2, 1, stream);
+  std::vector<double> s;
+  Event start, stop;
+  for (int it = 0; it < 23; ++it) {
+    start.record(stream);
+    read_kernel<<<sms * 4, 512, 0, stream>>>(buf.as<uint4>(), bytes / 16, sink.data());
+    CUDA_CHECK_LAUNCH();
+    stop.record(stream);
+    const double ms = stop.elapsed_ms_since(start);
+    if (it >= 3) s.push_back(ms * 1e-3);
+  }
+  return double(bytes) / median(s);
+}
+
+std::string join(const std::vector<int>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+struct Options {
+  std::vector<int> batches = {1, 8};
+  std::vector<int> contexts = {1024, 4096, 32768, 131072};
+  int hq = 32, hkv = 8, head_dim = 128, block_size = 16;
+  int iters = 200, warmup = 20, layers = 32, splits = 0;
+  std::string mode = "both";
+  std::string peer;
+};
+
+// Peer results keyed by (batch, context, backend): microseconds, or NaN with a note.
+using PeerKey = std::tuple<int, int, std::string>;
+struct PeerResult {
+  double us = NAN;
+  std::string note;
+};
+
+std::map<PeerKey, PeerResult> run_peer(const Options& o) {
+  std::map<PeerKey, PeerResult> results;
+  const std::string cmd = o.peer + " --batch " + join(o.batches) + " --context " +
+                          join(o.contexts) + " --hq " + std::to_string(o.hq) + " --hkv " +
+                          std::to_string(o.hkv) + " --head-dim " + std::to_string(o.head_dim) +
+                          " --iters " + std::to_string(o.iters) + " --layers " +
+                          std::to_string(o.layers);
+  std::fprintf(stderr, "peer: %s\n", cmd.c_str());
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) {
+    std::fprintf(stderr, "peer: cannot start the command\n");
+    return results;
+  }
+  char line[4096];
+  while (std::fgets(line, sizeof line, pipe)) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("backend")) {
+      std::fprintf(stderr, "peer: %s", line);  // not a result line: pass it through
+      continue;
+    }
+    PeerResult r;
+    if (j.contains("us") && j["us"].is_number()) r.us = j["us"].get<double>();
+    if (j.contains("error")) r.note = j["error"].get<std::string>();
+    if (j.contains("gqa") && j["gqa"] == "expanded") r.note = "kv heads expanded";
+    results[{j.value("batch", 0), j.value("context", 0), j.value("backend", "")}] = r;
+  }
+  const int rc = pclose(pipe);
+  if (rc != 0) std::fprintf(stderr, "peer: exited with status %d\n", rc);
+  return results;
+}
+
+struct Row {
+  int batch = 0, context = 0, splits = 0, layers_used = 0;
+  double single_us = NAN, graph_us = NAN, bytes = 0;
+  std::string note;
+};
+
+Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t stream) {
+  Row row;
+  row.batch = batch;
+  row.context = context;
+  const int blocks_per_seq = (context + o.block_size - 1) / o.block_size;
+  const size_t num_blocks = size_t(batch) * size_t(blocks_per_seq);
+  const size_t cache_elems = num_blocks * size_t(o.hkv) * size_t(o.block_size) * size_t(o.head_dim);
+  const size_t layer_bytes = 2 * cache_elems * sizeof(bf16);
+  const size_t q_elems = size_t(batch) * size_t(o.hq) * size_t(o.head_dim);
+  // Bytes one layer must move: the K and V rows in context, q in, out back.
+  row.bytes = 2.0 * double(batch) * context * o.hkv * o.head_dim * sizeof(bf16) +
+              2.0 * double(q_elems) * sizeof(bf16);
+
+  size_t free_bytes = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  const size_t budget = size_t(double(free_bytes) * 0.85);
+  row.layers_used =
+      int(std::min<size_t>(size_t(o.layers), budget / std::max<size_t>(layer_bytes, 1)));
+  if (row.layers_used == 0) {
+    row.note = "KV cache does not fit";
+    return row;
+  }
+
+  std::vector<DeviceBuffer> caches;  // per layer: K then V
+  for (int l = 0; l < row.layers_used; ++l) {
+    caches.emplace_back(layer_bytes);
+    fill_random(caches.back().as<bf16>(), 2 * cache_elems, 1000 + uint64_t(l), stream);
+  }
+  // Shuffled block tables, as a long-running server's pool would give.
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(42));
+  DeviceArray<int32_t> tables(num_blocks);
+  DeviceArray<int32_t> lens{size_t(batch)};
+  tables.upload(perm.data(), perm.size(), stream);
+  const std::vector<int32_t> host_lens(size_t(batch), context);
+  lens.upload(host_lens.data(), host_lens.size(), stream);
+  DeviceArray<bf16> q(q_elems), out(q_elems);
+  fill_random(q.data(), q_elems, 7, stream);
+
+  arbor::cuda::DecodeAttentionParams p;
+  p.q = q.data();
+  p.block_tables = tables.data();
+  p.context_lens = lens.data();
+  p.num_seqs = batch;
+  p.num_q_heads = o.hq;
+  p.num_kv_heads = o.hkv;
+  p.head_dim = o.head_dim;
+  p.block_size = o.block_size;
+  p.max_blocks_per_seq = blocks_per_seq;
+  p.scale = 1.0f / std::sqrt(float(o.head_dim));
+  p.max_context_len = context;
+  p.out = out.data();
+  const auto plan = arbor::cuda::plan_decode_attention(p, sms, o.splits);
+  row.splits = plan.num_splits;
+  DeviceBuffer workspace(plan.workspace_bytes);
+  if (plan.workspace_bytes) CUDA_CHECK(cudaMemset(workspace.get(), 0, plan.workspace_bytes));
+  auto launch_layer = [&](int layer) {
+    const bf16* k = caches[size_t(layer % row.layers_used)].as<bf16>();
+    p.k_cache = k;
+    p.v_cache = k + cache_elems;
+    arbor::cuda::decode_attention(p, plan, workspace.get(), stream);
+  };
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+
+  Event start, stop;
+  if (o.mode != "graph") {  // single launches, each timed alone, rotating over the caches
+    std::vector<double> us;
+    for (int it = 0; it < o.warmup + o.iters; ++it) {
+      start.record(stream);
+      launch_layer(it);
+      stop.record(stream);
+      const double ms = stop.elapsed_ms_since(start);
+      if (it >= o.warmup) us.push_back(ms * 1e3);
+    }
+    row.single_us = median(us);
+  }
+  if (o.mode != "single") {  // --layers launches back to back in one graph
+    Graph graph;
+    graph.capture(stream, [&] {
+      for (int l = 0; l < o.layers; ++l) launch_layer(l);
+    });
+    for (int it = 0; it < std::max(3, o.warmup / 4); ++it) graph.launch(stream);
+    std::vector<double> us;
+    for (int it = 0; it < std::max(5, o.iters / 4); ++it) {
+      start.record(stream);
+      graph.launch(stream);
+      stop.record(stream);
+      us.push_back(stop.elapsed_ms_since(start) * 1e3 / o.layers);
+    }
+    row.graph_us = median(us);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  return row;
+}
+
+std::string fmt(double v, const char* f = "%.2f") {
+  if (std::isnan(v)) return "-";
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"Decode attention (flash-decoding) benchmark"};
+  app.add_option("--batch", o.batches, "batch sizes, comma separated")->delimiter(',');
+  app.add_option("--context", o.contexts, "context lengths, comma separated")->delimiter(',');
+  app.add_option("--hq", o.hq, "query heads");
+  app.add_option("--hkv", o.hkv, "KV heads");
+  app.add_option("--head-dim", o.head_dim, "head dim (64 or 128)");
+  app.add_option("--block-size", o.block_size, "KV cache block size");
+  app.add_option("--iters", o.iters, "timed iterations (graph mode: a quarter as many replays)");
+  app.add_option("--warmup", o.warmup, "untimed iterations first");
+  app.add_option("--layers", o.layers, "layers per graph replay, each with its own KV cache");
+  app.add_option("--splits", o.splits, "force this split count (0: the plan chooses)");
+  app.add_option("--mode", o.mode, "single, graph or both")
+      ->check(CLI::IsMember({"single", "graph", "both"}));
+  app.add_option("--peer", o.peer,
+                 "command printing JSON result lines for the same shapes, e.g. "
+                 "\"python3 tools/bench_sdpa.py\"");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    const int sms = prop.multiProcessorCount;
+
+    // The peer runs first, alone on the GPU, and releases its memory when it exits.
+    std::map<PeerKey, PeerResult> peer;
+    if (!o.peer.empty()) peer = run_peer(o);
+
+    Stream stream;
+    const double read_bw = measure_read_bandwidth(sms, stream.get());
+
+    char date[64];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S %Z", std::localtime(&now));
+    std::printf("device: %s (%d SMs, L2 %.0f MiB), %s\n", prop.name, sms,
+                prop.l2CacheSize / 1048576.0, date);
+    std::printf("measured read bandwidth: %.0f GB/s\n", read_bw * 1e-9);
+    std::printf("shape: hq=%d hkv=%d head_dim=%d block_size=%d, bf16; graph: %d layers/replay\n",
+                o.hq, o.hkv, o.head_dim, o.block_size, o.layers);
+    std::printf(
+        "GB/s and %% use the graph time (else single); SDPA: dense KV, single launches\n\n");
+    std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %11s %11s  %s\n", "batch", "context", "splits",
+                "caches", "single_us", "graph_us/ly", "GB/s", "%read", "sdpa_flash", "sdpa_cudnn",
+                "note");
+    for (int b : o.batches) {
+      for (int c : o.contexts) {
+        const Row r = run_case(o, b, c, sms, stream.get());
+        const double t = std::isnan(r.graph_us) ? r.single_us : r.graph_us;
+        const double gbs = r.bytes / (t * 1e-6) * 1e-9;
+        const auto pf = peer.find({b, c, "flash"});
+        const auto pc = peer.find({b, c, "cudnn"});
+        std::string note = r.note;
+        for (const auto* it : {&pf, &pc}) {
+          if (*it != peer.end() && !(*it)->second.note.empty()) {
+            note +=
+                (note.empty() ? "" : "; ") + std::get<2>((*it)->first) + ": " + (*it)->second.note;
+          }
+        }
+        std::printf("%6d %8d %6d %7d %10s %12s %8s %7s %11s %11s  %s\n", b, c, r.splits,
+                    r.layers_used, fmt(r.single_us).c_str(), fmt(r.graph_us).c_str(),
+                    fmt(gbs, "%.0f").c_str(), fmt(100.0 * gbs * 1e9 / read_bw, "%.1f").c_str(),
+                    fmt(pf != peer.end() ? pf->second.us : NAN).c_str(),
+                    fmt(pc != peer.end() ? pc->second.us : NAN).c_str(), note.c_str());
+        std::fflush(stdout);
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,122 @@
+// End-to-end decode speed of the CUDA model: tokens/s for each (batch, context) against the
+// weight + KV read roofline at the device's measured read bandwidth.
+//
+//   arbor_bench_decode --model bench/models/llama-3.1-8b --batch 1,64 --context 1024,32768
+//
+// Weights are random (--load-format dummy semantics: only config.json is read). One sequence
+// is prefilled to the context length; every sequence of the batch then reads that same KV
+// (their block tables point at the same blocks), so batch 64 at 32k fits in GPU memory while
+// each sequence still streams its whole context from HBM every step, as it would with its
+// own cache. Each step is a real decode step: forward + greedy sampling on the GPU.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "bench/bandwidth.h"
+#include "engine/batch_builder.h"
+#include "models/llama_cuda.h"
+
+namespace {
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    out.push_back(std::stoi(s.substr(pos, comma - pos)));
+    pos = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"arbor decode benchmark (CUDA, dummy weights)"};
+  std::string model = "bench/models/llama-3.1-8b", batches = "1,64", contexts = "1024,32768";
+  int steps = 64, warmup = 8;
+  bool graphs = true;
+  app.add_option("--model", model, "folder with config.json");
+  app.add_option("--batch", batches, "comma-separated batch sizes");
+  app.add_option("--context", contexts, "comma-separated context lengths");
+  app.add_option("--steps", steps, "timed decode steps");
+  app.add_option("--warmup", warmup, "untimed decode steps first");
+  app.add_option("--graphs", graphs, "capture decode steps in CUDA graphs (1/0)");
+  CLI11_PARSE(app, argc, argv);
+  const std::vector<int> bs = parse_list(batches), cs = parse_list(contexts);
+  const int max_b = *std::max_element(bs.begin(), bs.end());
+  const int max_c = *std::max_element(cs.begin(), cs.end());
+
+  arbor::CudaRunnerOptions o;
+  o.dummy_weights = true;
+  o.max_num_seqs = std::max(max_b, 1);
+  o.max_batch_tokens = 8192;
+  o.cuda_graphs = graphs;
+  const int block_size = o.block_size;
+  o.num_kv_blocks = (max_c + warmup + steps + 2 * block_size) / block_size + 1;
+  auto runner = arbor::make_cuda_runner(model, o);
+  const arbor::LlamaConfig& c = runner->config();
+
+  const double read_bw = arbor::bench::measure_read_bandwidth();
+  const double weight_bytes =
+      2.0 * (double(c.vocab_size) * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) +
+             double(c.num_layers) *
+                 (2.0 * c.hidden_size +
+                  double(c.hidden_size) * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim +
+                  double(c.hidden_size) * c.num_heads * c.head_dim +
+                  3.0 * c.hidden_size * c.intermediate_size));
+  const double kv_bytes_per_token = 2.0 * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;
+
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
+  std::printf("# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s\n", date,
+              runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
+              graphs ? "on" : "off");
+  std::printf("# measured read bandwidth %.0f GB/s; weights %.2f GB\n", read_bw * 1e-9,
+              weight_bytes * 1e-9);
+  std::printf("| batch | context | step ms | tok/s | roofline tok/s | %% of roofline |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+
+  for (int ctx : cs) {
+    // Prefill one sequence to `ctx` tokens (chunked), so the KV cache holds real values.
+    std::vector<int32_t> tokens(ctx + warmup + steps + 1);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7919) % c.vocab_size);
+    std::vector<int32_t> table((tokens.size() + block_size - 1) / block_size);
+    for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
+    std::vector<int32_t> ids;
+    for (int start = 0; start < ctx; start += runner->max_batch_tokens()) {
+      arbor::ScheduledChunk chunk{tokens, table, start,
+                                  std::min(runner->max_batch_tokens(), ctx - start), true};
+      runner->forward_greedy(arbor::build_forward_batch({&chunk, 1}, block_size), ids);
+    }
+    for (int b : bs) {
+      double total_s = 0;
+      for (int step = 0; step < warmup + steps; ++step) {
+        const int pos = ctx + step;  // every sequence decodes the token at `pos`
+        std::vector<arbor::ScheduledChunk> chunks(
+            b, arbor::ScheduledChunk{tokens, table, pos, 1, true});
+        const arbor::ForwardBatch batch = arbor::build_forward_batch(chunks, block_size);
+        const auto t0 = std::chrono::steady_clock::now();
+        runner->forward_greedy(batch, ids);
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (step >= warmup) total_s += s;
+      }
+      const double step_s = total_s / steps;
+      const double avg_ctx = ctx + warmup + steps / 2.0;
+      const double bytes = weight_bytes + b * avg_ctx * kv_bytes_per_token;
+      const double roofline = b / (bytes / read_bw);
+      std::printf("| %d | %d | %.3f | %.1f | %.1f | %.1f%% |\n", b, ctx, step_s * 1e3, b / step_s,
+                  roofline, 100.0 * (b / step_s) / roofline);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}

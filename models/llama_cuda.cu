@@ -1,0 +1,542 @@
+#include "models/llama_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/bf16.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/sampling.h"
+#include "models/safetensors.h"
+
+namespace arbor {
+namespace {
+
+using cuda::bf16;
+
+struct LayerWeights {
+  bf16* attn_norm = nullptr;
+  bf16* wqkv = nullptr;  // q, k, v projections stacked: [(Hq + 2 Hkv) D][hidden]
+  bf16* wo = nullptr;
+  bf16* mlp_norm = nullptr;
+  bf16* w_gate_up = nullptr;  // gate rows then up rows: [2 I][hidden]
+  bf16* w_down = nullptr;
+};
+
+// Pinned host memory (fast, asynchronous copies), freed on destruction.
+template <typename T>
+class PinnedArray {
+ public:
+  PinnedArray() = default;
+  explicit PinnedArray(size_t n) : n_(n) {
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+  }
+  ~PinnedArray() {
+    if (p_) cudaFreeHost(p_);
+  }
+  PinnedArray(const PinnedArray&) = delete;
+  PinnedArray& operator=(const PinnedArray&) = delete;
+  PinnedArray& operator=(PinnedArray&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  T* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+std::string gib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / double(1ull << 30));
+  return buf;
+}
+
+class LlamaCudaRunner final : public ModelRunner {
+ public:
+  LlamaCudaRunner(LlamaConfig config, const WeightStore* store, const CudaRunnerOptions& opt);
+
+  const LlamaConfig& config() const override { return c_; }
+  int num_kv_blocks() const override { return num_blocks_; }
+  int block_size() const override { return opt_.block_size; }
+  int max_batch_tokens() const override { return opt_.max_batch_tokens; }
+  int max_logits_rows() const override { return opt_.max_num_seqs; }
+  void forward(const ForwardBatch& batch, std::vector<float>& logits) override;
+  void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) override;
+  std::string device_name() const override { return device_name_; }
+
+ private:
+  // Validates the batch, uploads its metadata and enqueues the step (graph or not); the
+  // logits of the requested rows are then in logits_ on the stream. Returns the row count.
+  int run_step(const ForwardBatch& batch);
+  // Everything one step enqueues on the stream, from token ids to logits.
+  void enqueue_step(int n_tokens, int n_seqs, int n_rows, bool decode, int max_context_len,
+                    int max_query_len, const cuda::DecodeAttentionPlan& plan);
+  void upload_weights(const WeightStore* store);
+  void upload_tensor(const WeightStore& store, const std::string& name,
+                     std::initializer_list<int64_t> shape, bf16* dst);
+  cuda::DecodeAttentionParams decode_params(int n_seqs, int max_context_len) const;
+
+  LlamaConfig c_;
+  CudaRunnerOptions opt_;
+  std::string device_name_;
+  int num_sms_ = 0;
+  int q_dim_ = 0, kv_dim_ = 0, qkv_dim_ = 0;
+  int max_blocks_per_seq_ = 0;  // block-table row stride on the device
+
+  cuda::Stream stream_;
+  cuda::Gemm gemm_;
+
+  cuda::DeviceBuffer weights_;
+  bf16* embed_ = nullptr;
+  bf16* final_norm_ = nullptr;
+  bf16* lm_head_ = nullptr;
+  std::vector<LayerWeights> layers_;
+  cuda::DeviceArray<float> inv_freq_;
+
+  cuda::DeviceBuffer kv_;
+  std::vector<bf16*> k_cache_, v_cache_;
+  int num_blocks_ = 0;
+
+  cuda::DeviceArray<bf16> x_, normed_, qkv_, q_, attn_, proj_, gate_up_, act_, rows_;
+  cuda::DeviceArray<float> logits_;
+  cuda::DeviceBuffer attn_workspace_;
+
+  // Step metadata: token ids, positions, slots, query_start, context_lens, logits rows at
+  // fixed offsets of one int32 buffer (fixed pointers, so CUDA graphs can replay), then the
+  // block tables with row stride max_blocks_per_seq_.
+  cuda::DeviceArray<int32_t> meta_;
+  PinnedArray<int32_t> meta_host_;
+  PinnedArray<float> logits_host_;
+  size_t off_tokens_ = 0, off_positions_ = 0, off_slots_ = 0, off_query_start_ = 0,
+         off_context_lens_ = 0, off_logits_rows_ = 0, off_block_tables_ = 0;
+
+  std::map<int, cuda::Graph> decode_graphs_;  // batch-size bucket → captured decode step
+
+  // Device-side greedy sampling (forward_greedy): one parameter row per logits row.
+  cuda::DeviceArray<cuda::SamplingRowParams> greedy_params_;
+  cuda::DeviceArray<int32_t> sampled_;
+};
+
+LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
+                                 const CudaRunnerOptions& opt)
+    : c_(std::move(config)), opt_(opt) {
+  if (opt_.block_size <= 0 || opt_.max_batch_tokens <= 0 || opt_.max_num_seqs <= 0)
+    throw std::invalid_argument("block size, max batch tokens and max sequences must be > 0");
+  if (!(opt_.gpu_memory_utilization > 0.0f && opt_.gpu_memory_utilization <= 1.0f))
+    throw std::invalid_argument("gpu_memory_utilization must be in (0, 1]");
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, opt_.device));
+  device_name_ = prop.name;
+  num_sms_ = prop.multiProcessorCount;
+
+  const int H = c_.hidden_size, I = c_.intermediate_size, V = c_.vocab_size;
+  q_dim_ = c_.num_heads * c_.head_dim;
+  kv_dim_ = c_.num_kv_heads * c_.head_dim;
+  qkv_dim_ = q_dim_ + 2 * kv_dim_;
+  max_blocks_per_seq_ = (c_.max_position_embeddings + opt_.block_size - 1) / opt_.block_size;
+
+  // Weights: one arena.
+  const size_t per_layer =
+      size_t(H) * 2 + size_t(qkv_dim_) * H + size_t(H) * q_dim_ + size_t(2) * I * H + size_t(H) * I;
+  const size_t total =
+      size_t(V) * H * (c_.tie_word_embeddings ? 1 : 2) + size_t(H) + per_layer * c_.num_layers;
+  weights_ = cuda::DeviceBuffer(total * sizeof(bf16));
+  bf16* p = weights_.as<bf16>();
+  auto take = [&p](size_t n) {
+    bf16* r = p;
+    p += n;
+    return r;
+  };
+  embed_ = take(size_t(V) * H);
+  layers_.resize(c_.num_layers);
+  for (LayerWeights& w : layers_) {
+    w.attn_norm = take(H);
+    w.wqkv = take(size_t(qkv_dim_) * H);
+    w.wo = take(size_t(H) * q_dim_);
+    w.mlp_norm = take(H);
+    w.w_gate_up = take(size_t(2) * I * H);
+    w.w_down = take(size_t(H) * I);
+  }
+  final_norm_ = take(H);
+  lm_head_ = c_.tie_word_embeddings ? embed_ : take(size_t(V) * H);
+  upload_weights(store);
+
+  std::vector<float> inv_freq = cpu::rope_inv_freq(c_.head_dim, c_.rope_theta, c_.rope_scaling);
+  inv_freq_ = cuda::DeviceArray<float>(inv_freq.size());
+  inv_freq_.upload(inv_freq.data(), inv_freq.size(), stream_.get());
+
+  // Activations for the largest step.
+  const size_t T = opt_.max_batch_tokens, S = opt_.max_num_seqs;
+  x_ = cuda::DeviceArray<bf16>(T * H);
+  normed_ = cuda::DeviceArray<bf16>(T * H);
+  qkv_ = cuda::DeviceArray<bf16>(T * qkv_dim_);
+  q_ = cuda::DeviceArray<bf16>(T * q_dim_);
+  attn_ = cuda::DeviceArray<bf16>(T * q_dim_);
+  proj_ = cuda::DeviceArray<bf16>(T * H);
+  gate_up_ = cuda::DeviceArray<bf16>(T * 2 * I);
+  act_ = cuda::DeviceArray<bf16>(T * I);
+  rows_ = cuda::DeviceArray<bf16>(S * H);
+  logits_ = cuda::DeviceArray<float>(S * V);
+  logits_host_ = PinnedArray<float>(S * V);
+
+  off_tokens_ = 0;
+  off_positions_ = off_tokens_ + T;
+  off_slots_ = off_positions_ + T;
+  off_query_start_ = off_slots_ + T;
+  off_context_lens_ = off_query_start_ + S + 1;
+  off_logits_rows_ = off_context_lens_ + S;
+  off_block_tables_ = off_logits_rows_ + S;
+  const size_t meta_size = off_block_tables_ + S * size_t(max_blocks_per_seq_);
+  meta_ = cuda::DeviceArray<int32_t>(meta_size);
+  meta_host_ = PinnedArray<int32_t>(meta_size);
+
+  {
+    std::vector<cuda::SamplingRowParams> greedy(S);
+    for (auto& g : greedy) g.temperature = 0.0f;
+    greedy_params_ = cuda::DeviceArray<cuda::SamplingRowParams>(S);
+    greedy_params_.upload(greedy.data(), S, stream_.get());
+    sampled_ = cuda::DeviceArray<int32_t>(S);
+  }
+
+  // Decode-attention workspace: the largest any batch size may need at full context.
+  size_t ws = 0;
+  for (int s = 1; s <= opt_.max_num_seqs; ++s)
+    ws = std::max(
+        ws, cuda::plan_decode_attention(decode_params(s, c_.max_position_embeddings), num_sms_)
+                .workspace_bytes);
+  attn_workspace_ = cuda::DeviceBuffer(ws);
+  CUDA_CHECK(cudaMemsetAsync(attn_workspace_.get(), 0, ws, stream_.get()));
+  stream_.sync();
+
+  // KV cache: what remains of the allowed memory.
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const double allowed = double(total_bytes) * opt_.gpu_memory_utilization;
+  const double used = double(total_bytes - free_bytes);
+  const size_t block_bytes =
+      size_t(2) * c_.num_layers * c_.num_kv_heads * opt_.block_size * c_.head_dim * sizeof(bf16);
+  if (opt_.num_kv_blocks > 0) {
+    num_blocks_ = opt_.num_kv_blocks;
+  } else {
+    const double room = allowed - used - 256.0 * (1 << 20);  // headroom for cuBLAS, graphs
+    num_blocks_ = room > 0 ? int(std::min(room / double(block_bytes), 1e9)) : 0;
+  }
+  if (num_blocks_ < 1)
+    throw std::runtime_error("the model does not fit on " + device_name_ + ": weights " +
+                             gib(double(total * sizeof(bf16))) +
+                             " + activations leave no room for the KV cache under " + gib(allowed) +
+                             " (" + std::to_string(opt_.gpu_memory_utilization) + " of " +
+                             gib(double(total_bytes)) + "; in use " + gib(used) +
+                             "); raise --gpu-memory-utilization or lower --max-batch-tokens");
+  kv_ = cuda::DeviceBuffer(size_t(num_blocks_) * block_bytes);
+  const size_t layer_elems = size_t(num_blocks_) * c_.num_kv_heads * opt_.block_size * c_.head_dim;
+  for (int l = 0; l < c_.num_layers; ++l) {
+    k_cache_.push_back(kv_.as<bf16>() + (2 * size_t(l)) * layer_elems);
+    v_cache_.push_back(kv_.as<bf16>() + (2 * size_t(l) + 1) * layer_elems);
+  }
+}
+
+void LlamaCudaRunner::upload_tensor(const WeightStore& store, const std::string& name,
+                                    std::initializer_list<int64_t> shape, bf16* dst) {
+  std::vector<int64_t> s(shape);
+  const TensorView& t = store.get(name, s);
+  const size_t n = size_t(t.numel());
+  if (t.dtype == DType::BF16) {
+    // Straight from the mapping; cudaMemcpy copes with pageable, unaligned sources.
+    CUDA_CHECK(cudaMemcpy(dst, t.data, n * sizeof(bf16), cudaMemcpyHostToDevice));
+    return;
+  }
+  std::vector<float> f = store.load_f32(name, s);
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = cuda::float_to_bf16_bits(f[i]);
+  CUDA_CHECK(cudaMemcpy(dst, h.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+}
+
+void LlamaCudaRunner::upload_weights(const WeightStore* store) {
+  const int64_t H = c_.hidden_size, I = c_.intermediate_size, V = c_.vocab_size;
+  const int64_t q = q_dim_, kv = kv_dim_;
+  if (!store) {
+    // --load-format dummy: N(0, 0.02) matrices (HF's initializer_range), unit norms.
+    cudaStream_t s = stream_.get();
+    uint64_t seed = opt_.dummy_seed * 1000003ull + 1;
+    auto fill = [&](bf16* dst, size_t n, float mean, float std) {
+      cuda::fill_normal_bf16(dst, n, seed++, mean, std, s);
+    };
+    fill(embed_, size_t(V * H), 0.0f, 0.02f);
+    for (LayerWeights& w : layers_) {
+      fill(w.attn_norm, H, 1.0f, 0.0f);
+      fill(w.wqkv, size_t(qkv_dim_) * H, 0.0f, 0.02f);
+      fill(w.wo, size_t(H * q), 0.0f, 0.02f);
+      fill(w.mlp_norm, H, 1.0f, 0.0f);
+      fill(w.w_gate_up, size_t(2 * I * H), 0.0f, 0.02f);
+      fill(w.w_down, size_t(H * I), 0.0f, 0.02f);
+    }
+    fill(final_norm_, H, 1.0f, 0.0f);
+    if (!c_.tie_word_embeddings) fill(lm_head_, size_t(V * H), 0.0f, 0.02f);
+    stream_.sync();
+    return;
+  }
+  upload_tensor(*store, "model.embed_tokens.weight", {V, H}, embed_);
+  for (int l = 0; l < c_.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& w = layers_[l];
+    upload_tensor(*store, p + "input_layernorm.weight", {H}, w.attn_norm);
+    upload_tensor(*store, p + "self_attn.q_proj.weight", {q, H}, w.wqkv);
+    upload_tensor(*store, p + "self_attn.k_proj.weight", {kv, H}, w.wqkv + q * H);
+    upload_tensor(*store, p + "self_attn.v_proj.weight", {kv, H}, w.wqkv + (q + kv) * H);
+    upload_tensor(*store, p + "self_attn.o_proj.weight", {H, q}, w.wo);
+    upload_tensor(*store, p + "post_attention_layernorm.weight", {H}, w.mlp_norm);
+    upload_tensor(*store, p + "mlp.gate_proj.weight", {I, H}, w.w_gate_up);
+    upload_tensor(*store, p + "mlp.up_proj.weight", {I, H}, w.w_gate_up + I * H);
+    upload_tensor(*store, p + "mlp.down_proj.weight", {H, I}, w.w_down);
+  }
+  upload_tensor(*store, "model.norm.weight", {H}, final_norm_);
+  if (!c_.tie_word_embeddings) upload_tensor(*store, "lm_head.weight", {V, H}, lm_head_);
+}
+
+cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_context_len) const {
+  cuda::DecodeAttentionParams a;
+  a.q = q_.data();
+  a.k_cache = nullptr;  // per layer
+  a.v_cache = nullptr;
+  a.block_tables = meta_.data() + off_block_tables_;
+  a.context_lens = meta_.data() + off_context_lens_;
+  a.num_seqs = n_seqs;
+  a.num_q_heads = c_.num_heads;
+  a.num_kv_heads = c_.num_kv_heads;
+  a.head_dim = c_.head_dim;
+  a.block_size = opt_.block_size;
+  a.max_blocks_per_seq = max_blocks_per_seq_;
+  a.scale = 1.0f / std::sqrt(float(c_.head_dim));
+  a.max_context_len = max_context_len;
+  a.out = attn_.data();
+  return a;
+}
+
+void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, int max_context_len,
+                                   int max_query_len, const cuda::DecodeAttentionPlan& plan) {
+  cudaStream_t s = stream_.get();
+  const int H = c_.hidden_size, I = c_.intermediate_size, V = c_.vocab_size;
+  const float eps = c_.rms_norm_eps;
+  const int32_t* meta = meta_.data();
+  cuda::embedding(embed_, meta + off_tokens_, n, H, x_.data(), s);
+  for (int l = 0; l < c_.num_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    if (l == 0)
+      cuda::rmsnorm(x_.data(), w.attn_norm, n, H, eps, normed_.data(), s);
+    else
+      cuda::add_rmsnorm(x_.data(), proj_.data(), w.attn_norm, n, H, eps, normed_.data(), s);
+    gemm_.run(normed_.data(), w.wqkv, n, qkv_dim_, H, qkv_.data(), s);
+
+    cuda::RopeKvWriteParams r;
+    r.qkv = qkv_.data();
+    r.positions = meta + off_positions_;
+    r.slot_mapping = meta + off_slots_;
+    r.inv_freq = inv_freq_.data();
+    r.n_tokens = n;
+    r.num_q_heads = c_.num_heads;
+    r.num_kv_heads = c_.num_kv_heads;
+    r.head_dim = c_.head_dim;
+    r.block_size = opt_.block_size;
+    r.num_blocks = num_blocks_;
+    r.q_out = q_.data();
+    r.k_cache = k_cache_[l];
+    r.v_cache = v_cache_[l];
+    cuda::rope_kv_write(r, s);
+
+    if (decode) {
+      cuda::DecodeAttentionParams a = decode_params(n_seqs, max_context_len);
+      a.k_cache = k_cache_[l];
+      a.v_cache = v_cache_[l];
+      cuda::decode_attention(a, plan, attn_workspace_.get(), s);
+    } else {
+      cuda::PrefillAttentionParams a;
+      a.q = q_.data();
+      a.k_cache = k_cache_[l];
+      a.v_cache = v_cache_[l];
+      a.block_tables = meta + off_block_tables_;
+      a.context_lens = meta + off_context_lens_;
+      a.query_start = meta + off_query_start_;
+      a.num_seqs = n_seqs;
+      a.num_tokens = n;
+      a.num_q_heads = c_.num_heads;
+      a.num_kv_heads = c_.num_kv_heads;
+      a.head_dim = c_.head_dim;
+      a.block_size = opt_.block_size;
+      a.max_blocks_per_seq = max_blocks_per_seq_;
+      a.max_query_len = max_query_len;
+      a.scale = 1.0f / std::sqrt(float(c_.head_dim));
+      a.out = attn_.data();
+      cuda::prefill_attention(a, s);
+    }
+    gemm_.run(attn_.data(), w.wo, n, H, q_dim_, proj_.data(), s);
+    cuda::add_rmsnorm(x_.data(), proj_.data(), w.mlp_norm, n, H, eps, normed_.data(), s);
+    gemm_.run(normed_.data(), w.w_gate_up, n, 2 * I, H, gate_up_.data(), s);
+    cuda::silu_mul(gate_up_.data(), n, I, act_.data(), s);
+    gemm_.run(act_.data(), w.w_down, n, H, I, proj_.data(), s);
+  }
+  cuda::add_rmsnorm(x_.data(), proj_.data(), final_norm_, n, H, eps, normed_.data(), s);
+  // Gather the rows whose logits are wanted (the embedding kernel is exactly a row gather).
+  cuda::embedding(normed_.data(), meta + off_logits_rows_, n_rows, H, rows_.data(), s);
+  gemm_.run(rows_.data(), lm_head_, n_rows, V, H, logits_.data(), s);
+}
+
+void LlamaCudaRunner::forward(const ForwardBatch& b, std::vector<float>& logits) {
+  const int n_rows = run_step(b);
+  const int V = c_.vocab_size;
+  cudaStream_t st = stream_.get();
+  CUDA_CHECK(cudaMemcpyAsync(logits_host_.data(), logits_.data(),
+                             size_t(n_rows) * V * sizeof(float), cudaMemcpyDeviceToHost, st));
+  stream_.sync();
+  logits.assign(logits_host_.data(), logits_host_.data() + size_t(n_rows) * V);
+}
+
+void LlamaCudaRunner::forward_greedy(const ForwardBatch& b, std::vector<int32_t>& ids) {
+  const int n_rows = run_step(b);
+  cudaStream_t st = stream_.get();
+  cuda::SamplingBatch sb;
+  sb.logits = logits_.data();
+  sb.rows = n_rows;
+  sb.vocab = c_.vocab_size;
+  sb.params = greedy_params_.data();
+  sb.tokens = sampled_.data();
+  cuda::sample(sb, nullptr, 0, st);
+  ids.resize(n_rows);
+  CUDA_CHECK(cudaMemcpyAsync(ids.data(), sampled_.data(), size_t(n_rows) * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, st));
+  stream_.sync();
+}
+
+int LlamaCudaRunner::run_step(const ForwardBatch& b) {
+  const int n = b.num_tokens(), n_seqs = b.num_seqs(), n_rows = int(b.logits_rows.size());
+  const int V = c_.vocab_size;
+  if (n == 0 || n_seqs == 0) throw std::invalid_argument("empty forward batch");
+  if (n > opt_.max_batch_tokens)
+    throw std::invalid_argument("batch of " + std::to_string(n) + " tokens exceeds " +
+                                std::to_string(opt_.max_batch_tokens) + " (max batch tokens)");
+  if (n_seqs > opt_.max_num_seqs || n_rows > opt_.max_num_seqs)
+    throw std::invalid_argument("batch of " + std::to_string(std::max(n_seqs, n_rows)) +
+                                " sequences/logits rows exceeds " +
+                                std::to_string(opt_.max_num_seqs));
+  if (int(b.positions.size()) != n || int(b.slot_mapping.size()) != n ||
+      int(b.query_start.size()) != n_seqs + 1 || b.query_start.back() != n ||
+      b.max_blocks_per_seq > max_blocks_per_seq_ ||
+      b.block_tables.size() != size_t(n_seqs) * b.max_blocks_per_seq)
+    throw std::invalid_argument("malformed forward batch");
+  const int64_t num_slots = int64_t(num_blocks_) * opt_.block_size;
+  for (int t = 0; t < n; ++t) {
+    if (b.token_ids[t] < 0 || b.token_ids[t] >= V)
+      throw std::invalid_argument("token id " + std::to_string(b.token_ids[t]) +
+                                  " is outside the vocabulary (size " + std::to_string(V) + ")");
+    if (b.slot_mapping[t] < 0 || b.slot_mapping[t] >= num_slots)
+      throw std::invalid_argument("cache slot outside the KV cache");
+  }
+  for (int32_t row : b.logits_rows)
+    if (row < 0 || row >= n) throw std::invalid_argument("logits row outside the batch");
+  for (int32_t blk : b.block_tables)
+    if (blk >= num_blocks_) throw std::invalid_argument("block id outside the KV cache");
+
+  int max_ctx = 0, max_q = 0;
+  bool decode = n == n_seqs;
+  for (int s = 0; s < n_seqs; ++s) {
+    const int q_len = b.query_start[s + 1] - b.query_start[s];
+    if (q_len <= 0 || q_len > b.context_lens[s] ||
+        b.context_lens[s] > int64_t(b.max_blocks_per_seq) * opt_.block_size)
+      throw std::invalid_argument("malformed forward batch: query/context lengths");
+    max_ctx = std::max(max_ctx, b.context_lens[s]);
+    max_q = std::max(max_q, q_len);
+    decode = decode && q_len == 1;
+  }
+
+  // Decode steps replay a captured graph for the next batch-size bucket; the padding
+  // sequences have empty contexts and padding slots, so they read and write nothing.
+  int bucket = 0;
+  if (decode && opt_.cuda_graphs) {
+    bucket = 1;
+    while (bucket < n_seqs) bucket *= 2;
+    bucket = std::min(bucket, opt_.max_num_seqs);
+  }
+  const int rows_used = bucket ? bucket : n_rows;
+  const int seqs_used = bucket ? bucket : n_seqs;
+
+  int32_t* h = meta_host_.data();
+  for (int t = 0; t < n; ++t) {
+    h[off_tokens_ + t] = b.token_ids[t];
+    h[off_positions_ + t] = b.positions[t];
+    h[off_slots_ + t] = b.slot_mapping[t];
+  }
+  for (int s = 0; s <= n_seqs; ++s) h[off_query_start_ + s] = b.query_start[s];
+  for (int s = 0; s < n_seqs; ++s) h[off_context_lens_ + s] = b.context_lens[s];
+  for (int r = 0; r < n_rows; ++r) h[off_logits_rows_ + r] = b.logits_rows[r];
+  for (int s = n_seqs; s < seqs_used; ++s) {  // graph padding
+    h[off_tokens_ + s] = 0;
+    h[off_positions_ + s] = 0;
+    h[off_slots_ + s] = -1;
+    h[off_query_start_ + s + 1] = s + 1;
+    h[off_context_lens_ + s] = 0;
+  }
+  for (int r = n_rows; r < rows_used; ++r) h[off_logits_rows_ + r] = 0;
+  cudaStream_t st = stream_.get();
+  CUDA_CHECK(cudaMemcpyAsync(meta_.data(), h, off_block_tables_ * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, st));
+  for (int s = 0; s < n_seqs; ++s)
+    std::memcpy(h + off_block_tables_ + size_t(s) * max_blocks_per_seq_,
+                b.block_tables.data() + size_t(s) * b.max_blocks_per_seq,
+                size_t(b.max_blocks_per_seq) * sizeof(int32_t));
+  CUDA_CHECK(cudaMemcpy2DAsync(
+      meta_.data() + off_block_tables_, size_t(max_blocks_per_seq_) * sizeof(int32_t),
+      h + off_block_tables_, size_t(max_blocks_per_seq_) * sizeof(int32_t),
+      size_t(b.max_blocks_per_seq) * sizeof(int32_t), size_t(n_seqs), cudaMemcpyHostToDevice, st));
+
+  if (bucket) {
+    cuda::Graph& g = decode_graphs_[bucket];
+    if (!g.ready()) {
+      // One graph per bucket serves every context length: the attention reads the lengths
+      // from device memory and plans its splits for the longest possible context.
+      const int plan_ctx = c_.max_position_embeddings;
+      const cuda::DecodeAttentionPlan plan =
+          cuda::plan_decode_attention(decode_params(bucket, plan_ctx), num_sms_);
+      g.capture(st, [&] { enqueue_step(bucket, bucket, bucket, true, plan_ctx, 1, plan); });
+    }
+    g.launch(st);
+  } else {
+    cuda::DecodeAttentionPlan plan;
+    if (decode) plan = cuda::plan_decode_attention(decode_params(n_seqs, max_ctx), num_sms_);
+    enqueue_step(n, n_seqs, n_rows, decode, max_ctx, max_q, plan);
+  }
+  return n_rows;
+}
+
+}  // namespace
+
+bool cuda_available(std::string* why_not) {
+  std::string why;
+  const bool ok = !cuda::list_devices(&why).empty();
+  if (!ok && why_not) *why_not = why;
+  return ok;
+}
+
+std::unique_ptr<ModelRunner> make_cuda_runner(const std::filesystem::path& model_dir,
+                                              const CudaRunnerOptions& options) {
+  CUDA_CHECK(cudaSetDevice(options.device));
+  LlamaConfig config = load_llama_config(model_dir);
+  if (options.dummy_weights) return std::make_unique<LlamaCudaRunner>(config, nullptr, options);
+  WeightStore store = WeightStore::open(model_dir);
+  return std::make_unique<LlamaCudaRunner>(config, &store, options);
+}
+
+}  // namespace arbor

@@ -1,0 +1,32 @@
+#include "models/model_runner.h"
+
+#include <algorithm>
+
+#include <omp.h>
+
+namespace arbor {
+
+void ModelRunner::forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) {
+  std::vector<float> logits;
+  forward(batch, logits);
+  const size_t vocab = size_t(config().vocab_size);
+  ids.resize(batch.logits_rows.size());
+  for (size_t r = 0; r < ids.size(); ++r) {
+    const float* row = logits.data() + r * vocab;
+    ids[r] = int32_t(std::max_element(row, row + vocab) - row);
+  }
+}
+
+CpuModelRunner::CpuModelRunner(LlamaCpu model, int num_kv_blocks, int block_size)
+    : model_(std::move(model)),
+      cache_(model_.config().num_layers, model_.kv_shape(num_kv_blocks, block_size)) {}
+
+void CpuModelRunner::forward(const ForwardBatch& batch, std::vector<float>& logits) {
+  model_.forward(batch, cache_, logits);
+}
+
+std::string CpuModelRunner::device_name() const {
+  return "cpu (" + std::to_string(omp_get_max_threads()) + " threads)";
+}
+
+}  // namespace arbor
