@@ -112,6 +112,7 @@ class LlamaCudaRunner final : public ModelRunner {
   int num_blocks_ = 0;
 
   cuda::DeviceArray<bf16> x_, normed_, qkv_, q_, attn_, proj_, gate_up_, act_, rows_;
+  cuda::DeviceArray<bf16> logits_bf16_;  // lm_head output, as transformers and vLLM keep it
   cuda::DeviceArray<float> logits_;
   cuda::DeviceBuffer attn_workspace_;
 
@@ -190,6 +191,7 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   gate_up_ = cuda::DeviceArray<bf16>(T * 2 * I);
   act_ = cuda::DeviceArray<bf16>(T * I);
   rows_ = cuda::DeviceArray<bf16>(S * H);
+  logits_bf16_ = cuda::DeviceArray<bf16>(S * V);
   logits_ = cuda::DeviceArray<float>(S * V);
   logits_host_ = PinnedArray<float>(S * V);
 
@@ -392,7 +394,10 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
   cuda::add_rmsnorm(x_.data(), proj_.data(), final_norm_, n, H, eps, normed_.data(), s);
   // Gather the rows whose logits are wanted (the embedding kernel is exactly a row gather).
   cuda::embedding(normed_.data(), meta + off_logits_rows_, n_rows, H, rows_.data(), s);
-  gemm_.run(rows_.data(), lm_head_, n_rows, V, H, logits_.data(), s);
+  // Logits are rounded to bf16 like the lm_head output of transformers and vLLM, then
+  // widened: greedy ties then break exactly as theirs do (lowest id among equal bf16 values).
+  gemm_.run(rows_.data(), lm_head_, n_rows, V, H, logits_bf16_.data(), s);
+  cuda::bf16_to_f32(logits_bf16_.data(), size_t(n_rows) * V, logits_.data(), s);
 }
 
 void LlamaCudaRunner::forward(const ForwardBatch& b, std::vector<float>& logits) {

@@ -4,7 +4,8 @@
 // Tolerances: the GPU computes in bf16 (weights, activations and KV cache rounded to 8
 // mantissa bits, fp32 accumulation), the CPU in fp32 from the same bf16 weights. Each layer
 // adds ~2^-8 relative noise; over the demo model's 6 layers logits move by a few 1e-2
-// (measured on an H100; see the closing note of the CUDA issue). We require max-abs ≤ 0.15
+// (measured on an H100), and the GPU rounds its logits to bf16 as transformers does (±0.04
+// at magnitude 10). We require max-abs ≤ 0.2
 // on logits of magnitude ~10 and the same greedy token wherever the CPU's top-2 gap exceeds
 // 0.2 — a real bug (wrong rope, mask, GQA mapping, cache slot) moves logits by whole units.
 #include <catch2/catch.hpp>
@@ -25,7 +26,7 @@
 namespace arbor {
 namespace {
 
-constexpr float kLogitTolerance = 0.15f;
+constexpr float kLogitTolerance = 0.2f;
 constexpr float kTieGap = 0.2f;
 
 std::filesystem::path demo_dir() {
@@ -105,25 +106,42 @@ TEST_CASE("CUDA Llama matches the CPU reference on the demo model", "[gpu][model
   }
 }
 
-TEST_CASE("CUDA generate gives the CPU's greedy tokens on the demo model", "[gpu][model]") {
+TEST_CASE("CUDA greedy decoding follows the CPU's on the demo model", "[gpu][model]") {
+  // 64 greedy steps on both runners from the same growing sequence. The GPU rounds logits to
+  // bf16 (as transformers does) and breaks exact ties to the lowest id, so the two may part
+  // only where the CPU's own top-2 gap is within bf16 resolution plus noise; the test shows
+  // both logits there.
   auto tokenizer = load_tokenizer(demo_dir());
   CudaRunnerOptions o;
   o.num_kv_blocks = 64;
   o.max_num_seqs = 8;
   auto gpu = make_cuda_runner(demo_dir(), o);
   CpuModelRunner cpu(LlamaCpu::load(demo_dir()), 64, 16);
-  const std::vector<int32_t> ids = tokenizer->encode("The jury said", true);
-  GenerateOptions g;
-  g.sampling.temperature = 0;
-  g.max_tokens = 64;
-  g.ignore_eos = true;
-  auto rg = generate(*gpu, *tokenizer, ids, g, [](std::string_view) {});
-  auto rc = generate(cpu, *tokenizer, ids, g, [](std::string_view) {});
-  // Identical until the first near-tie of the CPU run (if any); report where.
-  size_t same = 0;
-  while (same < rg.output_ids.size() && rg.output_ids[same] == rc.output_ids[same]) ++same;
-  INFO("first divergence at token " << same);
-  CHECK(same >= 32);
+  const int V = gpu->config().vocab_size;
+  for (const char* text : {"The jury said", "It was a cold morning, and"}) {
+    std::vector<int32_t> tokens = tokenizer->encode(text, true), table;
+    for (int b = 0; b < 16; ++b) table.push_back(b);
+    std::vector<float> lg, lc;
+    int same = 0;
+    for (int step = 0; step < 64; ++step) {
+      const int start = step == 0 ? 0 : int(tokens.size()) - 1;
+      ScheduledChunk c{tokens, table, start, int(tokens.size()) - start, true};
+      const ForwardBatch batch = build_forward_batch({&c, 1}, 16);
+      gpu->forward(batch, lg);
+      cpu.forward(batch, lc);
+      const int g = argmax(lg.data(), V), k = argmax(lc.data(), V);
+      if (g != k) {
+        INFO(text << ": step " << step << ": GPU chose " << g << " (GPU logit " << lg[g]
+                  << ", CPU logit " << lc[g] << "), CPU chose " << k << " (GPU logit " << lg[k]
+                  << ", CPU logit " << lc[k] << ")");
+        CHECK(lc[k] - lc[g] < kTieGap);
+        break;
+      }
+      ++same;
+      tokens.push_back(g);
+    }
+    WARN(text << ": " << same << "/64 greedy tokens identical on GPU and CPU");
+  }
 }
 
 TEST_CASE("CUDA runner rejects bad batches without corrupting its state", "[gpu][model]") {
