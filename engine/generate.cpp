@@ -10,10 +10,6 @@
 
 namespace arbor {
 
-const char* finish_reason_name(FinishReason reason) {
-  return reason == FinishReason::kStop ? "stop" : "length";
-}
-
 GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
                         const std::vector<int32_t>& prompt_ids, const GenerateOptions& options,
                         const std::function<void(std::string_view)>& on_text) {

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/request.h"
 #include "engine/sampler.h"
 #include "models/model_runner.h"
 #include "tokenizer/tokenizer.h"
@@ -21,9 +22,6 @@ struct GenerateOptions {
   bool ignore_eos = false;
   int prefill_chunk = 512;  // tokens per prefill step; bounds activation memory
 };
-
-enum class FinishReason { kStop, kLength };
-const char* finish_reason_name(FinishReason reason);
 
 struct GenerateResult {
   std::vector<int32_t> output_ids;
