@@ -13,10 +13,12 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "bench/bandwidth.h"
 #include "engine/batch_builder.h"
@@ -43,15 +45,42 @@ int main(int argc, char** argv) {
   std::string model = "bench/models/llama-3.1-8b", batches = "1,64", contexts = "1024,32768";
   int steps = 64, warmup = 8;
   bool graphs = true;
+  std::string peer;
   app.add_option("--model", model, "folder with config.json");
   app.add_option("--batch", batches, "comma-separated batch sizes");
   app.add_option("--context", contexts, "comma-separated context lengths");
   app.add_option("--steps", steps, "timed decode steps");
   app.add_option("--warmup", warmup, "untimed decode steps first");
   app.add_option("--graphs", graphs, "capture decode steps in CUDA graphs (1/0)");
+  app.add_option("--peer", peer,
+                 "command printing JSON lines {batch, context, tok_s, impl} for the same shapes, "
+                 "e.g. \"python3 tools/bench_hf_decode.py\"; run first, same GPU");
   CLI11_PARSE(app, argc, argv);
   const std::vector<int> bs = parse_list(batches), cs = parse_list(contexts);
   const int max_b = *std::max_element(bs.begin(), bs.end());
+
+  // The peer runs first, alone on the GPU; its numbers join the table.
+  std::map<std::pair<int, int>, double> peer_tok_s;
+  std::string peer_impl;
+  if (!peer.empty()) {
+    const std::string cmd = peer + " --model " + model + " --batch " + batches + " --context " +
+                            contexts + " --steps " + std::to_string(steps);
+    std::fprintf(stderr, "peer: %s\n", cmd.c_str());
+    if (FILE* p = ::popen(cmd.c_str(), "r")) {
+      char line[4096];
+      while (std::fgets(line, sizeof line, p)) {
+        try {
+          const auto j = nlohmann::json::parse(line);
+          peer_tok_s[{j.at("batch").get<int>(), j.at("context").get<int>()}] =
+              j.at("tok_s").get<double>();
+          peer_impl = j.value("impl", "");
+        } catch (const std::exception&) {
+          std::fputs(line, stderr);  // not a result line: show it
+        }
+      }
+      ::pclose(p);
+    }
+  }
 
   arbor::CudaRunnerOptions o;
   o.dummy_weights = true;
@@ -80,8 +109,10 @@ int main(int argc, char** argv) {
               graphs ? "on" : "off");
   std::printf("# measured read bandwidth %.0f GB/s; weights %.2f GB\n", read_bw * 1e-9,
               weight_bytes * 1e-9);
-  std::printf("| batch | context | step ms | tok/s | roofline tok/s | %% of roofline |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+  if (!peer_impl.empty()) std::printf("# peer: %s\n", peer_impl.c_str());
+  std::printf(
+      "| batch | context | step ms | tok/s | roofline tok/s | %% of roofline | peer tok/s |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
 
   for (int ctx : cs) {
     // Prefill one sequence to `ctx` tokens (chunked), so the KV cache holds real values.
@@ -98,7 +129,7 @@ int main(int argc, char** argv) {
     }
     for (int b : bs) {
       if (int64_t(b) * blocks_per_seq > runner->num_kv_blocks()) {
-        std::printf("| %d | %d | does not fit: KV %.1f GB, cache %.1f GB | | | |\n", b, ctx,
+        std::printf("| %d | %d | does not fit: KV %.1f GB, cache %.1f GB | | | | |\n", b, ctx,
                     double(b) * blocks_per_seq * block_size * kv_bytes_per_token * 1e-9,
                     double(runner->num_kv_blocks()) * block_size * kv_bytes_per_token * 1e-9);
         continue;
@@ -122,8 +153,11 @@ int main(int argc, char** argv) {
       const double avg_ctx = ctx + warmup + steps / 2.0;
       const double bytes = weight_bytes + b * avg_ctx * kv_bytes_per_token;
       const double roofline = b / (bytes / read_bw);
-      std::printf("| %d | %d | %.3f | %.1f | %.1f | %.1f%% |\n", b, ctx, step_s * 1e3, b / step_s,
-                  roofline, 100.0 * (b / step_s) / roofline);
+      const auto it = peer_tok_s.find({b, ctx});
+      char peer_cell[32] = "-";
+      if (it != peer_tok_s.end()) std::snprintf(peer_cell, sizeof peer_cell, "%.1f", it->second);
+      std::printf("| %d | %d | %.3f | %.1f | %.1f | %.1f%% | %s |\n", b, ctx, step_s * 1e3,
+                  b / step_s, roofline, 100.0 * (b / step_s) / roofline, peer_cell);
       std::fflush(stdout);
     }
   }
