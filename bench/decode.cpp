@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   std::string model = "bench/models/llama-3.1-8b", batches = "1,64", contexts = "1024,32768";
   int steps = 64, warmup = 8;
   bool graphs = true;
+  int prefill_tokens = 8192;
   std::string peer;
   app.add_option("--model", model, "folder with config.json");
   app.add_option("--batch", batches, "comma-separated batch sizes");
@@ -52,6 +53,8 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed decode steps");
   app.add_option("--warmup", warmup, "untimed decode steps first");
   app.add_option("--graphs", graphs, "capture decode steps in CUDA graphs (1/0)");
+  app.add_option("--prefill-tokens", prefill_tokens,
+                 "also time one prefill step of this many prompt tokens (0: skip)");
   app.add_option("--peer", peer,
                  "command printing JSON lines {batch, context, tok_s, impl} for the same shapes, "
                  "e.g. \"python3 tools/bench_hf_decode.py\"; run first, same GPU");
@@ -113,6 +116,36 @@ int main(int argc, char** argv) {
   std::printf(
       "| batch | context | step ms | tok/s | roofline tok/s | %% of roofline | peer tok/s |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
+
+  if (prefill_tokens > 0) {
+    // One prompt of prefill_tokens in a single step (max_batch_tokens permitting), after a
+    // warm-up step; FLOPs = 2 · parameters (lm_head only for the last token) · tokens plus
+    // the causal attention (QKᵀ and PV, half the square).
+    const int n = std::min(prefill_tokens, runner->max_batch_tokens());
+    std::vector<int32_t> tokens(n);
+    for (int i = 0; i < n; ++i) tokens[i] = int32_t((i * 7919) % c.vocab_size);
+    std::vector<int32_t> table((n + block_size - 1) / block_size);
+    for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
+    arbor::ScheduledChunk chunk{tokens, table, 0, n, true};
+    const arbor::ForwardBatch batch = arbor::build_forward_batch({&chunk, 1}, block_size);
+    std::vector<int32_t> ids;
+    runner->forward_greedy(batch, ids);
+    std::vector<double> times;
+    for (int r = 0; r < 5; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      runner->forward_greedy(batch, ids);
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(times.begin(), times.end());
+    const double t = times[times.size() / 2];
+    const double matmul_params = weight_bytes / 2.0 - double(c.vocab_size) * c.hidden_size *
+                                                          (c.tie_word_embeddings ? 1.0 : 2.0);
+    const double flops = 2.0 * matmul_params * n +
+                         2.0 * 2.0 * c.num_layers * c.num_heads * c.head_dim * double(n) * n / 2.0;
+    std::printf(
+        "# prefill of %d tokens: %.2f ms, %.0f tok/s, %.0f TFLOP/s (%.0f%% of 989 dense bf16)\n", n,
+        t * 1e3, n / t, flops / t * 1e-12, 100.0 * flops / t / 989e12);
+  }
 
   for (int ctx : cs) {
     // Prefill one sequence to `ctx` tokens (chunked), so the KV cache holds real values.
