@@ -4,19 +4,26 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tokenizer/hf_bpe_tokenizer.h"
 #include "tokenizer/sentencepiece_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace arbor {
 namespace {
 
-// Reads tokenizer_config.json's add_bos_token / add_eos_token when the file exists. A null
-// value keeps the default, as in Hugging Face.
-SentencePieceOptions read_tokenizer_config(const std::filesystem::path& model_dir) {
-  SentencePieceOptions options;
+// tokenizer_config.json's settings that the tokenizers use; unset when absent or null.
+struct TokenizerConfig {
+  std::optional<bool> add_bos, add_eos;
+  std::optional<std::string> bos_token, eos_token;
+};
+
+// Reads tokenizer_config.json when the file exists. A null value keeps the default, as in
+// Hugging Face.
+TokenizerConfig read_tokenizer_config(const std::filesystem::path& model_dir) {
+  TokenizerConfig result;
   const auto file = model_dir / "tokenizer_config.json";
   std::error_code ec;
-  if (!std::filesystem::exists(file, ec)) return options;
+  if (!std::filesystem::exists(file, ec)) return result;
   std::ifstream in(file, std::ios::binary);
   if (!in) throw TokenizerError("cannot read " + file.string());
   std::ostringstream text;
@@ -28,7 +35,7 @@ SentencePieceOptions read_tokenizer_config(const std::filesystem::path& model_di
     throw TokenizerError(file.string() + " is not valid JSON: " + e.what());
   }
   if (!config.is_object()) throw TokenizerError(file.string() + " is not a JSON object");
-  const auto read_flag = [&](const char* key, bool& flag) {
+  const auto read_flag = [&](const char* key, std::optional<bool>& flag) {
     const auto it = config.find(key);
     if (it == config.end() || it->is_null()) return;
     if (!it->is_boolean()) {
@@ -37,9 +44,24 @@ SentencePieceOptions read_tokenizer_config(const std::filesystem::path& model_di
     }
     flag = it->get<bool>();
   };
-  read_flag("add_bos_token", options.add_bos);
-  read_flag("add_eos_token", options.add_eos);
-  return options;
+  // A token is a string or an AddedToken object {"content": ...}.
+  const auto read_token = [&](const char* key, std::optional<std::string>& token) {
+    const auto it = config.find(key);
+    if (it == config.end() || it->is_null()) return;
+    if (it->is_string()) {
+      token = it->get<std::string>();
+    } else if (it->is_object() && it->contains("content") && it->at("content").is_string()) {
+      token = it->at("content").get<std::string>();
+    } else {
+      throw TokenizerError(file.string() + ": \"" + key +
+                           "\" must be a string, {\"content\": string} or null, not " + it->dump());
+    }
+  };
+  read_flag("add_bos_token", result.add_bos);
+  read_flag("add_eos_token", result.add_eos);
+  read_token("bos_token", result.bos_token);
+  read_token("eos_token", result.eos_token);
+  return result;
 }
 
 }  // namespace
@@ -49,16 +71,22 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir
   if (!std::filesystem::is_directory(model_dir, ec)) {
     throw TokenizerError("model folder " + model_dir.string() + " does not exist");
   }
+  // tokenizer.json first: it is what Hugging Face's (fast) tokenizer uses when both exist.
+  const auto hf_json = model_dir / "tokenizer.json";
+  if (std::filesystem::exists(hf_json, ec)) {
+    const auto config = read_tokenizer_config(model_dir);
+    return std::make_unique<HfBpeTokenizer>(
+        hf_json, HfBpeOptions{config.add_bos, config.add_eos, config.bos_token, config.eos_token});
+  }
   const auto sp_model = model_dir / "tokenizer.model";
   if (std::filesystem::exists(sp_model, ec)) {
-    return std::make_unique<SentencePieceTokenizer>(sp_model, read_tokenizer_config(model_dir));
+    const auto config = read_tokenizer_config(model_dir);
+    SentencePieceOptions options;
+    options.add_bos = config.add_bos.value_or(options.add_bos);
+    options.add_eos = config.add_eos.value_or(options.add_eos);
+    return std::make_unique<SentencePieceTokenizer>(sp_model, options);
   }
-  if (std::filesystem::exists(model_dir / "tokenizer.json", ec)) {
-    throw TokenizerError(model_dir.string() +
-                         " has only tokenizer.json; tokenizer.json support is not available yet "
-                         "(needs tokenizer.model)");
-  }
-  throw TokenizerError("no tokenizer.model in " + model_dir.string());
+  throw TokenizerError("no tokenizer.json or tokenizer.model in " + model_dir.string());
 }
 
 }  // namespace arbor

@@ -39,11 +39,12 @@ class Tokenizer {
   virtual std::string id_to_piece(int32_t id) const = 0;
 };
 
-// Loads the tokenizer of a Hugging Face model folder: tokenizer.model (SentencePiece), with
-// tokenizer_config.json's add_bos_token / add_eos_token if present (defaults true / false, as
-// HF's LlamaTokenizer). Throws TokenizerError naming the file when nothing usable is there: no
-// folder, no tokenizer.model (a folder with only tokenizer.json is not supported yet), a
-// tokenizer.model SentencePiece cannot load, or a malformed tokenizer_config.json.
+// Loads the tokenizer of a Hugging Face model folder: tokenizer.json (HfBpeTokenizer, what
+// HF's fast tokenizer uses) when present, else tokenizer.model (SentencePiece); either with
+// tokenizer_config.json's add_bos_token / add_eos_token (and, for tokenizer.json, bos_token /
+// eos_token) if present. Throws TokenizerError naming the file when nothing usable is there:
+// no folder, neither file, a tokenizer.json or tokenizer.model that cannot be loaded, or a
+// malformed tokenizer_config.json.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir);
 
 }  // namespace arbor
