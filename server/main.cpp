@@ -8,12 +8,14 @@
 #include <CLI/CLI.hpp>
 
 #include "server/generate_command.h"
+#include "server/serve_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"arbor " ARBOR_VERSION ": LLM inference for Llama-architecture models"};
   app.set_version_flag("--version", ARBOR_VERSION);
   app.require_subcommand(1);
   arbor::add_generate_command(app);
+  arbor::add_serve_command(app);
   spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
   spdlog::set_default_logger(spdlog::stderr_color_mt("arbor"));
   try {

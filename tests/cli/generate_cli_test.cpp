@@ -81,3 +81,25 @@ TEST_CASE("generate reports bad input clearly and exits non-zero", "[cli]") {
 }
 
 }  // namespace arbor
+
+namespace arbor {
+
+TEST_CASE("serve reads the example configs and rejects unknown keys", "[cli]") {
+  // A model folder that does not exist on the command line makes serve fail right after the
+  // config is applied: an unknown key would fail earlier, with its own message.
+  for (const char* cfg : {"cpu-demo.json", "one-gpu.json"}) {
+    const auto path = test::fixtures_dir().parent_path().parent_path() / "configs" / cfg;
+    RunResult r = run_arbor("serve --config " + path.string() + " --model /nonexistent/m");
+    INFO(cfg << ": " << r.err);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.err, Catch::Contains("/nonexistent/m"));
+    CHECK_THAT(r.err, !Catch::Contains("unknown key"));
+  }
+  test::TempDir dir;
+  test::write_file(dir.path() / "bad.json", R"({"max-num-seqs": 4, "colour": "blue"})");
+  RunResult r = run_arbor("serve --config " + (dir.path() / "bad.json").string());
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.err, Catch::Contains("unknown key 'colour'"));
+}
+
+}  // namespace arbor

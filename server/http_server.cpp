@@ -1,0 +1,538 @@
+#include "server/http_server.h"
+
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include "server/errors.h"
+#include "server/openai_schema.h"
+
+namespace arbor {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status();
+  res.set_content(dump(e.to_json()), "application/json");
+}
+
+// Runs a route body, turning exceptions into OpenAI error responses.
+template <class F>
+void guarded(httplib::Response& res, F&& body) {
+  try {
+    body();
+  } catch (const ApiError& e) {
+    send_error(res, e);
+  } catch (const std::invalid_argument& e) {
+    send_error(res, invalid_param({}, e.what()));
+  } catch (const std::exception& e) {
+    send_error(res, internal_error(e.what()));
+  }
+}
+
+// cpp-httplib 0.11 gives handlers no access to their socket, so the connection's socket is
+// found once per generation request by its two ports; then poll() tells whether the client
+// closed it while we wait for tokens.
+int find_connection_socket(const httplib::Request& req) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int found = -1;
+  while (dirent* e = readdir(dir)) {
+    const int fd = std::atoi(e->d_name);
+    if (fd <= 2) continue;
+    sockaddr_storage peer{}, local{};
+    socklen_t pl = sizeof peer, ll = sizeof local;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+    auto port = [](const sockaddr_storage& a) {
+      if (a.ss_family == AF_INET)
+        return int(ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port));
+      if (a.ss_family == AF_INET6)
+        return int(ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port));
+      return -1;
+    };
+    if (port(peer) == req.remote_port && port(local) == req.local_port) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+bool peer_closed(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return true;
+  char c;
+  return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+struct TimedOutput {
+  RequestOutput out;
+  Clock::time_point t;
+};
+
+// The sink of one HTTP request's engine requests: a queue the engine thread fills.
+class OutputQueue : public RequestSink {
+ public:
+  void on_output(const RequestOutput& output) override {
+    {
+      std::lock_guard lock(mu_);
+      q_.push_back({output, Clock::now()});
+    }
+    cv_.notify_one();
+  }
+  bool pop(TimedOutput& o, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return !q_.empty(); })) return false;
+    o = std::move(q_.front());
+    q_.pop_front();
+    return true;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<TimedOutput> q_;
+};
+
+constexpr std::chrono::milliseconds kPollInterval{50};
+
+}  // namespace
+
+// One generation HTTP request in flight: its engine requests, their outputs so far, timing.
+struct HttpServer::Generation {
+  struct Prompt {
+    uint64_t engine_id = 0;
+    bool first = false;  // got an output yet
+  };
+  struct Timing {
+    Clock::time_point first, last;
+    std::vector<double> itl;
+  };
+  struct Delta {
+    int choice = 0;
+    std::string text;
+    size_t lp_from = 0;
+  };
+
+  HttpServer& server;
+  ApiRequest req;
+  std::string id;
+  int64_t created = 0;
+  Clock::time_point arrival = Clock::now();
+  std::shared_ptr<OutputQueue> queue = std::make_shared<OutputQueue>();
+  std::vector<Prompt> prompts;
+  std::unordered_map<uint64_t, int> prompt_of;  // engine id → prompt index
+  std::vector<ChoiceResult> choices;
+  std::vector<Timing> timing;
+  std::vector<bool> role_sent;
+  int finished = 0;
+  Usage usage;
+  int fd = -1;
+  bool aborted = false;
+
+  Generation(HttpServer& s, ApiRequest r) : server(s), req(std::move(r)) {
+    server.in_flight_++;
+    id = new_response_id(req.kind);
+    created = std::chrono::duration_cast<std::chrono::seconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
+    choices.resize(req.num_choices());
+    timing.resize(choices.size());
+    role_sent.assign(choices.size(), false);
+    if (req.echo)
+      for (size_t c = 0; c < choices.size(); ++c)
+        choices[c].text = req.prompt_texts[c / req.base.n];
+  }
+  ~Generation() {
+    if (!done()) abort();
+    for (const Prompt& p : prompts)
+      if (!p.first) server.queued_--;
+    log();
+    server.in_flight_--;
+  }
+
+  bool done() const { return finished == int(choices.size()); }
+
+  // Adds every prompt to the engine; on a rejected one, aborts those already added.
+  void submit() {
+    for (size_t i = 0; i < req.prompts.size(); ++i) {
+      Request r = req.base;
+      r.prompt_ids = req.prompts[i];
+      r.sink = queue;
+      usage.prompt_tokens += int(r.prompt_ids.size());
+      try {
+        const uint64_t eid = server.engine_.add_request(std::move(r));
+        prompts.push_back({eid, false});
+        prompt_of[eid] = int(i);
+        server.queued_++;
+      } catch (...) {
+        abort();
+        finished = int(choices.size());  // nothing more will arrive that we wait for
+        throw;
+      }
+    }
+  }
+
+  void abort() {
+    aborted = true;
+    for (const Prompt& p : prompts) server.engine_.abort(p.engine_id);
+  }
+
+  // Waits for the next output and applies it; false on timeout or when the client left
+  // (then the request is aborted and `aborted` is set).
+  bool next(Delta& d) {
+    TimedOutput o;
+    if (!queue->pop(o, kPollInterval)) {
+      if (fd < 0 || !peer_closed(fd)) return false;
+      spdlog::info("{}: client disconnected, aborting", id);
+      abort();
+      return false;
+    }
+    const RequestOutput& out = o.out;
+    const int p = prompt_of.at(out.request_id);
+    if (!prompts[p].first) {
+      prompts[p].first = true;
+      server.queued_--;
+      usage.cached_tokens += out.num_cached_tokens;
+    }
+    d.choice = p * req.base.n + out.index;
+    ChoiceResult& c = choices[d.choice];
+    Timing& t = timing[d.choice];
+    d.lp_from = c.logprobs.size();
+    if (out.token_id >= 0) {
+      if (c.output_tokens == 0)
+        t.first = o.t;
+      else
+        t.itl.push_back(seconds(o.t - t.last));
+      t.last = o.t;
+      usage.completion_tokens += out.num_output_tokens - c.output_tokens;
+      c.output_tokens = out.num_output_tokens;
+      if (out.has_logprobs) {
+        c.text_offsets.push_back(c.text.size());
+        c.logprobs.push_back(make_token_logprob(server.tokenizer_, out));
+      }
+    }
+    d.text = out.text;
+    c.text += out.text;
+    if (out.finish_reason) {
+      c.finish = out.finish_reason;
+      c.error = out.error;
+      ++finished;
+      const double ttft = c.output_tokens ? seconds(t.first - arrival) : -1;
+      server.metrics_.observe_request(ttft, ttft, seconds(o.t - arrival), t.itl,
+                                      finish_reason_name(*out.finish_reason));
+    }
+    return true;
+  }
+
+  void log() const {
+    double ttft = 0;
+    Clock::time_point last = arrival;
+    for (const Timing& t : timing) {
+      if (t.first != Clock::time_point{}) {
+        const double f = seconds(t.first - arrival);
+        ttft = ttft == 0 ? f : std::min(ttft, f);
+      }
+      last = std::max(last, t.last);
+    }
+    const double gen_s = seconds(last - arrival) - ttft;
+    std::string reasons;
+    for (const ChoiceResult& c : choices) {
+      if (!reasons.empty()) reasons += ',';
+      reasons += c.finish ? finish_reason_name(*c.finish) : (aborted ? "abort" : "none");
+    }
+    spdlog::info(
+        "{} prompt_tokens={} output_tokens={} cached_tokens={} ttft={:.1f}ms "
+        "decode={:.1f}tok/s e2e={:.2f}s finish={}",
+        id, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, ttft * 1e3,
+        gen_s > 0 ? usage.completion_tokens / gen_s : 0.0, seconds(Clock::now() - arrival),
+        reasons);
+  }
+};
+
+HttpServer::HttpServer(Engine& engine, const Tokenizer& tokenizer, const ChatTemplate* chat,
+                       ServerOptions options)
+    : engine_(engine),
+      tokenizer_(tokenizer),
+      chat_(chat),
+      options_(std::move(options)),
+      svr_(std::make_unique<httplib::Server>()) {
+  register_routes();
+}
+
+HttpServer::~HttpServer() {
+  if (svr_->is_running()) svr_->stop();
+}
+
+int HttpServer::bind(const std::string& host, int port) {
+  int bound = port;
+  if (port == 0) {
+    bound = svr_->bind_to_any_port(host);
+    if (bound < 0) throw std::runtime_error("cannot bind " + host + " to a free port");
+  } else if (!svr_->bind_to_port(host, port)) {
+    throw std::runtime_error("cannot bind " + host + ":" + std::to_string(port) +
+                             " (in use, or not an address of this machine)");
+  }
+  return bound;
+}
+
+void HttpServer::listen() {
+  svr_->listen_after_bind();
+}
+
+void HttpServer::shutdown(double timeout_s) {
+  draining_ = true;
+  ready_ = false;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  while (in_flight_ > 0 && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (in_flight_ > 0) {
+    spdlog::warn("shutdown: {} requests still running after {:.0f} s; aborting them",
+                 in_flight_.load(), timeout_s);
+    engine_.stop();  // aborts every unfinished request; their handlers then return
+    const auto grace = Clock::now() + std::chrono::seconds(5);
+    while (in_flight_ > 0 && Clock::now() < grace)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  svr_->stop();
+}
+
+void HttpServer::handle_generation(ApiKind kind, const httplib::Request& http_req,
+                                   httplib::Response& res) {
+  const json body = parse_json_body(http_req.body);
+  const LlamaConfig& cfg = engine_.runner().config();
+  const ModelLimits limits{cfg.max_position_embeddings, cfg.vocab_size};
+  ApiRequest req = kind == ApiKind::kChat ? parse_chat_request(body, tokenizer_, limits, chat_)
+                                          : parse_completion_request(body, tokenizer_, limits);
+  if (!req.model.empty() && req.model != options_.served_model_name)
+    throw model_not_found(req.model);
+  if (draining_) throw unavailable("the server is shutting down");
+  if (queued_ + int(req.prompts.size()) > options_.max_queued_requests)
+    throw queue_full(options_.max_queued_requests);
+
+  auto gen = std::make_shared<Generation>(*this, std::move(req));
+  gen->submit();
+  gen->fd = find_connection_socket(http_req);
+  const std::string& model = options_.served_model_name;
+
+  if (!gen->req.stream) {
+    Generation::Delta d;
+    while (!gen->done()) {
+      if (!gen->next(d) && gen->aborted) return;  // the client is gone
+    }
+    for (const ChoiceResult& c : gen->choices)
+      if (c.finish == FinishReason::kError) throw internal_error("generation failed: " + c.error);
+    res.set_content(dump(completion_response(gen->req.kind, gen->id, gen->created, model,
+                                             gen->choices, gen->req.logprobs >= 0, gen->usage)),
+                    "application/json");
+    return;
+  }
+
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [gen, model](size_t, httplib::DataSink& sink) {
+        const ApiRequest& r = gen->req;
+        const bool chat = r.kind == ApiKind::kChat;
+        auto send = [&](const json& j) {
+          const std::string s = "data: " + dump(j) + "\n\n";
+          return sink.write(s.data(), s.size());
+        };
+        auto fail = [&] {
+          gen->abort();
+          return false;
+        };
+        for (size_t c = 0; c < gen->choices.size(); ++c) {
+          if (chat) {
+            gen->role_sent[c] = true;
+            if (!send(stream_chunk(r.kind, gen->id, gen->created, model, int(c), "", true, nullptr,
+                                   nullptr, std::nullopt, r.include_usage)))
+              return fail();
+          } else if (r.echo) {
+            if (!send(stream_chunk(r.kind, gen->id, gen->created, model, int(c),
+                                   gen->choices[c].text, false, nullptr, nullptr, std::nullopt,
+                                   r.include_usage)))
+              return fail();
+          }
+        }
+        Generation::Delta d;
+        while (!gen->done()) {
+          if (!gen->next(d)) {
+            if (gen->aborted) return false;
+            continue;
+          }
+          const ChoiceResult& c = gen->choices[d.choice];
+          if (c.finish == FinishReason::kError) {
+            const ApiError e = internal_error("generation failed: " + c.error);
+            if (!send(e.to_json())) return fail();
+            continue;
+          }
+          const bool new_lp = c.logprobs.size() > d.lp_from;
+          if (d.text.empty() && !new_lp && !c.finish) continue;
+          std::vector<TokenLogprob> lps;
+          std::vector<size_t> offs;
+          if (r.logprobs >= 0) {
+            lps.assign(c.logprobs.begin() + long(d.lp_from), c.logprobs.end());
+            offs.assign(c.text_offsets.begin() + long(d.lp_from), c.text_offsets.end());
+          }
+          if (!send(stream_chunk(r.kind, gen->id, gen->created, model, d.choice, d.text, false,
+                                 r.logprobs >= 0 ? &lps : nullptr, &offs, c.finish,
+                                 r.include_usage)))
+            return fail();
+        }
+        if (r.include_usage && !send(usage_chunk(r.kind, gen->id, gen->created, model, gen->usage)))
+          return fail();
+        static const std::string kDone = "data: [DONE]\n\n";
+        if (!sink.write(kDone.data(), kDone.size())) return fail();
+        sink.done();
+        return true;
+      },
+      [gen](bool) {
+        if (!gen->done()) gen->abort();
+      });
+}
+
+void HttpServer::register_routes() {
+  httplib::Server& s = *svr_;
+  s.new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(size_t(n)); };
+  s.set_payload_max_length(options_.max_request_bytes);
+  s.set_read_timeout(30, 0);
+  s.set_write_timeout(30, 0);
+
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    const std::string origin = req.get_header_value("Origin");
+    if (!origin.empty()) {
+      for (const std::string& o : options_.allowed_origins) {
+        if (o == "*" || o == origin) {
+          res.set_header("Access-Control-Allow-Origin", o == "*" ? "*" : origin);
+          res.set_header("Vary", "Origin");
+          break;
+        }
+      }
+    }
+    if (req.method == "OPTIONS") return httplib::Server::HandlerResponse::Unhandled;
+    if (!options_.api_key.empty() && req.path.rfind("/v1/", 0) == 0 &&
+        req.get_header_value("Authorization") != "Bearer " + options_.api_key) {
+      send_error(res, unauthorized());
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  s.Options(".*", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 204;
+    res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+    res.set_header("Access-Control-Max-Age", "600");
+  });
+  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404)
+      send_error(res, route_not_found(req.method, req.path));
+    else if (res.status == 413)
+      send_error(res, payload_too_large(options_.max_request_bytes));
+    else if (res.status == 400)
+      send_error(res, invalid_json("bad HTTP request"));
+    else
+      send_error(res, ApiError(res.status, "invalid_request_error", "HTTP error"));
+  });
+  s.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          send_error(res, internal_error(e.what()));
+        } catch (...) {
+          send_error(res, internal_error("unknown error"));
+        }
+      });
+
+  s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] { handle_generation(ApiKind::kCompletion, req, res); });
+  });
+  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] { handle_generation(ApiKind::kChat, req, res); });
+  });
+  s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    const json model = {{"id", options_.served_model_name},
+                        {"object", "model"},
+                        {"created", 0},
+                        {"owned_by", "arbor"},
+                        {"max_model_len", engine_.runner().config().max_position_embeddings}};
+    res.set_content(dump({{"object", "list"}, {"data", json::array({model})}}), "application/json");
+  });
+  s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    if (ready_) {
+      res.set_content("{\"status\":\"ok\"}", "application/json");
+    } else {
+      send_error(res, unavailable(draining_ ? "shutting down" : "the model is loading"));
+    }
+  });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_.render(engine_.stats(), options_.served_model_name),
+                    "text/plain; version=0.0.4");
+  });
+  s.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] {
+      const json body = parse_json_body(req.body);
+      std::vector<int32_t> ids;
+      if (body.contains("messages")) {
+        const bool agp = body.value("add_generation_prompt", true);
+        ids = tokenizer_.encode(render_chat(body["messages"], chat_, agp), false);
+      } else {
+        if (!body.contains("prompt") || !body["prompt"].is_string())
+          throw invalid_param("prompt", "'prompt' must be a string");
+        const auto& add = body.value("add_special_tokens", json(true));
+        if (!add.is_boolean())
+          throw invalid_param("add_special_tokens", "'add_special_tokens' must be a boolean");
+        ids = tokenizer_.encode(body["prompt"].get<std::string>(), add.get<bool>());
+      }
+      res.set_content(dump({{"tokens", ids},
+                            {"count", ids.size()},
+                            {"max_model_len", engine_.runner().config().max_position_embeddings}}),
+                      "application/json");
+    });
+  });
+  s.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] {
+      const json body = parse_json_body(req.body);
+      if (!body.contains("tokens") || !body["tokens"].is_array())
+        throw invalid_param("tokens", "'tokens' must be a list of token ids");
+      std::vector<int32_t> ids;
+      for (const json& t : body["tokens"]) {
+        if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
+            t.get<int64_t>() >= tokenizer_.vocab_size())
+          throw invalid_param("tokens", "token ids must be integers in [0, " +
+                                            std::to_string(tokenizer_.vocab_size()) + ")");
+        ids.push_back(t.get<int32_t>());
+      }
+      res.set_content(dump({{"prompt", tokenizer_.decode(ids, false)}}), "application/json");
+    });
+  });
+}
+
+}  // namespace arbor

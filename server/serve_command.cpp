@@ -1,0 +1,241 @@
+#include "server/serve_command.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+
+#include "engine/engine.h"
+#include "models/model_runner.h"
+#ifdef ARBOR_WITH_CUDA
+#include "models/llama_cuda.h"
+#endif
+#include "server/http_server.h"
+#include "server/model_path.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace arbor {
+namespace {
+
+struct ServeArgs {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  std::string served_model_name;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  int max_queued_requests = 1024;
+  size_t max_request_bytes = size_t(8) << 20;
+  std::string device = "auto";
+  std::string load_format = "auto";
+  float gpu_memory_utilization = 0.9f;
+  std::string chat_template;
+  std::vector<std::string> allowed_origins;
+  int block_size = 16;
+  int kv_cache_tokens = 0;  // CPU: KV-cache size in tokens (0: 4 × the model's context)
+  double shutdown_timeout = 10;
+};
+
+std::unique_ptr<ModelRunner> make_runner(const ServeArgs& a, const std::filesystem::path& dir) {
+  bool use_cuda = a.device == "cuda";
+#ifdef ARBOR_WITH_CUDA
+  if (a.device == "auto") use_cuda = cuda_available();
+  if (use_cuda) {
+    CudaRunnerOptions o;
+    o.block_size = a.block_size;
+    o.gpu_memory_utilization = a.gpu_memory_utilization;
+    o.dummy_weights = a.load_format == "dummy";
+    o.max_batch_tokens = a.max_num_batched_tokens;
+    o.max_num_seqs = a.max_num_seqs;
+    return make_cuda_runner(dir, o);
+  }
+#else
+  if (use_cuda) throw std::runtime_error("this arbor was built without the CUDA backend");
+#endif
+  if (a.load_format == "dummy")
+    throw std::runtime_error("--load-format dummy needs the CUDA backend (--device cuda)");
+  LlamaCpu model = LlamaCpu::load(dir);
+  const int tokens =
+      a.kv_cache_tokens > 0 ? a.kv_cache_tokens : 4 * model.config().max_position_embeddings;
+  const int blocks = (tokens + a.block_size - 1) / a.block_size;
+  return std::make_unique<CpuModelRunner>(std::move(model), blocks, a.block_size);
+}
+
+// Blocks SIGINT/SIGTERM in every thread started after this; one thread waits for them.
+sigset_t block_shutdown_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  return set;
+}
+
+int run_serve(const ServeArgs& a) {
+  const sigset_t signals = block_shutdown_signals();
+  const std::filesystem::path dir =
+      a.model.empty() ? default_model_dir() : std::filesystem::path(a.model);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(dir);
+  std::unique_ptr<ChatTemplate> chat;
+  if (!a.chat_template.empty()) {
+    const std::string bos = tokenizer->bos_id() ? tokenizer->id_to_piece(*tokenizer->bos_id()) : "";
+    const std::string eos = tokenizer->eos_id() ? tokenizer->id_to_piece(*tokenizer->eos_id()) : "";
+    chat = chat_template_from_file(a.chat_template, bos, eos);
+  } else {
+    chat = load_chat_template(dir);
+  }
+  if (!chat)
+    spdlog::warn("{} has no chat template: /v1/chat/completions will answer 400", dir.string());
+
+  ServerOptions opts;
+  opts.served_model_name =
+      a.served_model_name.empty() ? dir.filename().string() : a.served_model_name;
+  if (opts.served_model_name.empty()) opts.served_model_name = "arbor";
+  opts.api_key = a.api_key;
+  opts.allowed_origins = a.allowed_origins;
+  opts.max_request_bytes = a.max_request_bytes;
+  opts.max_queued_requests = a.max_queued_requests;
+
+  std::unique_ptr<ModelRunner> runner = make_runner(a, dir);
+  EngineConfig ec;
+  ec.max_num_seqs = a.max_num_seqs;
+  ec.max_num_batched_tokens = a.max_num_batched_tokens;
+  Engine engine(*runner, *tokenizer, ec);
+  HttpServer http(engine, *tokenizer, chat.get(), opts);
+  const int port = http.bind(a.host, a.port);
+  std::thread listener([&] { http.listen(); });
+  engine.start();
+  http.set_ready(true);
+  const LlamaConfig& c = runner->config();
+  spdlog::info(
+      "serving {} as '{}' on http://{}:{} ({} layers, vocab {}, context {}, {} KV "
+      "blocks of {}) on {}; ready in {:.2f} s",
+      dir.string(), opts.served_model_name, a.host, port, c.num_layers, c.vocab_size,
+      c.max_position_embeddings, runner->num_kv_blocks(), runner->block_size(),
+      runner->device_name(),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+
+  // Periodic stats while there is work; returns on SIGINT/SIGTERM.
+  uint64_t last_tokens = 0;
+  auto last_t = std::chrono::steady_clock::now();
+  for (;;) {
+    const timespec ts{10, 0};
+    const int sig = sigtimedwait(&signals, nullptr, &ts);
+    if (sig == SIGINT || sig == SIGTERM) {
+      spdlog::info("signal {}: draining {} requests (up to {:.0f} s)", sig, http.in_flight(),
+                   a.shutdown_timeout);
+      break;
+    }
+    const EngineStats s = engine.stats();
+    const auto now = std::chrono::steady_clock::now();
+    if (s.generation_tokens_total != last_tokens || s.num_requests > 0) {
+      const double dt = std::chrono::duration<double>(now - last_t).count();
+      spdlog::info(
+          "engine: running={} waiting={} kv_usage={:.1f}% prefix_hit={:.1f}% "
+          "gen_throughput={:.1f} tok/s preemptions={}",
+          s.num_running, s.num_waiting, 100 * s.kv_usage, 100 * s.prefix_hit_rate,
+          dt > 0 ? double(s.generation_tokens_total - last_tokens) / dt : 0.0, s.preemptions_total);
+    }
+    last_tokens = s.generation_tokens_total;
+    last_t = now;
+  }
+  http.shutdown(a.shutdown_timeout);
+  listener.join();
+  engine.stop();
+  spdlog::info("shut down");
+  return 0;
+}
+
+// --config FILE: a JSON object whose keys are the long flag names without dashes
+// ("max-num-seqs" or "max_num_seqs"); flags on the command line win.
+void apply_config_file(CLI::App& cmd, const std::string& file) {
+  std::ifstream in(file);
+  if (!in) throw CLI::ValidationError("--config", "cannot read " + file);
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    throw CLI::ValidationError("--config", file + " is not a JSON object");
+  for (const auto& [key, val] : j.items()) {
+    std::string name = key;
+    std::replace(name.begin(), name.end(), '_', '-');
+    CLI::Option* opt = cmd.get_option_no_throw("--" + name);
+    if (!opt || name == "config")
+      throw CLI::ValidationError("--config", file + ": unknown key '" + key + "'");
+    if (opt->count() > 0) continue;  // the command line wins
+    std::vector<std::string> vals;
+    if (val.is_array()) {
+      for (const auto& v : val) vals.push_back(v.is_string() ? v.get<std::string>() : v.dump());
+    } else {
+      vals.push_back(val.is_string() ? val.get<std::string>() : val.dump());
+    }
+    opt->clear();
+    opt->add_result(vals);
+    opt->run_callback();
+  }
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto a = std::make_shared<ServeArgs>();
+  auto config = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server");
+  auto env = [](const char* flag) {
+    std::string e = "ARBOR_";
+    for (const char* p = flag; *p; ++p) e += *p == '-' ? '_' : char(std::toupper(*p));
+    return e;
+  };
+  auto opt = [&](const char* flag, auto& target, const char* help) {
+    return cmd->add_option(std::string("--") + flag, target, help)->envname(env(flag));
+  };
+  opt("model", a->model, "Hugging Face model folder (default: $ARBOR_MODEL or the demo model)");
+  opt("host", a->host, "Address to listen on");
+  opt("port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
+  opt("api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+  opt("served-model-name", a->served_model_name, "Model id in the API (default: folder name)");
+  opt("max-num-seqs", a->max_num_seqs, "Sequences per engine step")->check(CLI::PositiveNumber);
+  opt("max-num-batched-tokens", a->max_num_batched_tokens, "Tokens per engine step")
+      ->check(CLI::PositiveNumber);
+  opt("max-queued-requests", a->max_queued_requests,
+      "Requests waiting for their first token before new ones get 429")
+      ->check(CLI::PositiveNumber);
+  opt("max-request-bytes", a->max_request_bytes, "Largest request body (413 beyond)")
+      ->check(CLI::PositiveNumber);
+  opt("device", a->device, "auto (GPU if present), cuda or cpu")
+      ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
+  opt("load-format", a->load_format, "auto (safetensors) or dummy (random weights, GPU only)")
+      ->check(CLI::IsMember({"auto", "dummy"}));
+  opt("gpu-memory-utilization", a->gpu_memory_utilization,
+      "Fraction of GPU memory for weights, activations and KV cache")
+      ->check(CLI::Range(0.05, 1.0));
+  opt("chat-template", a->chat_template, "Jinja chat template file (default: the model's)")
+      ->check(CLI::ExistingFile);
+  opt("allowed-origins", a->allowed_origins, "CORS origins ('*' for any)")->delimiter(',');
+  opt("block-size", a->block_size, "KV-cache block size in tokens")->check(CLI::Range(1, 1024));
+  opt("kv-cache-tokens", a->kv_cache_tokens, "CPU backend: KV-cache size in tokens")
+      ->check(CLI::NonNegativeNumber);
+  opt("shutdown-timeout", a->shutdown_timeout,
+      "Seconds in-flight requests get to finish on SIGTERM/SIGINT")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--config", *config, "JSON file with the same keys as the long flags")
+      ->envname("ARBOR_CONFIG")
+      ->check(CLI::ExistingFile);
+  cmd->callback([a, config, cmd] {
+    if (!config->empty()) apply_config_file(*cmd, *config);
+    const int rc = run_serve(*a);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace arbor

@@ -1,0 +1,389 @@
+// The HTTP server in-process on an ephemeral loopback port, driven with httplib::Client.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include "engine/engine.h"
+#include "server/http_server.h"
+#include "tests/test_util.h"
+#include "tokenizer/chat_template.h"
+
+namespace arbor {
+namespace {
+
+using json = nlohmann::json;
+
+// One server for the whole binary: the demo model on the CPU.
+struct TestServer {
+  // Touch spdlog's registry first, so it is built before the server and destroyed after it:
+  // the server's worker threads log until the server's destructor has joined them.
+  std::shared_ptr<spdlog::logger> logger = spdlog::default_logger();
+  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(test::demo_model_dir());
+  std::unique_ptr<ModelRunner> runner = std::make_unique<CpuModelRunner>(
+      LlamaCpu::load(test::demo_model_dir()), /*num_kv_blocks=*/512, /*block_size=*/16);
+  Engine engine{*runner, *tokenizer};
+  std::unique_ptr<HttpServer> http;
+  std::thread listener;
+  int port = 0;
+
+  TestServer() {
+    signal(SIGPIPE, SIG_IGN);
+    ServerOptions o;
+    o.served_model_name = "demo";
+    o.api_key = "sekret";
+    o.max_request_bytes = 256 << 10;
+    o.allowed_origins = {"*"};
+    http = std::make_unique<HttpServer>(engine, *tokenizer, nullptr, o);
+    port = http->bind("127.0.0.1", 0);
+    listener = std::thread([this] { http->listen(); });
+    engine.start();
+    http->set_ready(true);
+  }
+  ~TestServer() {
+    http->shutdown(1.0);
+    listener.join();
+    engine.stop();
+  }
+};
+
+TestServer& server() {
+  static TestServer s;
+  return s;
+}
+
+httplib::Client client() {
+  httplib::Client c("127.0.0.1", server().port);
+  c.set_bearer_token_auth("sekret");
+  c.set_read_timeout(60, 0);
+  return c;
+}
+
+httplib::Result post(const std::string& path, const json& body) {
+  return client().Post(path.c_str(), body.dump(), "application/json");
+}
+
+// Streams a request; returns each `data:` payload in order.
+std::vector<std::string> stream_events(const std::string& path, const json& body) {
+  httplib::Client c = client();
+  std::string buf;
+  std::vector<std::string> events;
+  httplib::Headers h;
+  auto res = c.Post(path.c_str(), h, body.dump(), "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  CHECK(res->get_header_value("Content-Type") == "text/event-stream");
+  buf = res->body;
+  size_t pos = 0;
+  while (true) {
+    const size_t end = buf.find("\n\n", pos);
+    if (end == std::string::npos) break;
+    const std::string ev = buf.substr(pos, end - pos);
+    REQUIRE(ev.rfind("data: ", 0) == 0);
+    events.push_back(ev.substr(6));
+    pos = end + 2;
+  }
+  CHECK(pos == buf.size());
+  return events;
+}
+
+void check_error(const httplib::Result& res, int status, const std::string& code = {}) {
+  REQUIRE(res);
+  CHECK(res->status == status);
+  const json j = json::parse(res->body);
+  REQUIRE(j.contains("error"));
+  CHECK(j["error"]["message"].is_string());
+  CHECK(j["error"]["type"].is_string());
+  CHECK(j["error"].contains("param"));
+  if (!code.empty()) CHECK(j["error"]["code"] == code);
+}
+
+const json kGreedy = {{"model", "demo"},
+                      {"prompt", "The jury said"},
+                      {"max_tokens", 12},
+                      {"temperature", 0},
+                      {"ignore_eos", true}};
+
+}  // namespace
+
+TEST_CASE("completions: non-streaming and streaming give the same greedy text", "[server]") {
+  auto res = post("/v1/completions", kGreedy);
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const json r = json::parse(res->body);
+  CHECK(r["object"] == "text_completion");
+  CHECK(r["id"].get<std::string>().rfind("cmpl-", 0) == 0);
+  CHECK(r["model"] == "demo");
+  CHECK(r["created"].is_number_integer());
+  REQUIRE(r["choices"].size() == 1);
+  CHECK(r["choices"][0]["index"] == 0);
+  CHECK(r["choices"][0]["finish_reason"] == "length");
+  CHECK(r["usage"]["completion_tokens"] == 12);
+  CHECK(r["usage"]["prompt_tokens"] == server().tokenizer->encode("The jury said", true).size());
+  const std::string text = r["choices"][0]["text"];
+  CHECK(!text.empty());
+
+  json sb = kGreedy;
+  sb["stream"] = true;
+  sb["stream_options"] = {{"include_usage", true}};
+  const auto events = stream_events("/v1/completions", sb);
+  REQUIRE(events.size() >= 3);
+  CHECK(events.back() == "[DONE]");
+  std::string streamed;
+  int finishes = 0;
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    const json c = json::parse(events[i]);
+    CHECK(c["object"] == "text_completion");
+    CHECK(c["id"] == json::parse(events[0])["id"]);
+    REQUIRE(c["choices"].size() == 1);
+    streamed += c["choices"][0]["text"].get<std::string>();
+    if (!c["choices"][0]["finish_reason"].is_null()) {
+      ++finishes;
+      CHECK(c["choices"][0]["finish_reason"] == "length");
+    }
+  }
+  CHECK(finishes == 1);
+  const json usage = json::parse(events[events.size() - 2]);
+  CHECK(usage["choices"].empty());
+  CHECK(usage["usage"]["completion_tokens"] == 12);
+  CHECK(streamed == text);
+}
+
+TEST_CASE("completions: n > 1, logprobs, stop strings, token-id prompts", "[server]") {
+  json b = kGreedy;
+  b["n"] = 2;
+  b["logprobs"] = 3;
+  auto res = post("/v1/completions", b);
+  REQUIRE(res->status == 200);
+  json r = json::parse(res->body);
+  REQUIRE(r["choices"].size() == 2);
+  CHECK(r["choices"][0]["text"] == r["choices"][1]["text"]);  // greedy
+  const json& lp = r["choices"][1]["logprobs"];
+  CHECK(lp["tokens"].size() == 12);
+  CHECK(lp["token_logprobs"].size() == 12);
+  CHECK(lp["top_logprobs"][0].size() == 3);
+  CHECK(lp["text_offset"].size() == 12);
+  CHECK(r["usage"]["completion_tokens"] == 24);
+
+  const std::string full =
+      json::parse(post("/v1/completions", kGreedy)->body)["choices"][0]["text"];
+  REQUIRE(full.size() > 4);
+  const std::string stop = full.substr(full.size() / 2, 2);
+  b = kGreedy;
+  b["stop"] = stop;
+  r = json::parse(post("/v1/completions", b)->body);
+  CHECK(r["choices"][0]["finish_reason"] == "stop");
+  CHECK(r["choices"][0]["text"] == full.substr(0, full.find(stop)));
+
+  b = kGreedy;
+  b["prompt"] = json::array({server().tokenizer->encode("The jury said", true),
+                             server().tokenizer->encode("The jury said", true)});
+  r = json::parse(post("/v1/completions", b)->body);
+  REQUIRE(r["choices"].size() == 2);
+  CHECK(r["choices"][1]["index"] == 1);
+  CHECK(r["choices"][1]["text"] == full);
+}
+
+TEST_CASE("models, health, metrics, tokenize round trip", "[server]") {
+  httplib::Client c = client();
+  auto models = c.Get("/v1/models");
+  REQUIRE(models->status == 200);
+  const json m = json::parse(models->body);
+  CHECK(m["object"] == "list");
+  CHECK(m["data"][0]["id"] == "demo");
+  CHECK(m["data"][0]["object"] == "model");
+  httplib::Client anon("127.0.0.1", server().port);
+  CHECK(anon.Get("/health")->status == 200);
+  auto metrics = anon.Get("/metrics");
+  REQUIRE(metrics->status == 200);
+  for (const char* name :
+       {"arbor:num_requests_running", "arbor:num_requests_waiting", "arbor:kv_cache_usage_perc",
+        "arbor:prefix_cache_hit_rate", "arbor:prompt_tokens_total", "arbor:generation_tokens_total",
+        "arbor:time_to_first_token_seconds_bucket", "arbor:inter_token_latency_seconds_bucket",
+        "arbor:e2e_request_latency_seconds_count", "arbor:request_queue_time_seconds_sum",
+        "arbor:request_success_total{"})
+    CHECK(metrics->body.find(name) != std::string::npos);
+  auto tok = post("/tokenize", {{"prompt", "The jury said"}, {"add_special_tokens", false}});
+  REQUIRE(tok->status == 200);
+  const json t = json::parse(tok->body);
+  CHECK(t["count"] == t["tokens"].size());
+  auto detok = post("/detokenize", {{"tokens", t["tokens"]}});
+  REQUIRE(detok->status == 200);
+  CHECK(json::parse(detok->body)["prompt"] == "The jury said");
+  check_error(post("/detokenize", {{"tokens", {-1}}}), 400);
+}
+
+TEST_CASE("errors get the right status and JSON while a stream completes intact", "[server]") {
+  json sb = kGreedy;
+  sb["stream"] = true;
+  sb["max_tokens"] = 48;
+  std::vector<std::string> events;
+  std::thread streamer([&] { events = stream_events("/v1/completions", sb); });
+
+  httplib::Client c = client();
+  check_error(c.Post("/v1/completions", "{\"prompt\": ", "application/json"), 400, "invalid_json");
+  check_error(post("/v1/completions", {{"prompt", 42}}), 400);
+  check_error(post("/v1/completions", {{"prompt", "x"}, {"max_tokens", "many"}}), 400);
+  check_error(post("/v1/completions", {{"prompt", std::vector<int>(2100, 5)}, {"max_tokens", 1}}),
+              400, "context_length_exceeded");
+  check_error(post("/v1/completions", {{"prompt", "x"}, {"model", "gpt-9"}}), 404,
+              "model_not_found");
+  check_error(c.Get("/v1/nope"), 404);
+  check_error(post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}}),
+              400);
+  httplib::Client anon("127.0.0.1", server().port);
+  check_error(anon.Post("/v1/completions", kGreedy.dump(), "application/json"), 401,
+              "invalid_api_key");
+  httplib::Client wrong("127.0.0.1", server().port);
+  wrong.set_bearer_token_auth("nope");
+  check_error(wrong.Get("/v1/models"), 401);
+  const std::string huge = "{\"prompt\":\"" + std::string(300 << 10, 'a') + "\"}";
+  auto big = c.Post("/v1/completions", huge, "application/json");
+  if (big) check_error(big, 413);  // the server may close before the client finished sending
+
+  streamer.join();
+  REQUIRE(events.size() >= 2);
+  CHECK(events.back() == "[DONE]");
+  std::string text;
+  for (size_t i = 0; i + 1 < events.size(); ++i)
+    text += json::parse(events[i])["choices"][0]["text"].get<std::string>();
+  json nb = sb;
+  nb["stream"] = false;
+  CHECK(text == json::parse(post("/v1/completions", nb)->body)["choices"][0]["text"]);
+}
+
+TEST_CASE("a client that disconnects mid-stream frees its KV blocks", "[server]") {
+  json sb = kGreedy;
+  sb["stream"] = true;
+  sb["max_tokens"] = 1500;
+  {
+    httplib::Client c = client();
+    int chunks = 0;
+    httplib::Headers h;
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.headers = {{"Authorization", "Bearer sekret"}};
+    req.body = sb.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      return ++chunks < 3;  // false: the client closes the connection
+    };
+    c.send(req);
+    CHECK(chunks == 3);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  EngineStats s = server().engine.stats();
+  while ((s.kv.used_blocks > 0 || s.num_requests > 0) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s = server().engine.stats();
+  }
+  CHECK(s.num_requests == 0);
+  CHECK(s.kv.used_blocks == 0);
+  CHECK(s.generation_tokens_total < 1500 + 200);
+  CHECK(server().http->in_flight() == 0);
+}
+
+}  // namespace arbor
+
+namespace arbor {
+namespace {
+
+// A second server whose model has a chat template (the demo model ships none): ChatML.
+struct ChatServer {
+  std::shared_ptr<spdlog::logger> logger = spdlog::default_logger();  // see TestServer
+  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(test::demo_model_dir());
+  std::unique_ptr<ChatTemplate> chat = chat_template_from_file(
+      test::fixtures_dir() / "chat_templates" / "chatml.jinja", "<s>", "</s>");
+  std::unique_ptr<ModelRunner> runner = std::make_unique<CpuModelRunner>(
+      LlamaCpu::load(test::demo_model_dir()), /*num_kv_blocks=*/256, /*block_size=*/16);
+  Engine engine{*runner, *tokenizer};
+  std::unique_ptr<HttpServer> http;
+  std::thread listener;
+  int port = 0;
+
+  ChatServer() {
+    signal(SIGPIPE, SIG_IGN);
+    ServerOptions o;
+    o.served_model_name = "demo-chat";
+    http = std::make_unique<HttpServer>(engine, *tokenizer, chat.get(), o);
+    port = http->bind("127.0.0.1", 0);
+    listener = std::thread([this] { http->listen(); });
+    engine.start();
+    http->set_ready(true);
+  }
+  ~ChatServer() {
+    http->shutdown(1.0);
+    listener.join();
+    engine.stop();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("chat completions: non-streaming and streaming through a ChatML template", "[server]") {
+  static ChatServer s;
+  httplib::Client c("127.0.0.1", s.port);
+  c.set_read_timeout(60, 0);
+  const json body = {{"model", "demo-chat"},
+                     {"messages",
+                      {{{"role", "system"}, {"content", "You are a newspaper."}},
+                       {{"role", "user"}, {"content", "What did the jury say?"}}}},
+                     {"max_completion_tokens", 16},
+                     {"temperature", 0},
+                     {"ignore_eos", true}};
+  auto res = c.Post("/v1/chat/completions", body.dump(), "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const json j = json::parse(res->body);
+  CHECK(j["object"] == "chat.completion");
+  CHECK(j["id"].get<std::string>().rfind("chatcmpl-", 0) == 0);
+  REQUIRE(j["choices"].size() == 1);
+  CHECK(j["choices"][0]["message"]["role"] == "assistant");
+  const std::string content = j["choices"][0]["message"]["content"];
+  CHECK_FALSE(content.empty());
+  CHECK(j["choices"][0]["finish_reason"] == "length");
+  CHECK(j["usage"]["completion_tokens"] == 16);
+  // The prompt is the ChatML rendering: more tokens than the two messages' text alone.
+  CHECK(j["usage"]["prompt_tokens"].get<int>() >
+        int(s.tokenizer->encode("You are a newspaper. What did the jury say?", true).size()));
+
+  json sbody = body;
+  sbody["stream"] = true;
+  auto sres = c.Post("/v1/chat/completions", sbody.dump(), "application/json");
+  REQUIRE(sres);
+  REQUIRE(sres->status == 200);
+  std::vector<json> chunks;
+  size_t pos = 0;
+  bool done = false;
+  while (true) {
+    const size_t end = sres->body.find("\n\n", pos);
+    if (end == std::string::npos) break;
+    const std::string ev = sres->body.substr(pos, end - pos);
+    REQUIRE(ev.rfind("data: ", 0) == 0);
+    if (ev == "data: [DONE]") {
+      done = true;
+    } else {
+      chunks.push_back(json::parse(ev.substr(6)));
+    }
+    pos = end + 2;
+  }
+  CHECK(done);
+  REQUIRE(chunks.size() >= 2);
+  CHECK(chunks.front()["object"] == "chat.completion.chunk");
+  CHECK(chunks.front()["choices"][0]["delta"]["role"] == "assistant");
+  std::string streamed;
+  for (const json& ch : chunks)
+    if (!ch["choices"].empty() && ch["choices"][0]["delta"].contains("content"))
+      streamed += ch["choices"][0]["delta"]["content"].get<std::string>();
+  CHECK(streamed == content);
+  CHECK(chunks.back()["choices"][0]["finish_reason"] == "length");
+}
+
+}  // namespace arbor

@@ -1,0 +1,153 @@
+// Request parsing/validation and response shapes of the OpenAI schema, without HTTP.
+#include <catch2/catch.hpp>
+
+#include "server/errors.h"
+#include "server/openai_schema.h"
+#include "tests/test_util.h"
+
+namespace arbor {
+namespace {
+
+using json = nlohmann::json;
+
+const Tokenizer& demo_tokenizer() {
+  static std::unique_ptr<Tokenizer> t = load_tokenizer(test::demo_model_dir());
+  return *t;
+}
+const ModelLimits kLimits{2048, 4096};
+
+ApiRequest parse(const std::string& body) {
+  return parse_completion_request(parse_json_body(body), demo_tokenizer(), kLimits);
+}
+
+// The parameter name an invalid body is rejected with.
+std::string rejected_param(const std::string& body) {
+  try {
+    parse(body);
+  } catch (const ApiError& e) {
+    CHECK(e.status() == 400);
+    return e.param();
+  }
+  FAIL("accepted: " << body);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("completion requests parse every documented field", "[server]") {
+  ApiRequest r = parse(R"({"model":"m","prompt":"The jury","max_tokens":7,"temperature":0.5,
+    "top_p":0.9,"top_k":40,"min_p":0.05,"stop":["a","b"],"seed":3,"n":2,"logprobs":2,
+    "presence_penalty":0.5,"frequency_penalty":-0.5,"repetition_penalty":1.1,
+    "logit_bias":{"5":-100},"ignore_eos":true,"stream":true,
+    "stream_options":{"include_usage":true},"user":"u","unknown_field":[1,2]})");
+  CHECK(r.model == "m");
+  REQUIRE(r.prompts.size() == 1);
+  CHECK(r.prompts[0] == demo_tokenizer().encode("The jury", true));
+  CHECK(r.base.max_tokens == 7);
+  CHECK(r.base.sampling.temperature == Approx(0.5));
+  CHECK(r.base.sampling.top_k == 40);
+  CHECK(r.base.sampling.seed == 3u);
+  CHECK(r.base.stop == std::vector<std::string>{"a", "b"});
+  CHECK(r.base.n == 2);
+  CHECK(r.logprobs == 2);
+  CHECK(r.base.sampling.logprobs == 2);
+  CHECK(r.base.sampling.logit_bias.size() == 1);
+  CHECK(r.base.ignore_eos);
+  CHECK(r.stream);
+  CHECK(r.include_usage);
+  CHECK(r.user == "u");
+  CHECK(r.num_choices() == 2);
+}
+
+TEST_CASE("prompts may be strings, lists of strings, ids and lists of ids", "[server]") {
+  CHECK(parse(R"({"prompt":["a b","c"]})").prompts.size() == 2);
+  CHECK(parse(R"({"prompt":[1,5,9]})").prompts == std::vector<std::vector<int32_t>>{{1, 5, 9}});
+  CHECK(parse(R"({"prompt":[[1,5],[1,7,8]]})").prompts.size() == 2);
+  CHECK(parse(R"({"prompt":"x","stop":"y"})").base.stop == std::vector<std::string>{"y"});
+  CHECK(parse(R"({"prompt":"x"})").base.max_tokens == 16);
+}
+
+TEST_CASE("wrong types and out-of-range values are rejected with the parameter", "[server]") {
+  CHECK(rejected_param(R"({})") == "prompt");
+  CHECK(rejected_param(R"({"prompt":5})") == "prompt");
+  CHECK(rejected_param(R"({"prompt":[]})") == "prompt");
+  CHECK(rejected_param(R"({"prompt":[1,"a"]})") == "prompt");
+  CHECK(rejected_param(R"({"prompt":[99999]})") == "prompt");
+  CHECK(rejected_param(R"({"prompt":"x","max_tokens":"5"})") == "max_tokens");
+  CHECK(rejected_param(R"({"prompt":"x","max_tokens":0})") == "max_tokens");
+  CHECK(rejected_param(R"({"prompt":"x","max_tokens":1.5})") == "max_tokens");
+  CHECK(rejected_param(R"({"prompt":"x","temperature":-1})") == "temperature");
+  CHECK(rejected_param(R"({"prompt":"x","temperature":"hot"})") == "temperature");
+  CHECK(rejected_param(R"({"prompt":"x","top_p":0})") == "top_p");
+  CHECK(rejected_param(R"({"prompt":"x","n":0})") == "n");
+  CHECK(rejected_param(R"({"prompt":"x","stop":[1]})") == "stop");
+  CHECK(rejected_param(R"({"prompt":"x","stream":"yes"})") == "stream");
+  CHECK(rejected_param(R"({"prompt":"x","logprobs":21})") == "logprobs");
+  CHECK(rejected_param(R"({"prompt":"x","logit_bias":{"abc":1}})") == "logit_bias");
+  CHECK(rejected_param(R"({"prompt":"x","logit_bias":{"3":1000}})") == "logit_bias");
+  CHECK(rejected_param(R"({"prompt":"x","presence_penalty":3})") == "presence_penalty");
+  CHECK(rejected_param(R"({"prompt":"x","model":3})") == "model");
+  CHECK(rejected_param(R"({"prompt":"x","stream_options":true})") == "stream_options");
+}
+
+TEST_CASE("malformed JSON and a prompt over the context give OpenAI errors", "[server]") {
+  try {
+    parse_json_body("{\"prompt\": ");
+    FAIL("accepted malformed JSON");
+  } catch (const ApiError& e) {
+    CHECK(e.status() == 400);
+    CHECK(e.code() == "invalid_json");
+  }
+  CHECK_THROWS_AS(parse_json_body("[1,2]"), ApiError);
+  try {
+    parse(R"({"prompt":"x","max_tokens":5000})");
+    FAIL("accepted a request over the context");
+  } catch (const ApiError& e) {
+    CHECK(e.code() == "context_length_exceeded");
+    CHECK(std::string(e.what()).find("2048") != std::string::npos);
+    CHECK(std::string(e.what()).find("5000") != std::string::npos);
+    const json j = e.to_json();
+    CHECK(j["error"]["type"] == "invalid_request_error");
+    CHECK(j["error"]["param"] == "prompt");
+  }
+}
+
+TEST_CASE("chat requests without a template are rejected clearly", "[server]") {
+  const json body = json::parse(R"({"messages":[{"role":"user","content":"hi"}]})");
+  try {
+    parse_chat_request(body, demo_tokenizer(), kLimits, nullptr);
+    FAIL("accepted");
+  } catch (const ApiError& e) {
+    CHECK(e.param() == "messages");
+    CHECK(std::string(e.what()).find("chat template") != std::string::npos);
+  }
+  CHECK_THROWS_AS(
+      parse_chat_request(json::parse(R"({"messages":"hi"})"), demo_tokenizer(), kLimits, nullptr),
+      ApiError);
+}
+
+TEST_CASE("responses have OpenAI's shapes", "[server]") {
+  ChoiceResult c;
+  c.text = "hello";
+  c.finish = FinishReason::kLength;
+  c.logprobs.push_back({" hello", -0.5f, {{" hello", -0.5f}}});
+  c.text_offsets.push_back(0);
+  const json r = completion_response(ApiKind::kCompletion, "cmpl-x", 7, "m", {c}, true, {3, 1, 0});
+  CHECK(r["object"] == "text_completion");
+  CHECK(r["choices"][0]["text"] == "hello");
+  CHECK(r["choices"][0]["finish_reason"] == "length");
+  CHECK(r["choices"][0]["logprobs"]["tokens"][0] == " hello");
+  CHECK(r["usage"]["total_tokens"] == 4);
+  const json chat = completion_response(ApiKind::kChat, "chatcmpl-x", 7, "m", {c}, false, {});
+  CHECK(chat["object"] == "chat.completion");
+  CHECK(chat["choices"][0]["message"]["role"] == "assistant");
+  CHECK(chat["choices"][0]["logprobs"].is_null());
+  const json chunk = stream_chunk(ApiKind::kChat, "chatcmpl-x", 7, "m", 0, "", true, nullptr,
+                                  nullptr, std::nullopt, false);
+  CHECK(chunk["object"] == "chat.completion.chunk");
+  CHECK(chunk["choices"][0]["delta"]["role"] == "assistant");
+  CHECK(new_response_id(ApiKind::kChat).rfind("chatcmpl-", 0) == 0);
+  CHECK(new_response_id(ApiKind::kCompletion).rfind("cmpl-", 0) == 0);
+}
+
+}  // namespace arbor
