@@ -18,6 +18,11 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# Node.js runs the end-to-end tests with the official `openai` client. Check the commands,
+# not the packages: a machine may have Node.js from elsewhere (its npm is then bundled).
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   sudo=""

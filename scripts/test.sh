@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Second README command: install what is missing, build, and run every test.
 #   1. formatting check (clang-format)
-#   2. the normal build (with the CUDA backend when nvcc exists) and all its tests;
-#      GPU tests report "Skipped" on a machine without a GPU
+#   2. the normal build (with the CUDA backend when nvcc exists) and all its tests, incl. the
+#      end-to-end test of `arbor serve` with the official `openai` npm client; GPU tests
+#      report "Skipped" on a machine without a GPU
 #   3. a CPU-only build under AddressSanitizer + UndefinedBehaviorSanitizer and the CPU tests
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,6 +13,9 @@ scripts/setup.sh
 echo "== clang-format check"
 git ls-files -- '*.h' '*.cpp' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werror
 echo "formatting ok"
+
+echo "== end-to-end test client (npm: openai)"
+npm ci --prefix tests/e2e --no-audit --no-fund --loglevel=error
 
 jobs=$(nproc)
 echo "== build (Release, warnings are errors)"
