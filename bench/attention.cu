@@ -24,6 +24,7 @@
 
 #include <cuda_runtime.h>
 
+#include "bench/bandwidth.h"
 #include "kernels/cuda/bf16.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/decode_attention.h"
@@ -55,50 +56,10 @@ void fill_random(bf16* p, size_t n, uint64_t seed, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-// Read-only reduction over n 16-byte words: the device's attainable read bandwidth.
-__global__ void read_kernel(const uint4* __restrict__ p, size_t n, uint32_t* sink) {
-  uint32_t acc = 0;
-  const size_t stride = size_t(gridDim.x) * blockDim.x;
-  size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
-  for (; i + 3 * stride < n; i += 4 * stride) {
-    uint4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = __ldcs(p + i + u * stride);
-#pragma unroll
-    for (int u = 0; u < 4; ++u) acc += v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-  }
-  for (; i < n; i += stride) {
-    const uint4 v = __ldcs(p + i);
-    acc += v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x9e3779b9u) *sink = acc;  // keeps the loads; practically never written
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n == 0 ? NAN : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-}
-
-// Bytes per second of read_kernel over a buffer far larger than L2.
-double measure_read_bandwidth(int sms, cudaStream_t stream) {
-  size_t free_bytes = 0, total = 0;
-  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
-  const size_t bytes = std::min<size_t>(size_t(4) << 30, free_bytes / 4) / 16 * 16;
-  DeviceBuffer buf(bytes);
-  DeviceArray<uint32_t> sink(1);
-  fill_random(buf.as<bf16>(), bytes / 2, 1, stream);
-  std::vector<double> s;
-  Event start, stop;
-  for (int it = 0; it < 23; ++it) {
-    start.record(stream);
-    read_kernel<<<sms * 4, 512, 0, stream>>>(buf.as<uint4>(), bytes / 16, sink.data());
-    CUDA_CHECK_LAUNCH();
-    stop.record(stream);
-    const double ms = stop.elapsed_ms_since(start);
-    if (it >= 3) s.push_back(ms * 1e-3);
-  }
-  return double(bytes) / median(s);
 }
 
 std::string join(const std::vector<int>& v) {
@@ -297,7 +258,7 @@ int main(int argc, char** argv) {
     if (!o.peer.empty()) peer = run_peer(o);
 
     Stream stream;
-    const double read_bw = measure_read_bandwidth(sms, stream.get());
+    const double read_bw = arbor::bench::measure_read_bandwidth();
 
     char date[64];
     const std::time_t now = std::time(nullptr);

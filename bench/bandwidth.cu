@@ -33,7 +33,10 @@ __global__ void read_kernel(const uint4* __restrict__ data, size_t n, unsigned* 
 }  // namespace
 
 double measure_read_bandwidth() {
-  const size_t bytes = size_t(4) << 30;
+  // 4 GiB (far beyond L2), or a quarter of what is free on a smaller or busier GPU.
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const size_t bytes = std::min<size_t>(size_t(4) << 30, free_bytes / 4) / 16 * 16;
   cuda::DeviceBuffer buf(bytes), sink(sizeof(unsigned));
   CUDA_CHECK(cudaMemset(buf.get(), 1, bytes));
   int sms = 0;

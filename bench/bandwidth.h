@@ -4,8 +4,8 @@
 
 namespace arbor::bench {
 
-// Bytes per second of a read-only reduction over a 4 GiB buffer (16-byte loads, all SMs),
-// median of several runs.
+// Bytes per second of a read-only reduction over a 4 GiB buffer (less if the GPU has less free)
+// (16-byte loads, all SMs), median of several runs.
 double measure_read_bandwidth();
 
 }  // namespace arbor::bench
