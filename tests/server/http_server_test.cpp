@@ -19,27 +19,26 @@ namespace {
 
 using json = nlohmann::json;
 
-// One server for the whole binary: the demo model on the CPU.
+// A server in this process on an ephemeral loopback port: the demo model on the CPU.
 struct TestServer {
   // Touch spdlog's registry first, so it is built before the server and destroyed after it:
   // the server's worker threads log until the server's destructor has joined them.
   std::shared_ptr<spdlog::logger> logger = spdlog::default_logger();
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(test::demo_model_dir());
-  std::unique_ptr<ModelRunner> runner = std::make_unique<CpuModelRunner>(
-      LlamaCpu::load(test::demo_model_dir()), /*num_kv_blocks=*/512, /*block_size=*/16);
-  Engine engine{*runner, *tokenizer};
+  std::unique_ptr<ChatTemplate> chat;
+  std::unique_ptr<ModelRunner> runner;
+  Engine engine;
   std::unique_ptr<HttpServer> http;
   std::thread listener;
   int port = 0;
 
-  TestServer() {
+  TestServer(const ServerOptions& o, std::unique_ptr<ChatTemplate> chat_template, int num_kv_blocks)
+      : chat(std::move(chat_template)),
+        runner(std::make_unique<CpuModelRunner>(LlamaCpu::load(test::demo_model_dir()),
+                                                num_kv_blocks, /*block_size=*/16)),
+        engine(*runner, *tokenizer) {
     signal(SIGPIPE, SIG_IGN);
-    ServerOptions o;
-    o.served_model_name = "demo";
-    o.api_key = "sekret";
-    o.max_request_bytes = 256 << 10;
-    o.allowed_origins = {"*"};
-    http = std::make_unique<HttpServer>(engine, *tokenizer, nullptr, o);
+    http = std::make_unique<HttpServer>(engine, *tokenizer, chat.get(), o);
     port = http->bind("127.0.0.1", 0);
     listener = std::thread([this] { http->listen(); });
     engine.start();
@@ -52,8 +51,18 @@ struct TestServer {
   }
 };
 
+// One server for most of the binary: no chat template, an API key, CORS.
 TestServer& server() {
-  static TestServer s;
+  static TestServer s(
+      [] {
+        ServerOptions o;
+        o.served_model_name = "demo";
+        o.api_key = "sekret";
+        o.max_request_bytes = 256 << 10;
+        o.allowed_origins = {"*"};
+        return o;
+      }(),
+      nullptr, /*num_kv_blocks=*/512);
   return s;
 }
 
@@ -296,39 +305,23 @@ namespace arbor {
 namespace {
 
 // A second server whose model has a chat template (the demo model ships none): ChatML.
-struct ChatServer {
-  std::shared_ptr<spdlog::logger> logger = spdlog::default_logger();  // see TestServer
-  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(test::demo_model_dir());
-  std::unique_ptr<ChatTemplate> chat = chat_template_from_file(
-      test::fixtures_dir() / "chat_templates" / "chatml.jinja", "<s>", "</s>");
-  std::unique_ptr<ModelRunner> runner = std::make_unique<CpuModelRunner>(
-      LlamaCpu::load(test::demo_model_dir()), /*num_kv_blocks=*/256, /*block_size=*/16);
-  Engine engine{*runner, *tokenizer};
-  std::unique_ptr<HttpServer> http;
-  std::thread listener;
-  int port = 0;
-
-  ChatServer() {
-    signal(SIGPIPE, SIG_IGN);
-    ServerOptions o;
-    o.served_model_name = "demo-chat";
-    http = std::make_unique<HttpServer>(engine, *tokenizer, chat.get(), o);
-    port = http->bind("127.0.0.1", 0);
-    listener = std::thread([this] { http->listen(); });
-    engine.start();
-    http->set_ready(true);
-  }
-  ~ChatServer() {
-    http->shutdown(1.0);
-    listener.join();
-    engine.stop();
-  }
-};
+TestServer& chat_server() {
+  static TestServer s(
+      [] {
+        ServerOptions o;
+        o.served_model_name = "demo-chat";
+        return o;
+      }(),
+      chat_template_from_file(test::fixtures_dir() / "chat_templates" / "chatml.jinja", "<s>",
+                              "</s>"),
+      /*num_kv_blocks=*/256);
+  return s;
+}
 
 }  // namespace
 
 TEST_CASE("chat completions: non-streaming and streaming through a ChatML template", "[server]") {
-  static ChatServer s;
+  TestServer& s = chat_server();
   httplib::Client c("127.0.0.1", s.port);
   c.set_read_timeout(60, 0);
   const json body = {{"model", "demo-chat"},
