@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "kernels/paged_kv.h"
@@ -27,5 +28,11 @@ struct ForwardBatch {
                           max_blocks_per_seq};
   }
 };
+
+// A batch as bytes and back: what the leader rank sends every other rank each step under
+// context parallelism. deserialize throws std::invalid_argument for truncated or
+// inconsistent bytes (never reads past the span).
+void serialize_forward_batch(const ForwardBatch& batch, std::vector<uint8_t>& bytes);
+ForwardBatch deserialize_forward_batch(std::span<const uint8_t> bytes);
 
 }  // namespace arbor

@@ -65,7 +65,8 @@ PagedKvShape LlamaCpu::kv_shape(int num_blocks, int block_size) const {
   return PagedKvShape{num_blocks, config_.num_kv_heads, block_size, config_.head_dim};
 }
 
-void LlamaCpu::forward(const ForwardBatch& b, CpuKvCache& cache, std::vector<float>& logits) {
+void LlamaCpu::forward(const ForwardBatch& b, CpuKvCache& cache, std::vector<float>& logits,
+                       const ContextParallelRank& cp) {
   const LlamaConfig& c = config_;
   const int n = b.num_tokens();
   const int hidden = c.hidden_size, hq = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim;
@@ -78,7 +79,9 @@ void LlamaCpu::forward(const ForwardBatch& b, CpuKvCache& cache, std::vector<flo
   if (int(b.positions.size()) != n || int(b.slot_mapping.size()) != n ||
       int(b.query_start.size()) != b.num_seqs() + 1 || b.query_start.back() != n)
     throw std::invalid_argument("malformed forward batch: token arrays disagree in length");
-  const int64_t num_slots = int64_t(shape.num_blocks) * shape.block_size;
+  // Engine slots address super-blocks of cp_size local blocks (kernels/paged_kv.h).
+  const int cp_size = cp.size(), cp_rank = cp.rank();
+  const int64_t num_slots = int64_t(shape.num_blocks) * shape.block_size * cp_size;
   for (int t = 0; t < n; ++t) {
     if (b.token_ids[t] < 0 || b.token_ids[t] >= vocab)
       throw std::invalid_argument("token id " + std::to_string(b.token_ids[t]) +
@@ -102,9 +105,19 @@ void LlamaCpu::forward(const ForwardBatch& b, CpuKvCache& cache, std::vector<flo
   gate_up_.resize(size_t(n) * 2 * inter);
   act_.resize(size_t(n) * inter);
 
+  local_slots_.resize(size_t(n));
+  for (int t = 0; t < n; ++t)
+    local_slots_[t] = local_slot(b.slot_mapping[t], cp_size, cp_rank, shape.block_size);
+  if (cp.enabled()) {
+    partial_.resize(size_t(n) * q_dim);
+    lse_.resize(size_t(n) * hq);
+  }
+
   cpu::embedding(weights_.embed.data(), b.token_ids.data(), n, hidden, x_.data());
   const float scale = 1.0f / std::sqrt(float(d));
-  const AttentionBatch attention = b.attention_batch();
+  AttentionBatch attention = b.attention_batch();
+  attention.cp_size = cp_size;
+  attention.cp_rank = cp_rank;
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LlamaLayerWeightsCpu& w = weights_.layers[l];
@@ -124,10 +137,18 @@ void LlamaCpu::forward(const ForwardBatch& b, CpuKvCache& cache, std::vector<flo
     }
     cpu::rope(q_.data(), b.positions.data(), n, hq, d, inv_freq_.data());
     cpu::rope(k_.data(), b.positions.data(), n, hkv, d, inv_freq_.data());
-    cpu::kv_cache_write(k_.data(), v_.data(), b.slot_mapping.data(), n, shape, cache.k(l),
+    cpu::kv_cache_write(k_.data(), v_.data(), local_slots_.data(), n, shape, cache.k(l),
                         cache.v(l));
-    cpu::paged_attention(q_.data(), hq, shape, cache.k(l), cache.v(l), attention, scale,
-                         attn_.data());
+    if (cp.enabled()) {
+      // This rank's partial (o, lse) over its shard, then the tree combine across ranks.
+      cpu::paged_attention(q_.data(), hq, shape, cache.k(l), cache.v(l), attention, scale,
+                           partial_.data(), lse_.data());
+      combine_partials_host(cp, partial_.data(), lse_.data(), size_t(n) * hq, d, attn_.data(),
+                            combine_scratch_);
+    } else {
+      cpu::paged_attention(q_.data(), hq, shape, cache.k(l), cache.v(l), attention, scale,
+                           attn_.data());
+    }
     cpu::matmul(attn_.data(), w.wo.data(), n, hidden, q_dim, proj_.data());
     cpu::add_rmsnorm(x_.data(), proj_.data(), w.mlp_norm.data(), n, hidden, c.rms_norm_eps,
                      normed_.data());

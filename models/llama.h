@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "models/config.h"
+#include "models/context_parallel.h"
 #include "models/forward_batch.h"
 #include "models/kv_cache.h"
 #include "models/safetensors.h"
@@ -46,7 +47,11 @@ class LlamaCpu {
   // Runs one step: writes the new tokens' K/V into `cache`, and returns in `logits` the
   // rows batch.logits_rows ([rows][vocab], fp32). Throws std::invalid_argument for token
   // ids outside the vocabulary or a batch that does not fit the cache.
-  void forward(const ForwardBatch& batch, CpuKvCache& cache, std::vector<float>& logits);
+  // With context parallelism (cp.enabled()), `cache` is this rank's shard, the batch's slots
+  // and block tables address super-blocks of cp.size() × cache block size positions
+  // (kernels/paged_kv.h), and every rank of cp.comm must run the same batch.
+  void forward(const ForwardBatch& batch, CpuKvCache& cache, std::vector<float>& logits,
+               const ContextParallelRank& cp = {});
 
  private:
   LlamaConfig config_;
@@ -54,6 +59,8 @@ class LlamaCpu {
   std::vector<float> inv_freq_;
   // Scratch activations, grown to the largest batch seen.
   std::vector<float> x_, normed_, qkv_, q_, k_, v_, attn_, proj_, gate_up_, act_, rows_;
+  std::vector<float> partial_, lse_, combine_scratch_;  // context parallelism
+  std::vector<int32_t> local_slots_;
 };
 
 }  // namespace arbor

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/comm/communicator.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/bf16.h"
 #include "kernels/cuda/check.h"
@@ -17,6 +18,7 @@
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/sampling.h"
+#include "models/context_parallel_cuda.h"
 #include "models/safetensors.h"
 
 namespace arbor {
@@ -71,7 +73,7 @@ class LlamaCudaRunner final : public ModelRunner {
 
   const LlamaConfig& config() const override { return c_; }
   int num_kv_blocks() const override { return num_blocks_; }
-  int block_size() const override { return opt_.block_size; }
+  int block_size() const override { return opt_.block_size * cp_size_; }
   int max_batch_tokens() const override { return opt_.max_batch_tokens; }
   int max_logits_rows() const override { return opt_.max_num_seqs; }
   void forward(const ForwardBatch& batch, std::vector<float>& logits) override;
@@ -96,6 +98,8 @@ class LlamaCudaRunner final : public ModelRunner {
   int num_sms_ = 0;
   int q_dim_ = 0, kv_dim_ = 0, qkv_dim_ = 0;
   int max_blocks_per_seq_ = 0;  // block-table row stride on the device
+  int cp_size_ = 1, cp_rank_ = 0;
+  int max_local_context_ = 0;  // positions of one sequence this rank can hold
 
   cuda::Stream stream_;
   cuda::Gemm gemm_;
@@ -115,6 +119,9 @@ class LlamaCudaRunner final : public ModelRunner {
   cuda::DeviceArray<bf16> logits_bf16_;  // lm_head output, as transformers and vLLM keep it
   cuda::DeviceArray<float> logits_;
   cuda::DeviceBuffer attn_workspace_;
+  // Context parallelism: fp32 partials and combine buffers (sized for the largest step).
+  // (mutable: decode_params(), const, hands out its partial buffers)
+  mutable CudaCombineWorkspace combine_;
 
   // Step metadata: token ids, positions, slots, query_start, context_lens, logits rows at
   // fixed offsets of one int32 buffer (fixed pointers, so CUDA graphs can replay), then the
@@ -148,7 +155,15 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   q_dim_ = c_.num_heads * c_.head_dim;
   kv_dim_ = c_.num_kv_heads * c_.head_dim;
   qkv_dim_ = q_dim_ + 2 * kv_dim_;
-  max_blocks_per_seq_ = (c_.max_position_embeddings + opt_.block_size - 1) / opt_.block_size;
+  if (opt_.cp.enabled()) {
+    if (!opt_.cp.comm->device_memory())
+      throw std::invalid_argument("context parallelism on the GPU needs a device communicator");
+    cp_size_ = opt_.cp.size();
+    cp_rank_ = opt_.cp.rank();
+  }
+  const int stripe = opt_.block_size * cp_size_;  // positions per engine (super-)block
+  max_blocks_per_seq_ = (c_.max_position_embeddings + stripe - 1) / stripe;
+  max_local_context_ = std::min(c_.max_position_embeddings, max_blocks_per_seq_ * opt_.block_size);
 
   // Weights: one arena.
   const size_t per_layer =
@@ -194,6 +209,8 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   logits_bf16_ = cuda::DeviceArray<bf16>(S * V);
   logits_ = cuda::DeviceArray<float>(S * V);
   logits_host_ = PinnedArray<float>(S * V);
+  if (opt_.cp.enabled())
+    combine_ = CudaCombineWorkspace(opt_.cp, T * size_t(c_.num_heads), c_.head_dim);
 
   off_tokens_ = 0;
   off_positions_ = off_tokens_ + T;
@@ -217,9 +234,8 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   // Decode-attention workspace: the largest any batch size may need at full context.
   size_t ws = 0;
   for (int s = 1; s <= opt_.max_num_seqs; ++s)
-    ws = std::max(
-        ws, cuda::plan_decode_attention(decode_params(s, c_.max_position_embeddings), num_sms_)
-                .workspace_bytes);
+    ws = std::max(ws, cuda::plan_decode_attention(decode_params(s, max_local_context_), num_sms_)
+                          .workspace_bytes);
   attn_workspace_ = cuda::DeviceBuffer(ws);
   CUDA_CHECK(cudaMemsetAsync(attn_workspace_.get(), 0, ws, stream_.get()));
   stream_.sync();
@@ -326,6 +342,12 @@ cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_c
   a.scale = 1.0f / std::sqrt(float(c_.head_dim));
   a.max_context_len = max_context_len;
   a.out = attn_.data();
+  a.cp_size = cp_size_;
+  a.cp_rank = cp_rank_;
+  if (opt_.cp.enabled()) {
+    a.out_f32 = combine_.partial_out();
+    a.lse = combine_.partial_lse();
+  }
   return a;
 }
 
@@ -383,8 +405,15 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
       a.max_query_len = max_query_len;
       a.scale = 1.0f / std::sqrt(float(c_.head_dim));
       a.out = attn_.data();
+      a.cp_size = cp_size_;
+      a.cp_rank = cp_rank_;
+      if (opt_.cp.enabled()) {
+        a.out_f32 = combine_.partial_out();
+        a.lse = combine_.partial_lse();
+      }
       cuda::prefill_attention(a, s);
     }
+    if (opt_.cp.enabled()) combine_.combine(size_t(n) * c_.num_heads, attn_.data(), s);
     gemm_.run(attn_.data(), w.wo, n, H, q_dim_, proj_.data(), s);
     cuda::add_rmsnorm(x_.data(), proj_.data(), w.mlp_norm, n, H, eps, normed_.data(), s);
     gemm_.run(normed_.data(), w.w_gate_up, n, 2 * I, H, gate_up_.data(), s);
@@ -442,7 +471,7 @@ int LlamaCudaRunner::run_step(const ForwardBatch& b) {
       b.max_blocks_per_seq > max_blocks_per_seq_ ||
       b.block_tables.size() != size_t(n_seqs) * b.max_blocks_per_seq)
     throw std::invalid_argument("malformed forward batch");
-  const int64_t num_slots = int64_t(num_blocks_) * opt_.block_size;
+  const int64_t num_slots = int64_t(num_blocks_) * opt_.block_size * cp_size_;
   for (int t = 0; t < n; ++t) {
     if (b.token_ids[t] < 0 || b.token_ids[t] >= V)
       throw std::invalid_argument("token id " + std::to_string(b.token_ids[t]) +
@@ -460,9 +489,10 @@ int LlamaCudaRunner::run_step(const ForwardBatch& b) {
   for (int s = 0; s < n_seqs; ++s) {
     const int q_len = b.query_start[s + 1] - b.query_start[s];
     if (q_len <= 0 || q_len > b.context_lens[s] ||
-        b.context_lens[s] > int64_t(b.max_blocks_per_seq) * opt_.block_size)
+        b.context_lens[s] > int64_t(b.max_blocks_per_seq) * opt_.block_size * cp_size_)
       throw std::invalid_argument("malformed forward batch: query/context lengths");
-    max_ctx = std::max(max_ctx, b.context_lens[s]);
+    max_ctx =
+        std::max(max_ctx, local_kv_len(b.context_lens[s], cp_size_, cp_rank_, opt_.block_size));
     max_q = std::max(max_q, q_len);
     decode = decode && q_len == 1;
   }
@@ -470,7 +500,8 @@ int LlamaCudaRunner::run_step(const ForwardBatch& b) {
   // Decode steps replay a captured graph for the next batch-size bucket; the padding
   // sequences have empty contexts and padding slots, so they read and write nothing.
   int bucket = 0;
-  if (decode && opt_.cuda_graphs) {
+  const bool capturable = !opt_.cp.enabled() || opt_.cp.comm->graph_capturable();
+  if (decode && opt_.cuda_graphs && capturable) {
     bucket = 1;
     while (bucket < n_seqs) bucket *= 2;
     bucket = std::min(bucket, opt_.max_num_seqs);
@@ -482,7 +513,7 @@ int LlamaCudaRunner::run_step(const ForwardBatch& b) {
   for (int t = 0; t < n; ++t) {
     h[off_tokens_ + t] = b.token_ids[t];
     h[off_positions_ + t] = b.positions[t];
-    h[off_slots_ + t] = b.slot_mapping[t];
+    h[off_slots_ + t] = local_slot(b.slot_mapping[t], cp_size_, cp_rank_, opt_.block_size);
   }
   for (int s = 0; s <= n_seqs; ++s) h[off_query_start_ + s] = b.query_start[s];
   for (int s = 0; s < n_seqs; ++s) h[off_context_lens_ + s] = b.context_lens[s];
@@ -512,7 +543,7 @@ int LlamaCudaRunner::run_step(const ForwardBatch& b) {
     if (!g.ready()) {
       // One graph per bucket serves every context length: the attention reads the lengths
       // from device memory and plans its splits for the longest possible context.
-      const int plan_ctx = c_.max_position_embeddings;
+      const int plan_ctx = max_local_context_;
       const cuda::DecodeAttentionPlan plan =
           cuda::plan_decode_attention(decode_params(bucket, plan_ctx), num_sms_);
       g.capture(st, [&] { enqueue_step(bucket, bucket, bucket, true, plan_ctx, 1, plan); });

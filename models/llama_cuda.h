@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "models/config.h"
+#include "models/context_parallel.h"
 #include "models/model_runner.h"
 
 namespace arbor {
@@ -27,6 +28,11 @@ struct CudaRunnerOptions {
   uint64_t dummy_seed = 0;
   bool cuda_graphs = true;  // capture decode steps per batch-size bucket
   int device = 0;
+  // Context parallelism: this runner is one rank; cp.comm must be a device communicator on
+  // `device` (nccl or local-gpu). block_size is then this rank's block size and the engine
+  // sees super-blocks of cp.size() × block_size (kernels/paged_kv.h). Decode steps are
+  // captured in CUDA graphs only when the communicator is graph capturable (NCCL).
+  ContextParallelRank cp;
 };
 
 // Loads model_dir (config.json + safetensors, or config.json only with dummy_weights) onto
@@ -34,6 +40,35 @@ struct CudaRunnerOptions {
 // the model does not fit in the allowed memory.
 std::unique_ptr<ModelRunner> make_cuda_runner(const std::filesystem::path& model_dir,
                                               const CudaRunnerOptions& options);
+
+// Context parallelism on GPUs (tree attention): cp_size ranks with replicated weights, each
+// holding a stripe of every sequence's KV cache (kernels/paged_kv.h).
+enum class CpBackend {
+  nccl,   // one rank per GPU (devices), NCCL collectives; multi-node via a TCP rendezvous
+  local,  // cp_size simulated ranks on one GPU (engine/comm local-gpu): tests, trying it out
+};
+struct CudaContextParallelOptions {
+  int size = 1;  // total ranks over all nodes
+  CpBackend backend = CpBackend::nccl;
+  CpCombine combine = CpCombine::allgather;
+  // Multi-node (nccl only): this process runs ranks [node_rank·k, (node_rank+1)·k) with
+  // k = size / nnodes, on GPUs 0..k-1; node 0 serves HTTP, the others follow.
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+const char* to_string(CpBackend backend);
+CpBackend parse_cp_backend(const std::string& name);  // "nccl" / "local"
+
+// Node 0: builds the ranks of this process and returns them as one runner for the engine.
+// Other nodes: builds their ranks, runs every step the leader broadcasts until it stops, and
+// returns nullptr. The KV cache of each rank is sized as options say (gpu_memory_utilization
+// is per GPU; the local backend splits it between its ranks); every rank has the block count
+// of the smallest. Throws with the reason when the devices or the sizes do not add up.
+std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
+    const std::filesystem::path& model_dir, const CudaRunnerOptions& options,
+    const CudaContextParallelOptions& cp);
 
 // True when this binary has the CUDA backend and a CUDA device is visible.
 bool cuda_available(std::string* why_not = nullptr);

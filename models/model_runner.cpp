@@ -17,12 +17,14 @@ void ModelRunner::forward_greedy(const ForwardBatch& batch, std::vector<int32_t>
   }
 }
 
-CpuModelRunner::CpuModelRunner(LlamaCpu model, int num_kv_blocks, int block_size)
+CpuModelRunner::CpuModelRunner(LlamaCpu model, int num_kv_blocks, int block_size,
+                               ContextParallelRank cp)
     : model_(std::move(model)),
-      cache_(model_.config().num_layers, model_.kv_shape(num_kv_blocks, block_size)) {}
+      cache_(model_.config().num_layers, model_.kv_shape(num_kv_blocks, block_size)),
+      cp_(cp) {}
 
 void CpuModelRunner::forward(const ForwardBatch& batch, std::vector<float>& logits) {
-  model_.forward(batch, cache_, logits);
+  model_.forward(batch, cache_, logits, cp_);
 }
 
 std::string CpuModelRunner::device_name() const {

@@ -35,10 +35,12 @@ class ModelRunner {
 
 class CpuModelRunner : public ModelRunner {
  public:
-  CpuModelRunner(LlamaCpu model, int num_kv_blocks, int block_size);
+  // With context parallelism, block_size is the size of this rank's blocks; the engine sees
+  // super-blocks of cp.size() × block_size positions (kernels/paged_kv.h).
+  CpuModelRunner(LlamaCpu model, int num_kv_blocks, int block_size, ContextParallelRank cp = {});
   const LlamaConfig& config() const override { return model_.config(); }
   int num_kv_blocks() const override { return cache_.shape().num_blocks; }
-  int block_size() const override { return cache_.shape().block_size; }
+  int block_size() const override { return cache_.shape().block_size * cp_.size(); }
   int max_batch_tokens() const override { return 1 << 30; }
   int max_logits_rows() const override { return 1 << 30; }
   void forward(const ForwardBatch& batch, std::vector<float>& logits) override;
@@ -47,6 +49,7 @@ class CpuModelRunner : public ModelRunner {
  private:
   LlamaCpu model_;
   CpuKvCache cache_;
+  ContextParallelRank cp_;
 };
 
 }  // namespace arbor

@@ -63,6 +63,10 @@ void check_batch(int num_q_heads, const PagedKvShape& shape, const AttentionBatc
     fail("num_q_heads (" + std::to_string(num_q_heads) + ") is not a positive multiple of " +
          "num_kv_heads (" + std::to_string(shape.num_kv_heads) + ")");
   }
+  if (b.cp_size < 1 || b.cp_rank < 0 || b.cp_rank >= b.cp_size) {
+    fail("context-parallel rank " + std::to_string(b.cp_rank) + " of " + std::to_string(b.cp_size) +
+         " is invalid");
+  }
   if (b.num_seqs < 0) fail("negative num_seqs");
   if (b.num_seqs == 0) return;
   if (!b.query_start || !b.context_lens || !b.block_tables) fail("null batch array");
@@ -75,7 +79,9 @@ void check_batch(int num_q_heads, const PagedKvShape& shape, const AttentionBatc
     if (n > ctx) {
       fail(seq + std::to_string(n) + " query tokens but context length " + std::to_string(ctx));
     }
-    const int blocks = (ctx + shape.block_size - 1) / shape.block_size;
+    // Blocks this rank holds (all of them without context parallelism).
+    const int local = local_kv_len(ctx, b.cp_size, b.cp_rank, shape.block_size);
+    const int blocks = (local + shape.block_size - 1) / shape.block_size;
     if (blocks > b.max_blocks_per_seq) {
       fail(seq + "context length " + std::to_string(ctx) + " needs " + std::to_string(blocks) +
            " blocks, block table has " + std::to_string(b.max_blocks_per_seq));
@@ -90,13 +96,18 @@ void check_batch(int num_q_heads, const PagedKvShape& shape, const AttentionBatc
   }
 }
 
-// Attention of one query head of one token over cache positions [0, len) of its sequence,
-// in two passes: scores and their max, then exp(score - max) weights summed with V. `scores`
-// holds at least `len` floats. Writes head_dim outputs and returns the natural-log LSE.
+// Attention of one query head of one token over cache rows [0, len) of its sequence (local
+// rows under context parallelism), in two passes: scores and their max, then exp(score - max)
+// weights summed with V. `scores` holds at least `len` floats. Writes head_dim outputs and
+// returns the natural-log LSE; no rows (an empty shard) gives o = 0 and lse = -inf.
 float attend_one(const float* q, const float* k_cache, const float* v_cache,
                  const PagedKvShape& shape, const int32_t* table, int kv_head, int len, float scale,
                  float* scores, float* out) {
   const int bs = shape.block_size, d = shape.head_dim;
+  if (len == 0) {
+    std::fill(out, out + d, 0.0f);
+    return -std::numeric_limits<float>::infinity();
+  }
   float max_score = -std::numeric_limits<float>::infinity();
   for (int start = 0; start < len; start += bs) {
     const float* k_tile = k_cache + shape.offset(table[start / bs], kv_head, 0);
@@ -134,14 +145,15 @@ void paged_attention(const float* q, int num_q_heads, const PagedKvShape& shape,
 
   // Flat work list: one entry per query token, naming its sequence and its position.
   struct TokenWork {
-    int token, seq, len;  // len = position + 1 = cache rows the token attends to
+    int token, seq, len;  // cache rows the token attends to: position + 1 (local share)
   };
   std::vector<TokenWork> work;
-  int max_len = 0;
+  int max_len = 1;
   for (int s = 0; s < batch.num_seqs; ++s) {
     const int first = batch.query_start[s], n = batch.query_start[s + 1] - first;
     for (int i = 0; i < n; ++i) {
-      const int len = batch.context_lens[s] - n + i + 1;
+      const int position = batch.context_lens[s] - n + i;
+      const int len = local_kv_len(position + 1, batch.cp_size, batch.cp_rank, shape.block_size);
       work.push_back({first + i, s, len});
       max_len = std::max(max_len, len);
     }

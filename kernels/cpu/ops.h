@@ -74,4 +74,28 @@ void paged_attention(const float* q, int num_q_heads, const PagedKvShape& shape,
                      const float* k_cache, const float* v_cache, const AttentionBatch& batch,
                      float scale, float* out, float* lse = nullptr);
 
+// ---- Merging partial attentions (context parallelism: one partial per rank).
+// A partial is, per row (token × query head), the attention output o normalized over its own
+// keys and the natural-log LSE of its scaled scores; partials over disjoint key sets merge
+// exactly: M = max lse_p, w_p = exp(lse_p − M), out = Σ w_p·o_p / Σ w_p, lse = M + ln Σ w_p.
+// A partial with no keys has lse = -inf and weight 0; if every partial is empty the output is
+// 0 and its lse -inf (never NaN). The "packed" row layout is [head_dim values][1 value].
+
+// packed[r] = (o[r], lse[r]): what ranks exchange in the all-gather strategy.
+void pack_partials(const float* o, const float* lse, size_t rows, int head_dim, float* packed);
+
+// Merges `parts` packed partials, part p's row r at gathered[(p·rows + r)·(head_dim + 1)]
+// (what an all-gather of pack_partials returns). out is [rows][head_dim]; out_lse optional.
+void merge_packed_partials(const float* gathered, int parts, size_t rows, int head_dim, float* out,
+                           float* out_lse = nullptr);
+
+// All-reduce strategy, step 2 (after an all-reduce max of lse into max_lse):
+// weighted[r] = (w·o[r], w) with w = exp(lse[r] − max_lse[r]) (0 when lse is -inf), to be
+// summed over ranks by an all-reduce.
+void weight_partials(const float* o, const float* lse, const float* max_lse, size_t rows,
+                     int head_dim, float* weighted);
+
+// All-reduce strategy, step 4 (after the sum): out[r] = Σ w·o / Σ w (0 when Σ w = 0).
+void normalize_weighted(const float* weighted, size_t rows, int head_dim, float* out);
+
 }  // namespace arbor::cpu

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/paged_kv.h"
 
 namespace arbor::cuda {
 
@@ -90,7 +91,9 @@ struct KernelArgs {
   int* counters;  // [pair], arrivals of finished splits; zero between launches
   int num_kv_heads;
   int max_blocks_per_seq;
-  int block_shift;   // log2(block_size)
+  int block_shift;  // log2(block_size)
+  int cp_size;      // context parallelism: attend to this rank's share (kernels/paged_kv.h)
+  int cp_rank;
   int num_splits;    // plan.num_splits = gridDim.x
   float scale_log2;  // scale * log2(e): scores are kept in base 2
 };
@@ -170,7 +173,8 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
   const size_t out_row0 = size_t(seq) * num_q_heads + size_t(kvh) * G;  // first q head row
 
   // Lengths beyond the block table are clamped so that a bad length cannot read outside it.
-  const int len = max(0, min(a.context_lens[seq], a.max_blocks_per_seq << a.block_shift));
+  const int local_len = local_kv_len(a.context_lens[seq], a.cp_size, a.cp_rank, 1 << a.block_shift);
+  const int len = max(0, min(local_len, a.max_blocks_per_seq << a.block_shift));
   int chunk = 0;
   const int n_used = splits_used(len, a.num_splits, T::kTokensPerBlockIter, &chunk);
   if (n_used == 0) {  // empty context: o = 0, lse = -inf, written by split 0 alone
@@ -443,6 +447,10 @@ void check_shape(const DecodeAttentionParams& p) {
          std::to_string(int64_t(p.max_blocks_per_seq) * bs) + "] (block table capacity)");
   }
   if (!std::isfinite(p.scale)) fail("scale is not finite");
+  if (p.cp_size < 1 || p.cp_rank < 0 || p.cp_rank >= p.cp_size) {
+    fail("context-parallel rank " + std::to_string(p.cp_rank) + " of " + std::to_string(p.cp_size) +
+         " is invalid");
+  }
 }
 
 bool aligned(const void* ptr, size_t bytes) {
@@ -534,6 +542,8 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   a.max_blocks_per_seq = p.max_blocks_per_seq;
   a.block_shift = __builtin_ctz(unsigned(p.block_size));
   a.num_splits = plan.num_splits;
+  a.cp_size = p.cp_size;
+  a.cp_rank = p.cp_rank;
   a.scale_log2 = p.scale * kLog2e;
 
   const dim3 grid(unsigned(plan.num_splits), unsigned(p.num_kv_heads), unsigned(p.num_seqs));

@@ -31,9 +31,13 @@ struct DecodeAttentionParams {
   int block_size = 0;
   int max_blocks_per_seq = 0;
   float scale = 0;  // multiplies q·k, usually 1/sqrt(head_dim)
+  // Context parallelism (kernels/paged_kv.h): the cache holds rank cp_rank's share of each
+  // sequence; context_lens stay global and the kernel attends to the local_kv_len of them.
+  int cp_size = 1;
+  int cp_rank = 0;
 
-  // Host-side upper bound on context_lens, used only to plan the split count; the kernel
-  // reads the true lengths from device memory, so one plan (and one captured CUDA graph)
+  // Host-side upper bound on the (local) context lengths, used only to plan the split count; the
+  // kernel reads the true lengths from device memory, so one plan (and one captured CUDA graph)
   // serves every length up to this bound.
   int max_context_len = 0;
 

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/paged_kv.h"
 
 namespace arbor::cuda {
 
@@ -133,8 +134,11 @@ struct KernelArgs {
   int block_shift;  // log2(block_size) when it is a power of two (the usual case), else -1
   int max_blocks_per_seq;
   float scale;
+  int cp_size;  // context parallelism (kernels/paged_kv.h)
+  int cp_rank;
   bf16* out;
   float* lse;
+  float* out_f32;
 };
 
 template <int kHeadDim, int kWarps>
@@ -156,13 +160,18 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, 2)
   const int m_start = m_tile * kBlockM;
   if (m_start >= n_query) return;
   const int ctx = a.context_lens[seq];
-  // Query row i of the sequence sits at position ctx - n_query + i and sees keys [0, pos].
+  // Query row i of the sequence sits at position ctx - n_query + i and sees positions
+  // [0, pos], which are local keys [0, visible(pos)) of this rank (all of them, visible =
+  // pos + 1, without context parallelism).
+  auto visible = [&](int pos) {
+    return local_kv_len(max(0, pos + 1), a.cp_size, a.cp_rank, a.block_size);
+  };
   const int pos_first = ctx - n_query + m_start;     // tile's first row
   const int rows = min(kBlockM, n_query - m_start);  // real rows
-  const int kv_len = max(0, pos_first + rows);       // keys needed
+  const int kv_len = visible(pos_first + rows - 1);  // keys needed
   const int n_kv_tiles = (kv_len + kBlockN - 1) / kBlockN;
-  // Key tiles [0, first_masked) lie at or below every row's position: no mask needed.
-  const int first_masked = max(0, pos_first + 1) / kBlockN;
+  // Key tiles [0, first_masked) are visible to every row: no mask needed.
+  const int first_masked = visible(pos_first) / kBlockN;
 
   const int kv_head = head / a.group;
   const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
@@ -244,6 +253,7 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, 2)
   // of every n8 tile: o[d][0..1] row g, o[d][2..3] row g+8.
   const int g = lane >> 2, t4 = lane & 3;
   const int pos_row0 = pos_first + warp * 16 + g;  // position of row g (row g+8: +8)
+  const int visible_row[2] = {visible(pos_row0), visible(pos_row0 + 8)};  // keys each row sees
   float o[kDTiles][4];
 #pragma unroll
   for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
@@ -283,7 +293,7 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, 2)
       }
     }
 
-    // ---- Causal mask: key position > row position → -inf. s[n][e] is key
+    // ---- Causal mask: keys the row does not see → -inf. s[n][e] is key
     // j·64 + 8n + 2t + (e & 1) for row g (e < 2) or g+8 (e ≥ 2).
     if (j >= first_masked) {
 #pragma unroll
@@ -291,8 +301,7 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, 2)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = j * kBlockN + n * 8 + 2 * t4 + (e & 1);
-          const int pos = pos_row0 + (e >> 1) * 8;
-          if (key > pos) s[n][e] = -INFINITY;
+          if (key >= visible_row[e >> 1]) s[n][e] = -INFINITY;
         }
       }
     }
@@ -371,6 +380,14 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, 2)
       *reinterpret_cast<__nv_bfloat162*>(dst + d * 8) =
           __floats2bfloat162_rn(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
     }
+    if (a.out_f32) {
+      float* dst_f32 = a.out_f32 + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        *reinterpret_cast<float2*>(dst_f32 + d * 8) =
+            make_float2(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+      }
+    }
     if (a.lse && t4 == 0) {
       // Natural-log LSE of the scaled scores: max·scale + ln(sum of exp(scaled - max·scale)).
       a.lse[token * a.num_q_heads + head] =
@@ -403,6 +420,10 @@ void validate(const PrefillAttentionParams& p) {
   if (p.num_q_heads > 65535) fail("more than 65535 query heads");
   if (p.block_size <= 0) fail("block_size must be positive");
   if (!(p.scale > 0.0f) || !std::isfinite(p.scale)) fail("scale must be positive and finite");
+  if (p.cp_size < 1 || p.cp_rank < 0 || p.cp_rank >= p.cp_size) {
+    fail("context-parallel rank " + std::to_string(p.cp_rank) + " of " + std::to_string(p.cp_size) +
+         " is invalid");
+  }
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
   if (p.num_seqs > 65535) fail("more than 65535 sequences in one launch");
   if (p.max_query_len <= 0) fail("max_query_len must be positive");
@@ -413,6 +434,9 @@ void validate(const PrefillAttentionParams& p) {
   }
   if (!aligned16(p.q) || !aligned16(p.k_cache) || !aligned16(p.v_cache) || !aligned16(p.out)) {
     fail("q, k_cache, v_cache and out must be 16-byte aligned");
+  }
+  if (p.out_f32 && (reinterpret_cast<uintptr_t>(p.out_f32) & 7u) != 0) {
+    fail("out_f32 must be 8-byte aligned");
   }
 }
 
@@ -457,6 +481,9 @@ void launch(const PrefillAttentionParams& p, cudaStream_t stream) {
   a.scale = p.scale;
   a.out = p.out;
   a.lse = p.lse;
+  a.out_f32 = p.out_f32;
+  a.cp_size = p.cp_size;
+  a.cp_rank = p.cp_rank;
 
   const dim3 grid(unsigned(p.num_q_heads), unsigned(p.num_seqs), unsigned(m_tiles));
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);

@@ -33,9 +33,15 @@ struct PrefillAttentionParams {
   int max_blocks_per_seq = 0;
   int max_query_len = 0;  // host-side upper bound on query tokens of one sequence
   float scale = 0;
+  // Context parallelism (kernels/paged_kv.h): the cache holds rank cp_rank's share of each
+  // sequence; context_lens stay global, a query at position p attends to this rank's local
+  // keys [0, local_kv_len(p + 1)). A query with no local keys gets o = 0 and lse = -inf.
+  int cp_size = 1;
+  int cp_rank = 0;
 
-  bf16* out = nullptr;   // [num_tokens][num_q_heads][head_dim]
-  float* lse = nullptr;  // optional [num_tokens][num_q_heads], natural log
+  bf16* out = nullptr;       // [num_tokens][num_q_heads][head_dim]
+  float* lse = nullptr;      // optional [num_tokens][num_q_heads], natural log
+  float* out_f32 = nullptr;  // optional fp32 copy of out (partials for tree attention)
 };
 
 // No workspace. Throws std::invalid_argument for unsupported shapes.

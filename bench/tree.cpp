@@ -1,0 +1,365 @@
+// Tree-attention benchmark (context parallelism across GPUs), for Llama-3-8B shapes.
+//
+// On whatever GPUs the machine has, it measures the parts and feeds them to the analytic
+// model of a decode step over p GPUs (bench/RESULTS.md, "Tree attention"):
+//   step(L, p) = T_rest + layers · (T_attn(L/p) + T_combine(p))          tree attention
+//   ring(L, p) = T_rest + layers · (T_attn(L/p) + (p−1)·max(T_attn(L/p), α_p2p + S/B))
+//                where S = one rank's K/V shard per layer: ring attention passes K/V around
+//   T_rest:    the rest of a decode step (weights, small kernels), measured with the real
+//              runner at a short context minus its attention;
+//   T_attn:    flash-decoding over one rank's shard, measured per layer (partials entry);
+//   T_combine: measured for the backends present (NCCL with the ranks this machine has,
+//              simulated ranks on one GPU), modeled for p > GPUs from --allreduce-us.
+// It also runs the real context-parallel runner (NCCL, all visible GPUs up to p; and
+// simulated ranks) against the plain runner at one context, so the model's inputs and the
+// end-to-end numbers come from the same run.
+//
+//   arbor_bench_tree --model bench/models/llama-3.1-8b
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "bench/bandwidth.h"
+#include "engine/batch_builder.h"
+#include "engine/comm/local_gpu_communicator.h"
+#include "engine/comm/nccl_communicator.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/ops.h"
+#include "models/config.h"
+#include "models/context_parallel_cuda.h"
+#include "models/llama_cuda.h"
+
+namespace {
+
+using arbor::cuda::bf16;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Per-layer µs of the combine on every rank of `group` (one thread per rank), for `rows`
+// (token × query head) rows. NCCL ranks replay a CUDA graph of `layers` combines; local-gpu
+// ranks call it directly (not capturable).
+double combine_us(arbor::comm::Group& group, arbor::CpCombine strategy, size_t rows, int head_dim,
+                  int layers, int iters) {
+  std::vector<double> per_layer(group.size());
+  arbor::comm::run_ranks(group, [&](arbor::comm::Communicator& c) {
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    arbor::CudaCombineWorkspace ws(arbor::ContextParallelRank{&c, strategy}, rows, head_dim);
+    arbor::cuda::DeviceArray<bf16> out(rows * size_t(head_dim));
+    CUDA_CHECK(cudaMemset(ws.partial_out(), 0, rows * head_dim * sizeof(float)));
+    CUDA_CHECK(cudaMemset(ws.partial_lse(), 0, rows * sizeof(float)));
+    arbor::cuda::Stream stream;
+    cudaStream_t s = stream.get();
+    auto layers_once = [&] {
+      for (int l = 0; l < layers; ++l) ws.combine(rows, out.data(), s);
+    };
+    arbor::cuda::Graph graph;
+    if (c.graph_capturable()) graph.capture(s, layers_once);
+    auto run = [&] { c.graph_capturable() ? graph.launch(s) : layers_once(); };
+    run();
+    stream.sync();
+    c.barrier();
+    const auto t0 = Clock::now();
+    for (int i = 0; i < iters; ++i) run();
+    stream.sync();
+    per_layer[size_t(c.rank())] = seconds_since(t0) / (double(iters) * layers) * 1e6;
+  });
+  return *std::max_element(per_layer.begin(), per_layer.end());
+}
+
+// Per-layer µs of flash-decoding (partials entry: fp32 o + lse) over a batch-1 context of
+// `ctx` tokens, inside a graph of `layers` launches cycling over 4 caches (beyond L2).
+double attention_us(const arbor::LlamaConfig& c, int ctx, int layers, int num_sms) {
+  constexpr int kBlock = 16, kCaches = 4;
+  const int blocks = (ctx + kBlock - 1) / kBlock;
+  const size_t elems = size_t(blocks) * c.num_kv_heads * kBlock * c.head_dim;
+  std::vector<arbor::cuda::DeviceArray<bf16>> k, v;
+  arbor::cuda::Stream stream;
+  cudaStream_t s = stream.get();
+  for (int i = 0; i < kCaches; ++i) {
+    k.emplace_back(elems);
+    v.emplace_back(elems);
+    arbor::cuda::fill_normal_bf16(k.back().data(), elems, 1 + i, 0.0f, 1.0f, s);
+    arbor::cuda::fill_normal_bf16(v.back().data(), elems, 101 + i, 0.0f, 1.0f, s);
+  }
+  const size_t q_elems = size_t(c.num_heads) * c.head_dim;
+  arbor::cuda::DeviceArray<bf16> q(q_elems), out(q_elems);
+  arbor::cuda::fill_normal_bf16(q.data(), q_elems, 7, 0.0f, 1.0f, s);
+  arbor::cuda::DeviceArray<float> o(q_elems), lse(size_t(c.num_heads));
+  std::vector<int32_t> table(static_cast<size_t>(blocks));
+  for (int i = 0; i < blocks; ++i) table[size_t(i)] = i;
+  arbor::cuda::DeviceArray<int32_t> table_dev(static_cast<size_t>(blocks)), len_dev(1);
+  table_dev.upload(table.data(), table.size(), s);
+  len_dev.upload(&ctx, 1, s);
+  arbor::cuda::DecodeAttentionParams p;
+  p.q = q.data();
+  p.block_tables = table_dev.data();
+  p.context_lens = len_dev.data();
+  p.num_seqs = 1;
+  p.num_q_heads = c.num_heads;
+  p.num_kv_heads = c.num_kv_heads;
+  p.head_dim = c.head_dim;
+  p.block_size = kBlock;
+  p.max_blocks_per_seq = blocks;
+  p.scale = 1.0f / std::sqrt(float(c.head_dim));
+  p.max_context_len = ctx;
+  p.out = out.data();
+  p.out_f32 = o.data();
+  p.lse = lse.data();
+  const auto plan = arbor::cuda::plan_decode_attention(p, num_sms);
+  arbor::cuda::DeviceBuffer ws(std::max<size_t>(plan.workspace_bytes, 16));
+  CUDA_CHECK(cudaMemsetAsync(ws.get(), 0, ws.bytes(), s));
+  arbor::cuda::Graph graph;
+  graph.capture(s, [&] {
+    for (int l = 0; l < layers; ++l) {
+      p.k_cache = k[size_t(l % kCaches)].data();
+      p.v_cache = v[size_t(l % kCaches)].data();
+      arbor::cuda::decode_attention(p, plan, ws.get(), s);
+    }
+  });
+  graph.launch(s);
+  stream.sync();
+  arbor::cuda::Event e0, e1;
+  constexpr int kIters = 10;
+  e0.record(s);
+  for (int i = 0; i < kIters; ++i) graph.launch(s);
+  e1.record(s);
+  return double(e1.elapsed_ms_since(e0)) * 1e3 / (kIters * layers);
+}
+
+// Mean ms of a batch-1 greedy decode step at context `ctx` on `runner` (a prefill first).
+double decode_step_ms(arbor::ModelRunner& runner, int ctx, int steps) {
+  const int bs = runner.block_size();
+  std::vector<int32_t> tokens(size_t(ctx + steps + 2));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7919) % 32000);
+  std::vector<int32_t> table((tokens.size() + bs - 1) / bs);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
+  std::vector<int32_t> ids;
+  for (int start = 0; start < ctx; start += runner.max_batch_tokens()) {
+    arbor::ScheduledChunk chunk{tokens, table, start,
+                                std::min(runner.max_batch_tokens(), ctx - start), true};
+    runner.forward_greedy(arbor::build_forward_batch({&chunk, 1}, bs), ids);
+  }
+  double total = 0;
+  for (int step = 0; step < steps + 2; ++step) {
+    arbor::ScheduledChunk chunk{tokens, table, ctx + step, 1, true};
+    const auto batch = arbor::build_forward_batch({&chunk, 1}, bs);
+    const auto t0 = Clock::now();
+    runner.forward_greedy(batch, ids);
+    if (step >= 2) total += seconds_since(t0);  // 2 warm-up steps (graph capture)
+  }
+  return total / steps * 1e3;
+}
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> v;
+  size_t at = 0;
+  while (at < s.size()) {
+    const size_t comma = s.find(',', at);
+    v.push_back(std::stoi(s.substr(at, comma - at)));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"arbor tree-attention benchmark and analytic model (CUDA)"};
+  std::string model = "bench/models/llama-3.1-8b";
+  std::string contexts = "131072,524288,1048576,4194304", ranks = "1,2,4,8", sim_ranks = "2,4,8";
+  int layers_flag = 0, e2e_context = 32768, max_local_context = 1048576;
+  double allreduce_us = 25.0, p2p_us = 10.0, link_gbs = 450.0, project_gbs = 0;
+  app.add_option("--model", model, "config.json folder (dummy weights)");
+  app.add_option("--contexts", contexts, "total contexts of the model table");
+  app.add_option("--ranks", ranks, "p values of the model table");
+  app.add_option("--sim-ranks", sim_ranks, "simulated ranks on one GPU for the combine table");
+  app.add_option("--layers", layers_flag, "layers (default: the model's)");
+  app.add_option("--e2e-context", e2e_context, "context of the end-to-end runner comparison");
+  app.add_option("--max-local-context", max_local_context, "largest shard measured directly");
+  app.add_option("--allreduce-us", allreduce_us,
+                 "modeled latency of one small NVLink collective when p > visible GPUs "
+                 "(published 8×H100 NCCL all-reduce: 23–33 µs)");
+  app.add_option("--p2p-us", p2p_us, "modeled latency of one ring hop");
+  app.add_option("--link-gbs", link_gbs, "modeled per-direction GPU-GPU bandwidth (NVLink 4: 450)");
+  app.add_option("--project-bandwidth-gbs", project_gbs,
+                 "also project the table to a GPU with this read bandwidth (H200: 4800·0.92)");
+  CLI11_PARSE(app, argc, argv);
+
+  const arbor::LlamaConfig c = arbor::load_llama_config(model);
+  const int layers = layers_flag > 0 ? layers_flag : c.num_layers;
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  int gpus = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&gpus));
+  const double read_bw = arbor::bench::measure_read_bandwidth();
+  const double kv_per_token = 2.0 * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;
+  const double weight_bytes =
+      2.0 * (double(c.vocab_size) * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) +
+             double(c.num_layers) *
+                 (double(c.hidden_size) * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim +
+                  double(c.hidden_size) * c.num_heads * c.head_dim +
+                  3.0 * c.hidden_size * c.intermediate_size));
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
+  std::printf("# arbor tree-attention benchmark, %s UTC, %d × %s, %s (%d layers)\n", date, gpus,
+              prop.name, model.c_str(), layers);
+  std::printf("# measured read bandwidth %.0f GB/s; NCCL %d; weights %.2f GB; KV %.0f KiB/token\n",
+              read_bw * 1e-9, arbor::comm::nccl_version(), weight_bytes * 1e-9,
+              kv_per_token / 1024);
+
+  // ---- 1. Combine latency per layer.
+  std::printf("\n## Combine per layer (µs): decode batch b → rows = b·%d heads of %d+1 floats\n",
+              c.num_heads, c.head_dim);
+  std::printf(
+      "| backend | p | strategy | rows | message KiB | µs/layer |\n|---|---|---|---|---|---|\n");
+  std::map<std::pair<int, int>, double> nccl_combine;  // (p, strategy) → µs at batch 1
+  auto combine_row = [&](arbor::comm::Group& group, const char* backend, int p) {
+    for (auto strategy : {arbor::CpCombine::allgather, arbor::CpCombine::allreduce}) {
+      for (int batch : {1, 8, 64}) {
+        const size_t rows = size_t(batch) * c.num_heads;
+        const double us = combine_us(group, strategy, rows, c.head_dim, layers, 20);
+        std::printf("| %s | %d | %s | %zu | %.1f | %.1f |\n", backend, p,
+                    arbor::to_string(strategy), rows, rows * (c.head_dim + 1) * 4.0 / 1024, us);
+        std::fflush(stdout);
+        if (batch == 1 && std::string(backend) == "nccl") nccl_combine[{p, int(strategy)}] = us;
+      }
+    }
+  };
+  for (int p = 1; p <= gpus; p *= 2) {
+    std::vector<int> devices;
+    for (int i = 0; i < p; ++i) devices.push_back(i);
+    arbor::comm::Group group = arbor::comm::make_nccl_group(devices);
+    combine_row(group, "nccl", p);
+  }
+  for (int p : parse_list(sim_ranks)) {
+    arbor::comm::Group group = arbor::comm::make_local_gpu_group(p, 0);
+    combine_row(group, "local-gpu (host-synchronized)", p);
+  }
+
+  // ---- 2. Flash-decoding over one rank's shard.
+  std::map<int, double> attn;  // local context → µs per layer
+  std::vector<int> totals = parse_list(contexts), ps = parse_list(ranks);
+  for (int L : totals)
+    for (int p : ps)
+      if (L / p <= max_local_context) attn[L / p] = 0;
+  attn[1024] = 0;
+  std::printf("\n## Flash-decoding partials per layer, batch 1 (one rank's shard)\n");
+  std::printf("| shard tokens | µs/layer | GB/s | %% of read bw |\n|---|---|---|---|\n");
+  for (auto& [ctx, us] : attn) {
+    us = attention_us(c, ctx, layers, prop.multiProcessorCount);
+    const double bytes = double(ctx) * kv_per_token / c.num_layers;
+    std::printf("| %d | %.1f | %.0f | %.0f%% |\n", ctx, us, bytes / us * 1e-3,
+                100.0 * bytes / (us * 1e-6) / read_bw);
+    std::fflush(stdout);
+  }
+
+  // ---- 3. The rest of a decode step, and the real runners end to end.
+  arbor::CudaRunnerOptions o;
+  o.dummy_weights = true;
+  o.max_num_seqs = 1;
+  o.max_batch_tokens = 8192;
+  o.num_kv_blocks = (e2e_context + 4096) / o.block_size;
+  double plain_short = 0, plain_e2e = 0;
+  {
+    auto runner = arbor::make_cuda_runner(model, o);
+    plain_short = decode_step_ms(*runner, 1024, 20);
+    plain_e2e = decode_step_ms(*runner, e2e_context, 20);
+  }
+  const double rest_ms = plain_short - layers * attn[1024] * 1e-3;
+  std::printf("\n## Decode step, batch 1, real runners (dummy weights)\n");
+  std::printf("| runner | context | step ms | tok/s |\n|---|---|---|---|\n");
+  std::printf("| plain | 1024 | %.3f | %.1f |\n| plain | %d | %.3f | %.1f |\n", plain_short,
+              1000 / plain_short, e2e_context, plain_e2e, 1000 / plain_e2e);
+  std::printf("# rest of the step (1k step − %d × attention at 1k): %.3f ms\n", layers, rest_ms);
+  for (auto strategy : {arbor::CpCombine::allgather, arbor::CpCombine::allreduce}) {
+    for (auto backend : {arbor::CpBackend::nccl, arbor::CpBackend::local}) {
+      for (int p : {1, 2}) {
+        if (backend == arbor::CpBackend::nccl && p > gpus) continue;
+        if (backend == arbor::CpBackend::local && p == 1) continue;
+        arbor::CudaContextParallelOptions cp;
+        cp.size = p;
+        cp.backend = backend;
+        cp.combine = strategy;
+        arbor::CudaRunnerOptions ro = o;
+        ro.num_kv_blocks = (e2e_context / p + 4096) / ro.block_size;
+        auto runner = arbor::make_cuda_context_parallel_runner(model, ro, cp);
+        const double ms = decode_step_ms(*runner, e2e_context, 20);
+        std::printf("| context-parallel %s p=%d %s | %d | %.3f | %.1f |\n",
+                    arbor::to_string(backend), p, arbor::to_string(strategy), e2e_context, ms,
+                    1000 / ms);
+        std::fflush(stdout);
+      }
+    }
+  }
+
+  // ---- 4. The model.
+  auto model_table = [&](double bw_scale, const char* title) {
+    std::printf("\n## %s\n", title);
+    std::printf(
+        "| context | p | KV GB/GPU | mem GB/GPU | attn ms | combine ms | tree step ms | tree tok/s "
+        "| "
+        "ring step ms | tree speedup |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int L : totals) {
+      for (int p : ps) {
+        const int local = L / p;
+        double a_us;
+        if (attn.count(local) && attn[local] > 0) {
+          a_us = attn[local];
+        } else {  // beyond what was measured: bandwidth-scaled from the largest measured shard
+          const auto& [big, big_us] = *attn.rbegin();
+          a_us = big_us * double(local) / big;
+        }
+        a_us *= bw_scale;
+        double comb_us = 0;
+        if (p > 1) {
+          const auto it = nccl_combine.find({p, int(arbor::CpCombine::allgather)});
+          comb_us = it != nccl_combine.end() ? it->second : allreduce_us;
+        }
+        const double shard_bytes = double(local) * kv_per_token / c.num_layers;
+        const double hop_us = p2p_us + shard_bytes / (link_gbs * 1e3);
+        const double ring_layer = a_us + (p - 1) * std::max(a_us, hop_us);
+        const double rest = rest_ms * bw_scale;
+        const double tree = rest + layers * (a_us + comb_us) * 1e-3;
+        const double ring = rest + layers * ring_layer * 1e-3;
+        const double kv_gb = double(local) * kv_per_token * 1e-9;
+        std::printf("| %d | %d | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f | %.2f | %.1f× |\n", L, p,
+                    kv_gb, kv_gb + weight_bytes * 1e-9 + 2.0, layers * a_us * 1e-3,
+                    layers * comb_us * 1e-3, tree, 1000 / tree, ring, ring / tree);
+      }
+    }
+  };
+  model_table(1.0, "Model: decode step over p GPUs of this kind (measured parts)");
+  if (project_gbs > 0) {
+    char title[160];
+    std::snprintf(title, sizeof title,
+                  "Model projected to %.0f GB/s read bandwidth (attention and the rest scaled "
+                  "by %.2f)",
+                  project_gbs, read_bw * 1e-9 / project_gbs);
+    model_table(read_bw * 1e-9 / project_gbs, title);
+  }
+  std::printf(
+      "# model inputs: combine for p > %d GPUs = %.0f µs (--allreduce-us), ring hop "
+      "%.0f µs + shard / %.0f GB/s\n",
+      gpus, allreduce_us, p2p_us, link_gbs);
+  return 0;
+}
