@@ -35,6 +35,7 @@
 #include "engine/batch_builder.h"
 #include "engine/comm/local_gpu_communicator.h"
 #include "engine/comm/nccl_communicator.h"
+#include "kernels/cuda/attention_merge.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_buffer.h"
@@ -142,6 +143,135 @@ double attention_us(const arbor::LlamaConfig& c, int ctx, int layers, int num_sm
   for (int i = 0; i < kIters; ++i) graph.launch(s);
   e1.record(s);
   return double(e1.elapsed_ms_since(e0)) * 1e3 / (kIters * layers);
+}
+
+// One layer's K and V of `ctx` tokens in a contiguous paged layout (identity block table).
+struct Shard {
+  arbor::cuda::DeviceArray<bf16> k, v;
+  Shard(const arbor::LlamaConfig& c, int ctx, int block, uint64_t seed, cudaStream_t s)
+      : k(size_t(ctx) * c.num_kv_heads * c.head_dim), v(k.size()) {
+    (void)block;
+    arbor::cuda::fill_normal_bf16(k.data(), k.size(), seed, 0.0f, 1.0f, s);
+    arbor::cuda::fill_normal_bf16(v.data(), v.size(), seed + 1, 0.0f, 1.0f, s);
+  }
+};
+
+// Per-layer µs, on every rank of `group`, of decode attention (batch 1) over a context of
+// p · shard_ctx tokens held as p shards, three ways with the same kernels:
+//   tree:      local flash-decoding partials, then the all-gather combine
+//   ring-kv:   ring attention: p steps, each computes a partial over the shard at hand while
+//              the shard moves one rank on (send_recv on a second stream), partials merged
+//   ring-part: local partials, then p − 1 ring hops of the (o, lse) rows, merged
+// Returns {tree, ring-kv, ring-part} (the slowest rank's).
+std::vector<double> ring_vs_tree_us(arbor::comm::Group& group, const arbor::LlamaConfig& c,
+                                    int shard_ctx, int layers, int num_sms) {
+  constexpr int kBlock = 16;
+  const int p = int(group.size());
+  std::vector<std::vector<double>> out(size_t(p), std::vector<double>(3));
+  arbor::comm::run_ranks(group, [&](arbor::comm::Communicator& comm) {
+    const int rank = comm.rank();
+    arbor::cuda::Stream compute, transfer;
+    cudaStream_t s = compute.get(), t = transfer.get();
+    Shard mine(c, shard_ctx, kBlock, 11 + rank, s);
+    Shard arriving[2] = {Shard(c, shard_ctx, kBlock, 99, s), Shard(c, shard_ctx, kBlock, 98, s)};
+    const size_t rows = size_t(c.num_heads), packed = rows * (c.head_dim + 1);
+    arbor::cuda::DeviceArray<bf16> q(rows * c.head_dim), out_bf16(rows * c.head_dim);
+    arbor::cuda::fill_normal_bf16(q.data(), q.size(), 5, 0.0f, 1.0f, s);  // same q everywhere
+    arbor::cuda::DeviceArray<float> o(rows * c.head_dim), lse(rows), gathered(packed * p);
+    const int blocks = shard_ctx / kBlock;
+    std::vector<int32_t> table(static_cast<size_t>(blocks));
+    for (int i = 0; i < blocks; ++i) table[size_t(i)] = i;
+    arbor::cuda::DeviceArray<int32_t> table_dev(table.size()), len_dev(1);
+    table_dev.upload(table.data(), table.size(), s);
+    len_dev.upload(&shard_ctx, 1, s);
+    arbor::cuda::DecodeAttentionParams a;
+    a.q = q.data();
+    a.block_tables = table_dev.data();
+    a.context_lens = len_dev.data();
+    a.num_seqs = 1;
+    a.num_q_heads = c.num_heads;
+    a.num_kv_heads = c.num_kv_heads;
+    a.head_dim = c.head_dim;
+    a.block_size = kBlock;
+    a.max_blocks_per_seq = blocks;
+    a.scale = 1.0f / std::sqrt(float(c.head_dim));
+    a.max_context_len = shard_ctx;
+    a.out = out_bf16.data();
+    a.out_f32 = o.data();
+    a.lse = lse.data();
+    const auto plan = arbor::cuda::plan_decode_attention(a, num_sms);
+    arbor::cuda::DeviceBuffer ws(std::max<size_t>(plan.workspace_bytes, 16));
+    CUDA_CHECK(cudaMemsetAsync(ws.get(), 0, ws.bytes(), s));
+    arbor::CudaCombineWorkspace tree_ws(
+        arbor::ContextParallelRank{&comm, arbor::CpCombine::allgather}, rows, c.head_dim);
+    auto partial = [&](const Shard& sh, float* o_dst, float* lse_dst) {
+      a.k_cache = sh.k.data();
+      a.v_cache = sh.v.data();
+      a.out_f32 = o_dst;
+      a.lse = lse_dst;
+      arbor::cuda::decode_attention(a, plan, ws.get(), s);
+    };
+    arbor::cuda::Event computed, moved;
+    auto tree_layer = [&] {
+      partial(mine, tree_ws.partial_out(), tree_ws.partial_lse());
+      tree_ws.combine(rows, out_bf16.data(), s);
+    };
+    auto ring_kv_layer = [&] {
+      // This rank's shard stays put (every layer reuses it); arrivals alternate between
+      // two buffers, so a hop never writes the buffer being sent or computed on.
+      const Shard* cur = &mine;
+      int arrive = 0;
+      for (int step = 0; step < p; ++step) {
+        // The hop may start once everything before this step is done (the buffer it fills
+        // was last read two steps ago), and then overlaps this step's partial.
+        computed.record(s);
+        partial(*cur, o.data(), lse.data());
+        arbor::cuda::pack_partials(o.data(), lse.data(), rows, c.head_dim,
+                                   gathered.data() + size_t(step) * packed, s);
+        if (step + 1 < p) {
+          Shard& next = arriving[arrive];
+          CUDA_CHECK(cudaStreamWaitEvent(t, computed.get(), 0));
+          comm.send_recv(cur->k.data(), (rank + 1) % p, next.k.data(), (rank + p - 1) % p,
+                         cur->k.size() * 2, arbor::comm::DType::u8, t);
+          comm.send_recv(cur->v.data(), (rank + 1) % p, next.v.data(), (rank + p - 1) % p,
+                         cur->v.size() * 2, arbor::comm::DType::u8, t);
+          moved.record(t);
+          CUDA_CHECK(cudaStreamWaitEvent(s, moved.get(), 0));
+          cur = &next;
+          arrive ^= 1;
+        }
+      }
+      arbor::cuda::merge_packed_partials(gathered.data(), p, rows, c.head_dim, out_bf16.data(), s);
+    };
+    auto ring_partials_layer = [&] {
+      partial(mine, o.data(), lse.data());
+      arbor::cuda::pack_partials(o.data(), lse.data(), rows, c.head_dim,
+                                 gathered.data() + size_t(rank) * packed, s);
+      for (int hop = 1; hop < p; ++hop) {  // hop h passes on what arrived h − 1 hops ago
+        const int send_part = (rank - hop + 1 + p) % p, recv_part = (rank - hop + p) % p;
+        comm.send_recv(gathered.data() + size_t(send_part) * packed, (rank + 1) % p,
+                       gathered.data() + size_t(recv_part) * packed, (rank + p - 1) % p, packed,
+                       arbor::comm::DType::f32, s);
+      }
+      arbor::cuda::merge_packed_partials(gathered.data(), p, rows, c.head_dim, out_bf16.data(), s);
+    };
+    const std::function<void()> layer_fns[3] = {tree_layer, ring_kv_layer, ring_partials_layer};
+    for (int f = 0; f < 3; ++f) {
+      for (int l = 0; l < 2; ++l) layer_fns[f]();  // warm-up
+      compute.sync();
+      transfer.sync();
+      comm.barrier();
+      const auto t0 = Clock::now();
+      for (int l = 0; l < layers; ++l) layer_fns[f]();
+      compute.sync();
+      transfer.sync();
+      out[size_t(rank)][size_t(f)] = seconds_since(t0) / layers * 1e6;
+    }
+  });
+  std::vector<double> worst(3, 0.0);
+  for (const auto& r : out)
+    for (int f = 0; f < 3; ++f) worst[size_t(f)] = std::max(worst[size_t(f)], r[size_t(f)]);
+  return worst;
 }
 
 // Mean ms of a batch-1 greedy decode step at context `ctx` on `runner` (a prefill first).
@@ -312,7 +442,31 @@ int main(int argc, char** argv) {
     }
   }
 
-  // ---- 4. The model.
+  // ---- 4. Ring attention vs tree, same kernels, real communicators.
+  std::printf("\n## Ring vs tree per layer (µs), batch-1 decode, same kernels\n");
+  std::printf(
+      "| backend | p | shard tokens | tree | ring (K/V shards passed) | ring of partials |\n"
+      "|---|---|---|---|---|---|\n");
+  auto ring_rows = [&](arbor::comm::Group& group, const char* backend) {
+    for (int shard : {32768, 131072}) {
+      const auto us = ring_vs_tree_us(group, c, shard, layers, prop.multiProcessorCount);
+      std::printf("| %s | %zu | %d | %.1f | %.1f | %.1f |\n", backend, group.size(), shard, us[0],
+                  us[1], us[2]);
+      std::fflush(stdout);
+    }
+  };
+  for (int p = 2; p <= gpus; p *= 2) {
+    std::vector<int> devices;
+    for (int i = 0; i < p; ++i) devices.push_back(i);
+    arbor::comm::Group group = arbor::comm::make_nccl_group(devices);
+    ring_rows(group, "nccl");
+  }
+  for (int p : {2, 4}) {
+    arbor::comm::Group group = arbor::comm::make_local_gpu_group(p, 0);
+    ring_rows(group, "local-gpu (one GPU, host-synchronized)");
+  }
+
+  // ---- 5. The model.
   auto model_table = [&](double bw_scale, const char* title) {
     std::printf("\n## %s\n", title);
     std::printf(
