@@ -56,6 +56,7 @@ struct Engine::SeqState {
   Sampler sampler;
   IncrementalDetokenizer detok;
   StopStringMatcher stops;
+  Clock::time_point first_scheduled{};  // epoch: not scheduled yet
 };
 
 struct Engine::RequestState {
@@ -174,6 +175,7 @@ RequestOutput Engine::make_output(const RequestState& rs, const SeqState& ss) co
   o.num_prompt_tokens = ss.seq.prompt_len;
   o.num_output_tokens = ss.seq.num_output();
   o.num_cached_tokens = std::max(0, ss.seq.num_cached_tokens);
+  o.first_scheduled = ss.first_scheduled;
   return o;
 }
 
@@ -276,6 +278,10 @@ bool Engine::step() {
   }
   ForwardBatch batch = build_forward_batch(out.chunks, blocks_.block_size());
   const auto t1 = Clock::now();
+  for (Sequence* seq : out.seqs) {
+    SeqState& ss = *requests_.at(seq->request_id)->seqs[seq->index];
+    if (ss.first_scheduled == Clock::time_point{}) ss.first_scheduled = t0;
+  }
   totals_.schedule_seconds += std::chrono::duration<double>(t1 - t0).count();
   bool greedy_only = true;  // then only argmax ids come back from the device, not logits
   for (size_t i = 0; i < out.seqs.size() && greedy_only; ++i)
@@ -325,6 +331,7 @@ bool Engine::step() {
         SeqState& child = *rs.seqs[k];
         if (child.seq.is_finished()) continue;
         scheduler_.fork(*seq, &child.seq);
+        child.first_scheduled = rs.seqs[seq->index]->first_scheduled;
         jobs.push_back({&rs, &child, this_row, {}, {}});
       }
     }

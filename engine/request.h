@@ -2,6 +2,7 @@
 // sequence per step (RequestOutput), through the request's sink.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -34,6 +35,9 @@ struct RequestOutput {
   int num_prompt_tokens = 0;
   int num_output_tokens = 0;  // generated so far, this token included
   int num_cached_tokens = 0;  // prompt tokens found in the prefix cache at first admission
+  // When the scheduler first put the sequence into a batch (the end of its queueing; forked
+  // samples n > 1 share their parent's); the epoch while it has not been scheduled yet.
+  std::chrono::steady_clock::time_point first_scheduled{};
 };
 
 // Receives a request's events on the engine's thread, in order; the last event of each of the

@@ -167,9 +167,15 @@ MappedFile::~MappedFile() {
 // ---- SafetensorsFile ----
 
 SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(std::make_unique<MappedFile>(path)) {
-  const std::string fname = path.string();
-  const size_t size = file_->size();
-  const std::byte* base = file_->data();
+  SafetensorsHeader h = parse_safetensors({file_->data(), file_->size()}, path.string());
+  tensors_ = std::move(h.tensors);
+  unsupported_ = std::move(h.unsupported);
+}
+
+SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std::string& fname) {
+  SafetensorsHeader out;
+  const size_t size = bytes.size();
+  const std::byte* base = bytes.data();
   if (size < 8) {
     throw ModelError(fname + " is too short to be a safetensors file (" + std::to_string(size) +
                      " bytes; it must start with an 8-byte header length)");
@@ -269,10 +275,10 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(std::make_unique<
       v.data = data_block + begin;
       v.nbytes = size_t(nbytes);
       v.file = fname;
-      auto it = tensors_.emplace(name, std::move(v)).first;
+      auto it = out.tensors.emplace(name, std::move(v)).first;
       ranges.push_back({begin, end, &it->first});
     } else {
-      auto it = unsupported_.emplace(name, dtype_str).first;
+      auto it = out.unsupported.emplace(name, dtype_str).first;
       ranges.push_back({begin, end, &it->first});
     }
   }
@@ -292,6 +298,7 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(std::make_unique<
     }
     if (!prev || r.end > prev->end) prev = &r;
   }
+  return out;
 }
 
 // ---- WeightStore ----

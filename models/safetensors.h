@@ -61,6 +61,15 @@ struct TensorView {
   int64_t numel() const;
 };
 
+// A parsed and validated safetensors header (see SafetensorsFile).
+struct SafetensorsHeader {
+  std::map<std::string, TensorView> tensors;       // loadable (F32, F16, BF16)
+  std::map<std::string, std::string> unsupported;  // name → dtype as written
+};
+// Parses the header of a whole safetensors file in memory, validated as SafetensorsFile does;
+// the views point into `bytes`. `name` names the file in errors. Throws ModelError.
+SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std::string& name);
+
 // One .safetensors file. The header is fully validated on open: dtype a string, shape
 // non-negative, offsets inside the data block, size == numel * dtype size (when the dtype's
 // size is known), no overlapping tensors. "__metadata__" is ignored.

@@ -9,6 +9,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git clang-format
   libcpp-httplib-dev nlohmann-json3-dev libsentencepiece-dev libspdlog-dev libfmt-dev
   catch2 libcli11-dev libpcre2-dev
+  clang libclang-rt-14-dev libomp-dev curl jq  # scripts/fuzz.sh (libFuzzer), tests/e2e
 )
 
 missing=()

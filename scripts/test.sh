@@ -4,7 +4,10 @@
 #   2. the normal build (with the CUDA backend when nvcc exists) and all its tests, incl. the
 #      end-to-end test of `arbor serve` with the official `openai` npm client; GPU tests
 #      report "Skipped" on a machine without a GPU
-#   3. a CPU-only build under AddressSanitizer + UndefinedBehaviorSanitizer and the CPU tests
+#   3. a CPU-only build under AddressSanitizer + UndefinedBehaviorSanitizer and the CPU tests,
+#      then the libFuzzer targets for 20 s each (scripts/fuzz.sh; ARBOR_FUZZ_SECONDS)
+#   4. the Docker deployment: the CPU image built and served with docker-compose
+#      (tests/docker/docker_test.sh)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -29,3 +32,9 @@ BUILD_DIR="$root/build-asan" BUILD_TYPE=Debug scripts/build.sh -DARBOR_CUDA=OFF 
 echo "== tests under sanitizers"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j"$jobs" -L cpu)
+
+echo "== fuzzing (libFuzzer + ASan/UBSan, clang; request JSON, tokenizer.json, safetensors)"
+scripts/fuzz.sh "${ARBOR_FUZZ_SECONDS:-20}"
+
+echo "== docker (CPU image on a debootstrapped Debian base, served with docker-compose)"
+tests/docker/docker_test.sh

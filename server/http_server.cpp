@@ -5,8 +5,10 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -154,6 +156,9 @@ struct HttpServer::Generation {
   Usage usage;
   int fd = -1;
   bool aborted = false;
+  bool rejected = false;                // the engine refused a prompt: no metrics
+  bool observed = false;                // metrics recorded (once per HTTP request)
+  Clock::time_point first_scheduled{};  // of any of its sequences; epoch: not yet
 
   Generation(HttpServer& s, ApiRequest r) : server(s), req(std::move(r)) {
     server.in_flight_++;
@@ -172,6 +177,7 @@ struct HttpServer::Generation {
     if (!done()) abort();
     for (const Prompt& p : prompts)
       if (!p.first) server.queued_--;
+    observe(Clock::now());
     log();
     server.in_flight_--;
   }
@@ -192,6 +198,7 @@ struct HttpServer::Generation {
         server.queued_++;
       } catch (...) {
         abort();
+        rejected = true;
         finished = int(choices.size());  // nothing more will arrive that we wait for
         throw;
       }
@@ -214,6 +221,9 @@ struct HttpServer::Generation {
       return false;
     }
     const RequestOutput& out = o.out;
+    if (out.first_scheduled != Clock::time_point{} &&
+        (first_scheduled == Clock::time_point{} || out.first_scheduled < first_scheduled))
+      first_scheduled = out.first_scheduled;
     const int p = prompt_of.at(out.request_id);
     if (!prompts[p].first) {
       prompts[p].first = true;
@@ -243,11 +253,34 @@ struct HttpServer::Generation {
       c.finish = out.finish_reason;
       c.error = out.error;
       ++finished;
-      const double ttft = c.output_tokens ? seconds(t.first - arrival) : -1;
-      server.metrics_.observe_request(ttft, ttft, seconds(o.t - arrival), t.itl,
-                                      finish_reason_name(*out.finish_reason));
+      if (done()) observe(o.t);
     }
     return true;
+  }
+
+  // Records the request's metrics once: when its last sequence ends, or (client gone,
+  // aborted) when the handler lets go of it.
+  void observe(Clock::time_point end) {
+    if (observed || rejected || prompts.empty()) return;
+    observed = true;
+    double ttft = -1;
+    std::vector<double> itl;
+    bool error = false, abort_seen = aborted && !done(), length = false;
+    for (size_t c = 0; c < choices.size(); ++c) {
+      if (choices[c].output_tokens > 0) {
+        const double f = seconds(timing[c].first - arrival);
+        ttft = ttft < 0 ? f : std::min(ttft, f);
+      }
+      itl.insert(itl.end(), timing[c].itl.begin(), timing[c].itl.end());
+      const std::optional<FinishReason>& r = choices[c].finish;
+      error = error || r == FinishReason::kError;
+      abort_seen = abort_seen || r == FinishReason::kAbort;
+      length = length || r == FinishReason::kLength;
+    }
+    const char* reason = error ? "error" : abort_seen ? "abort" : length ? "length" : "stop";
+    const double queue_s =
+        first_scheduled == Clock::time_point{} ? -1 : seconds(first_scheduled - arrival);
+    server.metrics_.observe_request(queue_s, ttft, seconds(end - arrival), itl, reason);
   }
 
   void log() const {
@@ -290,6 +323,15 @@ HttpServer::~HttpServer() {
 }
 
 int HttpServer::bind(const std::string& host, int port) {
+  // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients (hundreds of streams
+  // connecting at once, as in tests/e2e/load_test.mjs) overflows the accept queue, and the
+  // dropped connections wait for SYN retransmits (1 s, 3 s, ...). The listening socket is
+  // the only one that goes through the socket-options hook; listen() again raises the backlog.
+  auto listen_fd = std::make_shared<int>(-1);
+  svr_->set_socket_options([listen_fd](int sock) {
+    httplib::default_socket_options(sock);
+    *listen_fd = sock;
+  });
   int bound = port;
   if (port == 0) {
     bound = svr_->bind_to_any_port(host);
@@ -298,6 +340,8 @@ int HttpServer::bind(const std::string& host, int port) {
     throw std::runtime_error("cannot bind " + host + ":" + std::to_string(port) +
                              " (in use, or not an address of this machine)");
   }
+  if (*listen_fd >= 0 && ::listen(*listen_fd, SOMAXCONN) != 0)
+    spdlog::warn("cannot raise the listen backlog to {}: {}", SOMAXCONN, std::strerror(errno));
   return bound;
 }
 
@@ -493,7 +537,7 @@ void HttpServer::register_routes() {
     }
   });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.render(engine_.stats(), options_.served_model_name),
+    res.set_content(metrics_.render(engine_.stats(), options_.served_model_name, in_flight_),
                     "text/plain; version=0.0.4");
   });
   s.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {

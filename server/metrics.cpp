@@ -55,7 +55,8 @@ void ServerMetrics::observe_request(double queue_s, double ttft_s, double e2e_s,
   ++finished_[finish];
 }
 
-std::string ServerMetrics::render(const EngineStats& s, const std::string& model_name) const {
+std::string ServerMetrics::render(const EngineStats& s, const std::string& model_name,
+                                  int http_in_flight) const {
   const std::string l = "model_name=\"" + model_name + "\"";
   std::string out;
   char buf[64];
@@ -67,8 +68,18 @@ std::string ServerMetrics::render(const EngineStats& s, const std::string& model
   metric("arbor:num_requests_running", "gauge", "Sequences in the running batch.", s.num_running);
   metric("arbor:num_requests_waiting", "gauge", "Sequences waiting to be scheduled.",
          s.num_waiting);
+  metric("arbor:num_requests_unfinished", "gauge",
+         "Engine requests not finished yet (queued, waiting or running).", s.num_requests);
+  metric("arbor:http_requests_in_flight", "gauge",
+         "Generation requests whose HTTP handler has not returned yet.", http_in_flight);
   metric("arbor:kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use (0-1).",
          s.kv_usage);
+  metric("arbor:kv_cache_used_blocks", "gauge", "KV-cache blocks referenced by sequences.",
+         s.kv.used_blocks);
+  metric("arbor:kv_cache_free_blocks", "gauge",
+         "KV-cache blocks that can be allocated (free or evictable prefix-cache blocks).",
+         s.kv.free_blocks);
+  metric("arbor:kv_cache_total_blocks", "gauge", "KV-cache blocks in all.", s.kv.num_blocks);
   metric("arbor:prefix_cache_hit_rate", "gauge", "Prefix-cache hit rate (0-1).", s.prefix_hit_rate);
   metric("arbor:prompt_tokens_total", "counter", "Prompt tokens of added requests.",
          double(s.prompt_tokens_total));
@@ -85,11 +96,10 @@ std::string ServerMetrics::render(const EngineStats& s, const std::string& model
   hist("arbor:inter_token_latency_seconds", "Time between generated tokens.", itl_);
   hist("arbor:e2e_request_latency_seconds", "End-to-end request latency.", e2e_);
   hist("arbor:request_queue_time_seconds",
-       "Time from arrival to the first engine output (an upper bound on queueing: "
-       "it includes prefill).",
-       queue_);
+       "Time from arrival to the first time the engine scheduled the request.", queue_);
   out +=
-      "# HELP arbor:request_success_total Finished requests by finish reason.\n"
+      "# HELP arbor:request_success_total Finished requests by finish reason (one per HTTP "
+      "request, whatever its n).\n"
       "# TYPE arbor:request_success_total counter\n";
   for (const auto& [reason, n] : finished_)
     out += "arbor:request_success_total{" + l + ",finished_reason=\"" + reason + "\"} " +

@@ -26,12 +26,19 @@ class Histogram {
   uint64_t count_ = 0;
 };
 
+// Per HTTP request (once, whatever its n or number of prompts): queue_s from arrival to the
+// first time the engine scheduled one of its sequences, ttft_s to its first token (negative:
+// not reached, not observed), e2e_s to its last sequence's end; inter_token_s holds the gaps
+// of all its sequences; finish is one reason for the whole request ("error" if a sequence
+// failed, else "abort" if one was aborted, else "length" if one hit a limit, else "stop").
 class ServerMetrics {
  public:
   ServerMetrics();
   void observe_request(double queue_s, double ttft_s, double e2e_s,
                        const std::vector<double>& inter_token_s, const std::string& finish);
-  std::string render(const EngineStats& stats, const std::string& model_name) const;
+  // http_in_flight: generation requests the HTTP handlers are serving.
+  std::string render(const EngineStats& stats, const std::string& model_name,
+                     int http_in_flight) const;
 
  private:
   mutable std::mutex mu_;

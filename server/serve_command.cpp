@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
+#include "models/context_parallel_runner.h"
 #include "models/model_runner.h"
 #ifdef ARBOR_WITH_CUDA
 #include "models/llama_cuda.h"
@@ -35,6 +36,7 @@ struct ServeArgs {
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
   int max_queued_requests = 1024;
+  int http_threads = 64;
   size_t max_request_bytes = size_t(8) << 20;
   std::string device = "auto";
   std::string load_format = "auto";
@@ -44,6 +46,18 @@ struct ServeArgs {
   int block_size = 16;
   int kv_cache_tokens = 0;  // CPU: KV-cache size in tokens (0: 4 × the model's context)
   double shutdown_timeout = 10;
+  // Context parallelism (tree attention): one sequence's KV cache sharded over ranks.
+  int context_parallel = 1;
+  std::string cp_backend;  // nccl (GPU default) or local (simulated ranks on one device)
+  std::string cp_combine = "allgather";
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+
+  bool context_parallel_mode() const {
+    return context_parallel > 1 || nnodes > 1 || !cp_backend.empty();
+  }
 };
 
 std::unique_ptr<ModelRunner> make_runner(const ServeArgs& a, const std::filesystem::path& dir) {
@@ -57,6 +71,18 @@ std::unique_ptr<ModelRunner> make_runner(const ServeArgs& a, const std::filesyst
     o.dummy_weights = a.load_format == "dummy";
     o.max_batch_tokens = a.max_num_batched_tokens;
     o.max_num_seqs = a.max_num_seqs;
+    if (a.context_parallel_mode()) {
+      CudaContextParallelOptions cp;
+      cp.size = a.context_parallel;
+      cp.backend = parse_cp_backend(a.cp_backend.empty() ? "nccl" : a.cp_backend);
+      cp.combine = parse_cp_combine(a.cp_combine);
+      cp.nnodes = a.nnodes;
+      cp.node_rank = a.node_rank;
+      cp.master_addr = a.master_addr;
+      cp.master_port = a.master_port;
+      // nullptr on a follower node, once the leader has stopped.
+      return make_cuda_context_parallel_runner(dir, o, cp);
+    }
     return make_cuda_runner(dir, o);
   }
 #else
@@ -68,6 +94,16 @@ std::unique_ptr<ModelRunner> make_runner(const ServeArgs& a, const std::filesyst
   const int tokens =
       a.kv_cache_tokens > 0 ? a.kv_cache_tokens : 4 * model.config().max_position_embeddings;
   const int blocks = (tokens + a.block_size - 1) / a.block_size;
+  if (a.context_parallel_mode()) {
+    if (a.nnodes != 1 || (!a.cp_backend.empty() && a.cp_backend != "local"))
+      throw std::runtime_error(
+          "the CPU backend runs context parallelism as simulated ranks on one node "
+          "(--cp-backend local)");
+    // Each rank holds 1/p of the positions: the same total KV-cache size in tokens.
+    const int p = a.context_parallel;
+    return make_cpu_context_parallel_runner(model, p, (blocks + p - 1) / p, a.block_size,
+                                            parse_cp_combine(a.cp_combine));
+  }
   return std::make_unique<CpuModelRunner>(std::move(model), blocks, a.block_size);
 }
 
@@ -107,8 +143,13 @@ int run_serve(const ServeArgs& a) {
   opts.allowed_origins = a.allowed_origins;
   opts.max_request_bytes = a.max_request_bytes;
   opts.max_queued_requests = a.max_queued_requests;
+  opts.http_threads = a.http_threads;
 
   std::unique_ptr<ModelRunner> runner = make_runner(a, dir);
+  if (!runner) {  // a follower node of a multi-node context-parallel group
+    spdlog::info("node {}: the leader stopped; exiting", a.node_rank);
+    return 0;
+  }
   EngineConfig ec;
   ec.max_num_seqs = a.max_num_seqs;
   ec.max_num_batched_tokens = a.max_num_batched_tokens;
@@ -210,6 +251,9 @@ void add_serve_command(CLI::App& app) {
   opt("max-queued-requests", a->max_queued_requests,
       "Requests waiting for their first token before new ones get 429")
       ->check(CLI::PositiveNumber);
+  opt("http-threads", a->http_threads,
+      "HTTP worker threads: connections served at once (more wait for a free thread)")
+      ->check(CLI::Range(1, 65536));
   opt("max-request-bytes", a->max_request_bytes, "Largest request body (413 beyond)")
       ->check(CLI::PositiveNumber);
   opt("device", a->device, "auto (GPU if present), cuda or cpu")
@@ -228,6 +272,21 @@ void add_serve_command(CLI::App& app) {
   opt("shutdown-timeout", a->shutdown_timeout,
       "Seconds in-flight requests get to finish on SIGTERM/SIGINT")
       ->check(CLI::NonNegativeNumber);
+  opt("context-parallel", a->context_parallel,
+      "Ranks sharing each sequence's KV cache (tree attention across GPUs)")
+      ->check(CLI::Range(1, 1024));
+  opt("cp-backend", a->cp_backend,
+      "nccl (one rank per GPU) or local (simulated ranks on one device; CPU: always)")
+      ->check(CLI::IsMember({"nccl", "local"}));
+  opt("cp-combine", a->cp_combine,
+      "How ranks merge partial attention: allgather (one collective) or allreduce (two)")
+      ->check(CLI::IsMember({"allgather", "allreduce"}));
+  opt("nnodes", a->nnodes, "Nodes of a multi-node context-parallel group")
+      ->check(CLI::Range(1, 1024));
+  opt("node-rank", a->node_rank, "This node's index; node 0 serves HTTP")
+      ->check(CLI::Range(0, 1023));
+  opt("master-addr", a->master_addr, "Node 0's address for the rendezvous");
+  opt("master-port", a->master_port, "Node 0's rendezvous port")->check(CLI::Range(1, 65535));
   cmd->add_option("--config", *config, "JSON file with the same keys as the long flags")
       ->envname("ARBOR_CONFIG")
       ->check(CLI::ExistingFile);

@@ -114,6 +114,28 @@ const json& member(const json& j, const char* key, const char* what) {
   return *it;
 }
 
+// A token id in tokenizer.json: an integer in [0, kMaxTokenId]. Anything else (a float such
+// as 1e96, a string, an id that would make the token table absurdly large) is a FormatError:
+// converting it with get<int32_t>() would be undefined behaviour or a huge allocation.
+constexpr int64_t kMaxTokenId = (int64_t(1) << 24) - 1;  // real vocabularies: < 300k
+
+int32_t json_token_id(const json& v, const std::string& what) {
+  if (!v.is_number_integer()) throw FormatError(what + " is not an integer id: " + v.dump());
+  if (!v.is_number_unsigned() && v.get<int64_t>() < 0)
+    throw FormatError(what + " has a negative id " + v.dump());
+  if (v.get<uint64_t>() > uint64_t(kMaxTokenId))
+    throw FormatError(what + " has the id " + v.dump() + ", beyond the supported " +
+                      std::to_string(kMaxTokenId));
+  return int32_t(v.get<int64_t>());
+}
+
+// A non-negative integer count (Strip decoder start/stop).
+size_t json_count(const json& v, const std::string& what) {
+  if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0))
+    throw FormatError(what + " is not a non-negative integer: " + v.dump());
+  return size_t(v.get<uint64_t>());
+}
+
 std::string type_of(const json& j, const char* what) {
   if (!j.is_object()) throw FormatError(std::string(what) + " is not an object");
   const auto& t = member(j, "type", what);
@@ -286,13 +308,15 @@ void HfBpeTokenizer::Impl::load(const json& j) {
     if (!it->is_array()) throw FormatError("\"added_tokens\" is not an array");
     for (const auto& t : *it) {
       if (!t.is_object()) throw FormatError("an added token is not an object");
-      AddedToken a{member(t, "id", "added token").get<int32_t>(),
-                   member(t, "content", "added token").get<std::string>(),
+      const json& content = member(t, "content", "added token");
+      if (!content.is_string()) throw FormatError("an added token's content is not a string");
+      AddedToken a{json_token_id(member(t, "id", "added token"),
+                                 "added token " + content.get<std::string>()),
+                   content.get<std::string>(),
                    t.value("special", false),
                    t.value("lstrip", false),
                    t.value("rstrip", false),
                    t.value("single_word", false)};
-      if (a.id < 0) throw FormatError("added token " + a.content + " has a negative id");
       if (a.content.empty()) throw FormatError("an added token is empty");
       added_tokens.push_back(std::move(a));
     }
@@ -323,6 +347,11 @@ void HfBpeTokenizer::Impl::load(const json& j) {
   if (const auto it = j.find("post_processor"); it != j.end() && !it->is_null()) {
     load_post_processor(*it);
   }
+  for (const auto* ids : {&prefix, &suffix})
+    for (int32_t id : *ids)
+      if (size_t(id) >= pieces.size())
+        throw FormatError("TemplateProcessing id " + std::to_string(id) +
+                          " is not in the vocabulary");
   if (const auto it = j.find("decoder"); it != j.end() && !it->is_null()) load_decoder(*it);
 
   if (!byte_level && pre_tokenizer.empty()) {
@@ -390,8 +419,7 @@ void HfBpeTokenizer::Impl::load_model(const json& m) {
   vocab.reserve(v.size());
   int32_t max_id = -1;
   for (const auto& [token, id_json] : v.items()) {
-    const auto id = id_json.get<int32_t>();
-    if (id < 0) throw FormatError("vocab token " + token + " has a negative id");
+    const int32_t id = json_token_id(id_json, "vocab token " + token);
     vocab.emplace(token, id);
     max_id = std::max(max_id, id);
   }
@@ -514,7 +542,7 @@ void HfBpeTokenizer::Impl::load_post_processor(const json& p) {
           throw FormatError("TemplateProcessing special token " + name + " is not defined");
         }
         for (const auto& id : member(*it, "ids", "TemplateProcessing special token")) {
-          (seen_a ? suffix : prefix).push_back(id.get<int32_t>());
+          (seen_a ? suffix : prefix).push_back(json_token_id(id, "TemplateProcessing " + name));
         }
       } else {
         throw FormatError("TemplateProcessing item " + item.dump() + " is not understood");
@@ -542,8 +570,8 @@ void HfBpeTokenizer::Impl::load_decoder(const json& d) {
   } else if (type == "Strip") {
     step.kind = DecoderStep::kStrip;
     step.a = member(d, "content", "Strip decoder").get<std::string>();
-    step.start = member(d, "start", "Strip decoder").get<size_t>();
-    step.stop = member(d, "stop", "Strip decoder").get<size_t>();
+    step.start = json_count(member(d, "start", "Strip decoder"), "Strip decoder start");
+    step.stop = json_count(member(d, "stop", "Strip decoder"), "Strip decoder stop");
   } else if (type == "ByteLevel") {
     step.kind = DecoderStep::kByteLevel;
   } else if (type == "Metaspace") {
@@ -767,8 +795,6 @@ void HfBpeTokenizer::Impl::bpe(std::string_view word, std::vector<int32_t>& out)
 
 HfBpeTokenizer::HfBpeTokenizer(const std::filesystem::path& tokenizer_json, HfBpeOptions options)
     : impl_(std::make_unique<Impl>()) {
-  impl_->file = tokenizer_json;
-  impl_->options = std::move(options);
   const std::string name = tokenizer_json.string();
   std::error_code ec;
   if (!std::filesystem::is_regular_file(tokenizer_json, ec)) {
@@ -778,9 +804,23 @@ HfBpeTokenizer::HfBpeTokenizer(const std::filesystem::path& tokenizer_json, HfBp
   if (!in) throw TokenizerError("cannot read " + name);
   std::ostringstream text;
   text << in.rdbuf();
+  load(text.str(), tokenizer_json, std::move(options));
+}
+
+HfBpeTokenizer::HfBpeTokenizer(std::string_view json_text, const std::string& name,
+                               HfBpeOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  load(json_text, name, std::move(options));
+}
+
+void HfBpeTokenizer::load(std::string_view json_text, const std::filesystem::path& file,
+                          HfBpeOptions options) {
+  impl_->file = file;
+  impl_->options = std::move(options);
+  const std::string name = file.string();
   json j;
   try {
-    j = json::parse(text.str());
+    j = json::parse(json_text);
   } catch (const json::exception& e) {
     throw TokenizerError(name + " is not valid JSON: " + e.what());
   }

@@ -37,6 +37,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "tokenizer/tokenizer.h"
 
@@ -57,6 +58,8 @@ class HfBpeTokenizer final : public Tokenizer {
   // Loads tokenizer.json; throws TokenizerError naming the file when it is missing, not JSON,
   // malformed, or uses a component this class does not implement.
   HfBpeTokenizer(const std::filesystem::path& tokenizer_json, HfBpeOptions options);
+  // The same from tokenizer.json's text in memory; `name` stands for the file in errors.
+  HfBpeTokenizer(std::string_view json_text, const std::string& name, HfBpeOptions options);
   ~HfBpeTokenizer() override;
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
@@ -75,6 +78,7 @@ class HfBpeTokenizer final : public Tokenizer {
 
  private:
   struct Impl;
+  void load(std::string_view json_text, const std::filesystem::path& file, HfBpeOptions options);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -87,7 +87,7 @@ namespace arbor {
 TEST_CASE("serve reads the example configs and rejects unknown keys", "[cli]") {
   // A model folder that does not exist on the command line makes serve fail right after the
   // config is applied: an unknown key would fail earlier, with its own message.
-  for (const char* cfg : {"cpu-demo.json", "one-gpu.json"}) {
+  for (const char* cfg : {"cpu-demo.json", "one-gpu.json", "eight-gpu-long-context.json"}) {
     const auto path = test::fixtures_dir().parent_path().parent_path() / "configs" / cfg;
     RunResult r = run_arbor("serve --config " + path.string() + " --model /nonexistent/m");
     INFO(cfg << ": " << r.err);

@@ -1,9 +1,15 @@
 // The HTTP server in-process on an ephemeral loopback port, driven with httplib::Client.
 #include <catch2/catch.hpp>
 
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include <httplib.h>
@@ -110,6 +116,27 @@ void check_error(const httplib::Result& res, int status, const std::string& code
   CHECK(j["error"]["type"].is_string());
   CHECK(j["error"].contains("param"));
   if (!code.empty()) CHECK(j["error"]["code"] == code);
+}
+
+// The value of the metric line "NAME{...} VALUE" whose labels contain `label`; -1 if absent.
+double metric(const std::string& text, const std::string& name, const std::string& label = {}) {
+  size_t pos = 0;
+  while ((pos = text.find(name + "{", pos)) != std::string::npos) {
+    const size_t close = text.find("} ", pos);
+    const size_t eol = text.find('\n', pos);
+    if (close == std::string::npos || eol == std::string::npos) break;
+    if (text.substr(pos, close - pos).find(label) != std::string::npos)
+      return std::stod(text.substr(close + 2, eol - close - 2));
+    pos = eol;
+  }
+  return -1;
+}
+
+std::string metrics_text() {
+  auto res = httplib::Client("127.0.0.1", server().port).Get("/metrics");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  return res->body;
 }
 
 const json kGreedy = {{"model", "demo"},
@@ -297,6 +324,118 @@ TEST_CASE("a client that disconnects mid-stream frees its KV blocks", "[server]"
   CHECK(s.kv.used_blocks == 0);
   CHECK(s.generation_tokens_total < 1500 + 200);
   CHECK(server().http->in_flight() == 0);
+}
+
+TEST_CASE("metrics: a request counts once whatever its n and queues until first scheduled",
+          "[server]") {
+  const std::string before = metrics_text();
+  json b = kGreedy;
+  b["n"] = 3;
+  auto res = post("/v1/completions", b);
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  REQUIRE(json::parse(res->body)["choices"].size() == 3);
+  b["n"] = 2;
+  b["stream"] = true;
+  const auto events = stream_events("/v1/completions", b);
+  REQUIRE(events.back() == "[DONE]");
+  // A long prompt: its prefill takes a while, so its first token comes well after the engine
+  // first scheduled it.
+  json lb = kGreedy;
+  lb["prompt"] = std::vector<int>(400, 500);
+  lb["max_tokens"] = 2;
+  REQUIRE(post("/v1/completions", lb)->status == 200);
+
+  std::string after = metrics_text();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (metric(after, "arbor:http_requests_in_flight") != 0 &&
+         std::chrono::steady_clock::now() < deadline) {  // the stream's handler lets go last
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    after = metrics_text();
+  }
+  auto delta = [&](const std::string& name, const std::string& label = {}) {
+    return metric(after, name, label) - metric(before, name, label);
+  };
+  CHECK(delta("arbor:request_success_total", "finished_reason=\"length\"") == 3);
+  CHECK(delta("arbor:request_success_total", "finished_reason=\"stop\"") == 0);
+  CHECK(delta("arbor:e2e_request_latency_seconds_count") == 3);
+  CHECK(delta("arbor:time_to_first_token_seconds_count") == 3);
+  CHECK(delta("arbor:request_queue_time_seconds_count") == 3);
+  // 11 gaps per sequence of 12 tokens: 3 + 2 sequences, and 1 gap for the long prompt's.
+  CHECK(delta("arbor:inter_token_latency_seconds_count") == 5 * 11 + 1);
+  const double queue = delta("arbor:request_queue_time_seconds_sum");
+  const double ttft = delta("arbor:time_to_first_token_seconds_sum");
+  CHECK(queue >= 0);
+  CHECK(queue < ttft);  // it used to be the TTFT itself
+  CHECK(metric(after, "arbor:http_requests_in_flight") == 0);
+  CHECK(metric(after, "arbor:kv_cache_used_blocks") == 0);
+  CHECK(metric(after, "arbor:num_requests_unfinished") == 0);
+  CHECK(metric(after, "arbor:kv_cache_free_blocks") ==
+        metric(after, "arbor:kv_cache_total_blocks"));
+  CHECK(metric(after, "arbor:kv_cache_total_blocks") == 512);
+}
+
+TEST_CASE("the listening socket takes a burst of hundreds of connections", "[server]") {
+  // cpp-httplib 0.11 listens with a backlog of 5, which dropped connections of a burst of
+  // clients (found by tests/e2e/load_test.mjs); the server raises it to SOMAXCONN. Linux
+  // reports a listening socket's backlog limit in tcp_info.tcpi_sacked.
+  const int port = server().port;
+  int backlog = -1;
+  DIR* dir = opendir("/proc/self/fd");
+  REQUIRE(dir);
+  while (dirent* e = readdir(dir)) {
+    const int fd = std::atoi(e->d_name);
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    sockaddr_in addr{};
+    socklen_t alen = sizeof addr;
+    if (fd <= 2 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening ||
+        getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) != 0 ||
+        addr.sin_family != AF_INET || ntohs(addr.sin_port) != port)
+      continue;
+    tcp_info info{};
+    socklen_t ilen = sizeof info;
+    REQUIRE(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &ilen) == 0);
+    backlog = int(info.tcpi_sacked);
+  }
+  closedir(dir);
+  CHECK(backlog >= 128);
+}
+
+TEST_CASE("engine outputs carry when their sequence was first scheduled (shared by n > 1)",
+          "[server]") {
+  struct Sink : RequestSink {
+    std::mutex mu;
+    std::vector<std::pair<RequestOutput, std::chrono::steady_clock::time_point>> outs;
+    std::condition_variable cv;
+    int finished = 0;
+    void on_output(const RequestOutput& o) override {
+      std::lock_guard lock(mu);
+      outs.emplace_back(o, std::chrono::steady_clock::now());
+      if (o.finish_reason) ++finished;
+      cv.notify_all();
+    }
+  };
+  auto sink = std::make_shared<Sink>();
+  Request r;
+  r.prompt_ids = server().tokenizer->encode("The jury said", true);
+  r.max_tokens = 4;
+  r.ignore_eos = true;
+  r.n = 3;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 1;
+  r.sink = sink;
+  const auto added = std::chrono::steady_clock::now();
+  server().engine.add_request(std::move(r));
+  std::unique_lock lock(sink->mu);
+  REQUIRE(sink->cv.wait_for(lock, std::chrono::seconds(30), [&] { return sink->finished == 3; }));
+  REQUIRE(sink->outs.size() == 12);
+  const auto first = sink->outs.front().first.first_scheduled;
+  CHECK(first >= added);
+  for (const auto& [o, t] : sink->outs) {
+    CHECK(o.first_scheduled == first);
+    CHECK(o.first_scheduled <= t);
+  }
 }
 
 }  // namespace arbor

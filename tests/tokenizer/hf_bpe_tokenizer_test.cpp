@@ -287,6 +287,23 @@ TEST_CASE("hf bpe: malformed tokenizer.json names the file", "[tokenizer]") {
   unigram["model"]["type"] = "Unigram";
   json bad_vocab = tiny;
   bad_vocab["model"]["vocab"] = json::array();
+  // Ids that are not int32 token ids (found by tests/fuzz/fuzz_tokenizer_json: 1.65e96 was
+  // converted with get<int32_t>(), undefined behaviour; 2^31-1 sized a 64 GB table).
+  const auto vocab_id = [&](json id) {
+    json t = tiny;
+    t["model"]["vocab"]["h"] = std::move(id);
+    return t.dump();
+  };
+  const auto added_id = [&](json id) {
+    json t = tiny;
+    t["added_tokens"][0]["id"] = std::move(id);
+    return t.dump();
+  };
+  const auto template_id = [&](json id) {
+    json t = tiny;
+    t["post_processor"]["processors"][1]["special_tokens"]["<|bos|>"]["ids"] = {std::move(id)};
+    return t.dump();
+  };
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"empty", ""},
       {"not JSON", "tokenizer"},
@@ -302,6 +319,26 @@ TEST_CASE("hf bpe: malformed tokenizer.json names the file", "[tokenizer]") {
       {"unknown normalizer", with("normalizer", {{"type", "NFKC"}})},
       {"unknown decoder", with("decoder", {{"type", "WordPiece"}})},
       {"added token not an object", with("added_tokens", {1})},
+      {"float vocab id", vocab_id(1.65e96)},
+      {"fractional vocab id", vocab_id(3.5)},
+      {"string vocab id", vocab_id("7")},
+      {"negative vocab id", vocab_id(-1)},
+      {"huge vocab id", vocab_id(2147483647)},
+      {"vocab id over 2^32", vocab_id(uint64_t(1) << 40)},
+      {"float added token id", added_id(1e30)},
+      {"negative added token id", added_id(-5)},
+      {"added token content not a string",
+       [&] {
+         json t = tiny;
+         t["added_tokens"][0]["content"] = 5;
+         return t.dump();
+       }()},
+      {"float template id", template_id(-1e300)},
+      {"template id outside the vocabulary", template_id(5000)},
+      {"Strip decoder with a negative count",
+       with("decoder", {{"type", "Strip"}, {"content", " "}, {"start", -1}, {"stop", 0}})},
+      {"Strip decoder with a float count",
+       with("decoder", {{"type", "Strip"}, {"content", " "}, {"start", 1e40}, {"stop", 0}})},
       {"template with undefined token",
        with("post_processor", {{"type", "TemplateProcessing"},
                                {"single", {{{"SpecialToken", {{"id", "<x>"}}}}}},
@@ -314,6 +351,10 @@ TEST_CASE("hf bpe: malformed tokenizer.json names the file", "[tokenizer]") {
     write_file(file, contents);
     check_error([&] { load_tokenizer(dir.path()); }, {file.string()});
   }
+  // The same errors from memory, named as the caller says.
+  check_error([&] { HfBpeTokenizer(vocab_id(1.65e96), "mem.json", {}); }, {"mem.json", "vocab"});
+  CHECK(HfBpeTokenizer(tiny.dump(), "mem.json", {}).encode("hello world", true) ==
+        load_tokenizer(HfDir(tiny).path())->encode("hello world", true));
   TempDir dir;
   check_error([&] { HfBpeTokenizer(dir.path() / "tokenizer.json", {}); },
               {(dir.path() / "tokenizer.json").string()});
