@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   std::string model = "bench/models/llama-3.1-8b", batches = "1,64", contexts = "1024,32768";
   int steps = 64, warmup = 8;
   bool graphs = true;
+  bool gemv = true;
   int prefill_tokens = 8192;
   std::string peer;
   app.add_option("--model", model, "folder with config.json");
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed decode steps");
   app.add_option("--warmup", warmup, "untimed decode steps first");
   app.add_option("--graphs", graphs, "capture decode steps in CUDA graphs (1/0)");
+  app.add_option("--gemv", gemv, "steps of <= 2 tokens use the gemv kernel, else cuBLASLt (1/0)");
   app.add_option("--prefill-tokens", prefill_tokens,
                  "also time one prefill step of this many prompt tokens (0: skip)");
   app.add_option("--peer", peer,
@@ -90,6 +92,7 @@ int main(int argc, char** argv) {
   o.max_num_seqs = std::max(max_b, 1);
   o.max_batch_tokens = 8192;
   o.cuda_graphs = graphs;
+  o.small_batch_gemv = gemv;
   const int block_size = o.block_size;
   auto runner = arbor::make_cuda_runner(model, o);
   const arbor::LlamaConfig& c = runner->config();
@@ -107,9 +110,9 @@ int main(int argc, char** argv) {
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
-  std::printf("# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s\n", date,
-              runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
-              graphs ? "on" : "off");
+  std::printf("# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s\n",
+              date, runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
+              graphs ? "on" : "off", gemv ? "on" : "off");
   std::printf("# measured read bandwidth %.0f GB/s; weights %.2f GB\n", read_bw * 1e-9,
               weight_bytes * 1e-9);
   if (!peer_impl.empty()) std::printf("# peer: %s\n", peer_impl.c_str());

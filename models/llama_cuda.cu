@@ -146,6 +146,7 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
     throw std::invalid_argument("block size, max batch tokens and max sequences must be > 0");
   if (!(opt_.gpu_memory_utilization > 0.0f && opt_.gpu_memory_utilization <= 1.0f))
     throw std::invalid_argument("gpu_memory_utilization must be in (0, 1]");
+  gemm_.set_small_m_gemv(opt_.small_batch_gemv);
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, opt_.device));
   device_name_ = prop.name;

@@ -26,7 +26,8 @@ struct CudaRunnerOptions {
   int max_num_seqs = 256;       // sequences in one step (= logits rows)
   bool dummy_weights = false;   // random weights from config.json alone (--load-format dummy)
   uint64_t dummy_seed = 0;
-  bool cuda_graphs = true;  // capture decode steps per batch-size bucket
+  bool cuda_graphs = true;       // capture decode steps per batch-size bucket
+  bool small_batch_gemv = true;  // steps of <= 2 tokens use the gemv kernel (kernels/cuda/gemv.h)
   int device = 0;
   // Context parallelism: this runner is one rank; cp.comm must be a device communicator on
   // `device` (nccl or local-gpu). block_size is then this rank's block size and the engine

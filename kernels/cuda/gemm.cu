@@ -19,6 +19,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/gemv.h"
 
 namespace arbor::cuda {
 namespace {
@@ -156,6 +157,10 @@ void Gemm::run_impl(const bf16* x, const bf16* w, int m, int n, int k, void* out
 }
 
 void Gemm::run(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, cudaStream_t stream) {
+  if (small_m_gemv_ && m <= kGemvMaxRowsRouted && n > 0 && out && gemv_supported(x, w, m, k)) {
+    gemv(x, w, m, n, k, out, stream);
+    return;
+  }
   run_impl(x, w, m, n, k, out, false, stream);
 }
 

@@ -42,6 +42,13 @@ class Gemm {
   // Number of cached plans (for tests).
   size_t num_plans() const { return plans_.size(); }
 
+  // bf16 products with m <= kGemvMaxRowsRouted go to the weight-streaming gemv kernel
+  // (kernels/cuda/gemv.h) when it supports the shape: on by default; off for comparisons.
+  // Measured on an H100 (Llama-3.1-8B decode, bench/RESULTS.md): batch 1 +9%, batch 2 +7%
+  // over cuBLASLt, batch 4 5% slower, so 2 rows at most.
+  static constexpr int kGemvMaxRowsRouted = 2;
+  void set_small_m_gemv(bool on) { small_m_gemv_ = on; }
+
  private:
   struct Plan;  // descriptors, layouts and the chosen algorithm of one shape (gemm.cu)
   // (m, n, k, fp32 output, alignment in bytes common to x, w and out, at most 256)
@@ -53,6 +60,7 @@ class Gemm {
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_;
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  bool small_m_gemv_ = true;
 };
 
 }  // namespace arbor::cuda

@@ -20,6 +20,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "tests/gpu/bf16_check.h"
 #include "tests/test_util.h"
 
@@ -161,4 +162,50 @@ TEST_CASE("Gemm validates its arguments", "[gpu][gemm]") {
   CHECK_THROWS_AS(gemm.run(odd, p, 2, 8, 8, p, stream.get()), std::invalid_argument);
   CHECK_NOTHROW(gemm.run(nullptr, nullptr, 0, 8, 8, static_cast<bf16*>(nullptr), stream.get()));
   CHECK(gemm.num_plans() == 0);
+}
+
+TEST_CASE("gemv matches cpu::matmul and cuBLASLt on Llama shapes; Gemm routes m <= 2 to it",
+          "[gpu][gemm][gemv]") {
+  // Same tolerances as the GEMM (only the fp32 summation order differs: the gemv sums each
+  // lane's products in order, then a butterfly over the 32 lanes).
+  const int m = GENERATE(1, 2, 3, 4);
+  const auto nk = GENERATE(std::pair{4096, 4096}, std::pair{3, 14336}, std::pair{6144, 4096},
+                           std::pair{37, 8}, std::pair{1000, 520});
+  const int n = nk.first, k = nk.second;
+  INFO("m " << m << ", n " << n << ", k " << k);
+  const Problem p = make_problem(m, n, k, 500 + m + n);
+  auto d_x = to_device_bf16(p.x);
+  auto d_w = to_device_bf16(p.w);
+  Stream stream;
+  // x must fit shared memory: 4 rows of k = 14336 do not (96 KiB), Gemm falls back.
+  const bool supported = arbor::cuda::gemv_supported(d_x.data(), d_w.data(), m, k);
+  CHECK(supported == (size_t(m) * k * 2 <= 96 * 1024));
+  if (supported) {
+    DeviceArray<bf16> out(size_t(m) * n);
+    poison(out);
+    arbor::cuda::gemv(d_x.data(), d_w.data(), m, n, k, out.data(), stream.get());
+    stream.sync();
+    check_result(p, from_device_bf16(out), false);
+  }
+  Gemm routed;  // the decode path: gemv for m <= kGemvMaxRowsRouted when supported
+  check_result(p, run_gemm(routed, d_x, d_w, m, n, k, false, stream.get()), false);
+  CHECK(routed.num_plans() == (m <= Gemm::kGemvMaxRowsRouted && supported ? 0u : 1u));
+  Gemm cublas;
+  cublas.set_small_m_gemv(false);
+  check_result(p, run_gemm(cublas, d_x, d_w, m, n, k, false, stream.get()), false);
+  CHECK(cublas.num_plans() == 1);
+}
+
+TEST_CASE("gemv refuses what it does not support", "[gpu][gemm][gemv]") {
+  DeviceArray<bf16> buf(4096);
+  bf16* p = buf.data();
+  using arbor::cuda::gemv;
+  using arbor::cuda::gemv_supported;
+  CHECK_FALSE(gemv_supported(p, p, 5, 64));        // too many rows
+  CHECK_FALSE(gemv_supported(p, p, 1, 12));        // k not a multiple of 8
+  CHECK_FALSE(gemv_supported(p + 1, p, 1, 64));    // x not 16-byte aligned
+  CHECK_FALSE(gemv_supported(p, nullptr, 1, 64));  // null
+  CHECK_FALSE(gemv_supported(p, p, 4, 1 << 20));   // x does not fit shared memory
+  CHECK_THROWS_AS(gemv(p, p, 5, 8, 64, p, nullptr), std::invalid_argument);
+  CHECK_THROWS_AS(gemv(p, p, 1, 0, 64, p, nullptr), std::invalid_argument);
 }

@@ -1,0 +1,83 @@
+// The gemv kernel (kernels/cuda/gemv.h) as a template, shared by gemv.cu and the tuning
+// benchmark (bench/gemv.cu): M rows of x, kLoads 16-byte weight loads in flight per lane,
+// kWarps output columns per block.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/bf16.h"
+
+namespace arbor::cuda {
+
+// The configuration gemv() uses: on an H100 (bench/gemv.cu, bench/RESULTS.md) 16 warps
+// per block were best or within 1% for every Llama-3.1-8B shape at m = 1 and 2; the loads in
+// flight matter little from 2 on.
+constexpr int kGemvLoadsInFlight = 4;
+constexpr int kGemvWarps = 16;
+
+namespace detail {
+
+__device__ __forceinline__ uint4 gemv_load_stream(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+// Σ over 8 bf16 pairs of a·b, accumulated into acc (fp32).
+__device__ __forceinline__ float gemv_dot8(const uint4& a, const uint4& b, float acc) {
+  const uint32_t wa[4] = {a.x, a.y, a.z, a.w}, wb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc = fmaf(__uint_as_float(wa[i] << 16), __uint_as_float(wb[i] << 16), acc);
+    acc = fmaf(__uint_as_float(wa[i] & 0xffff0000u), __uint_as_float(wb[i] & 0xffff0000u), acc);
+  }
+  return acc;
+}
+
+template <int M, int kLoads, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, int n, int k,
+                bf16* __restrict__ out) {
+  extern __shared__ uint4 sx[];  // x as [M][k / 8] chunks of 8 bf16
+  const int chunks = k / 8;
+  const uint4* xg = reinterpret_cast<const uint4*>(x);
+  for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) sx[i] = xg[i];
+  __syncthreads();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col = blockIdx.x * kWarps + warp;
+  if (col >= n) return;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + size_t(col) * k);
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+
+  constexpr int kStride = 32 * kLoads;
+  int c = lane;
+  for (; c + (kLoads - 1) * 32 < chunks; c += kStride) {
+    uint4 wv[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) wv[j] = gemv_load_stream(wr + c + j * 32);
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j)
+#pragma unroll
+      for (int m = 0; m < M; ++m) acc[m] = gemv_dot8(wv[j], sx[m * chunks + c + j * 32], acc[m]);
+  }
+  for (; c < chunks; c += 32) {
+    const uint4 wv = gemv_load_stream(wr + c);
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] = gemv_dot8(wv, sx[m * chunks + c], acc[m]);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    float v = acc[m];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0) out[size_t(m) * n + col] = __float2bfloat16_rn(v);
+  }
+}
+
+}  // namespace detail
+}  // namespace arbor::cuda
