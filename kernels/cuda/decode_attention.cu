@@ -27,6 +27,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/pdl.h"
 #include "kernels/paged_kv.h"
 
 namespace arbor::cuda {
@@ -162,6 +163,8 @@ __device__ __forceinline__ void write_final(const KernelArgs& a, size_t row, int
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -459,7 +462,7 @@ bool aligned(const void* ptr, size_t bytes) {
 
 template <int D, int G>
 void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
-  decode_attention_kernel<D, G><<<grid, kThreads, 0, stream>>>(args);
+  launch_pdl(decode_attention_kernel<D, G>, grid, dim3(kThreads), 0, stream, args);
   CUDA_CHECK_LAUNCH();
 }
 

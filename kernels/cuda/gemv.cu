@@ -6,6 +6,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/gemv_kernel.cuh"
+#include "kernels/cuda/pdl.h"
 
 namespace arbor::cuda {
 namespace {
@@ -21,8 +22,8 @@ void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, cudaStream_t 
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   const unsigned blocks = unsigned((n + kWarps - 1) / kWarps);
-  detail::gemv_kernel<M, kGemvLoadsInFlight, kWarps>
-      <<<blocks, kWarps * 32, smem, stream>>>(x, w, n, k, out);
+  launch_pdl(detail::gemv_kernel<M, kGemvLoadsInFlight, kWarps>, dim3(blocks), dim3(kWarps * 32),
+             smem, stream, x, w, n, k, out);
   CUDA_CHECK_LAUNCH();
 }
 

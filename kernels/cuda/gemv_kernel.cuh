@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/bf16.h"
+#include "kernels/cuda/pdl.h"
 
 namespace arbor::cuda {
 
@@ -42,24 +43,41 @@ __global__ void __launch_bounds__(kWarps * 32)
                 bf16* __restrict__ out) {
   extern __shared__ uint4 sx[];  // x as [M][k / 8] chunks of 8 bf16
   const int chunks = k / 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col = blockIdx.x * kWarps + warp;
+  const bool active = col < n;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + size_t(active ? col : 0) * k);
+
+  // Weights are constant: the first loads go out before waiting for the previous kernel
+  // (programmatic dependent launch, kernels/cuda/pdl.h), overlapping its tail.
+  constexpr int kStride = 32 * kLoads;
+  uint4 first[kLoads];
+  const bool prefetched = active && lane + (kLoads - 1) * 32 < chunks;
+  if (prefetched) {
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) first[j] = gemv_load_stream(wr + lane + j * 32);
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+
   const uint4* xg = reinterpret_cast<const uint4*>(x);
   for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) sx[i] = xg[i];
   __syncthreads();
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int col = blockIdx.x * kWarps + warp;
-  if (col >= n) return;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + size_t(col) * k);
+  if (!active) return;
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
 
-  constexpr int kStride = 32 * kLoads;
   int c = lane;
   for (; c + (kLoads - 1) * 32 < chunks; c += kStride) {
     uint4 wv[kLoads];
+    if (c == lane && prefetched) {
 #pragma unroll
-    for (int j = 0; j < kLoads; ++j) wv[j] = gemv_load_stream(wr + c + j * 32);
+      for (int j = 0; j < kLoads; ++j) wv[j] = first[j];
+    } else {
+#pragma unroll
+      for (int j = 0; j < kLoads; ++j) wv[j] = gemv_load_stream(wr + c + j * 32);
+    }
 #pragma unroll
     for (int j = 0; j < kLoads; ++j)
 #pragma unroll

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/pdl.h"
 
 namespace arbor::cuda {
 namespace {
@@ -117,6 +118,8 @@ int grid_for(size_t items) {
 template <int kVW>
 __global__ void embedding_kernel(const bf16* __restrict__ table, const int32_t* __restrict__ ids,
                                  int hidden, bf16* __restrict__ out) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int t = blockIdx.x;
   const bf16* src = table + size_t(ids[t]) * hidden;
   bf16* dst = out + size_t(t) * hidden;
@@ -144,6 +147,8 @@ template <int kVec, bool kAdd>
 __global__ void __launch_bounds__(1024)
     rmsnorm_vec_kernel(const bf16* x, bf16* residual, const bf16* __restrict__ weight, int dim,
                        float eps, bf16* out) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float scratch[32];
   const size_t base = size_t(blockIdx.x) * dim;
   const int nvec = dim / 8;
@@ -184,6 +189,8 @@ template <bool kAdd>
 __global__ void rmsnorm_scalar_kernel(const bf16* x, bf16* residual,
                                       const bf16* __restrict__ weight, int dim, float eps,
                                       bf16* out) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float scratch[32];
   const size_t base = size_t(blockIdx.x) * dim;
   float sum_sq = 0.0f;
@@ -222,21 +229,22 @@ void launch_rmsnorm(const char* op, const bf16* x, bf16* residual, const bf16* w
     const int threads = ceil_div(ceil_div(nvec, k_vec), 32) * 32;
     switch (k_vec) {
       case 1:
-        rmsnorm_vec_kernel<1, kAdd>
-            <<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+        launch_pdl(rmsnorm_vec_kernel<1, kAdd>, dim3(n_rows), dim3(threads), 0, stream, x, residual,
+                   weight, dim, eps, out);
         break;
       case 2:
-        rmsnorm_vec_kernel<2, kAdd>
-            <<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+        launch_pdl(rmsnorm_vec_kernel<2, kAdd>, dim3(n_rows), dim3(threads), 0, stream, x, residual,
+                   weight, dim, eps, out);
         break;
       default:
-        rmsnorm_vec_kernel<4, kAdd>
-            <<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+        launch_pdl(rmsnorm_vec_kernel<4, kAdd>, dim3(n_rows), dim3(threads), 0, stream, x, residual,
+                   weight, dim, eps, out);
         break;
     }
   } else {
     const int threads = std::min(kThreads, ceil_div(dim, 32) * 32);
-    rmsnorm_scalar_kernel<kAdd><<<n_rows, threads, 0, stream>>>(x, residual, weight, dim, eps, out);
+    launch_pdl(rmsnorm_scalar_kernel<kAdd>, dim3(n_rows), dim3(threads), 0, stream, x, residual,
+               weight, dim, eps, out);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -264,6 +272,8 @@ void launch_rmsnorm(const char* op, const bf16* x, bf16* residual, const bf16* w
 
 template <int kVW>
 __global__ void rope_kv_write_kernel(RopeKvWriteParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ float cs[];  // [half] cos, then [half] sin, both bf16-rounded
   const int t = blockIdx.x;
   const int hd = p.head_dim, half = hd / 2;
@@ -338,6 +348,8 @@ __global__ void rope_kv_write_kernel(RopeKvWriteParams p) {
 template <int kVW>
 __global__ void silu_mul_kernel(const bf16* __restrict__ gate_up, int n_rows, int dim,
                                 bf16* __restrict__ out) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int per_row = dim / kVW;
   const size_t total = size_t(n_rows) * per_row;
   for (size_t v = size_t(blockIdx.x) * blockDim.x + threadIdx.x; v < total;
@@ -378,6 +390,8 @@ __global__ void f32_to_bf16_kernel(const float* __restrict__ src, size_t n, size
 
 __global__ void bf16_to_f32_kernel(const bf16* __restrict__ src, size_t n, size_t n_vec,
                                    float* __restrict__ dst) {
+  pdl_wait();
+  pdl_launch_dependents();
   const size_t items = n_vec + (n - 8 * n_vec);
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < items;
        i += size_t(gridDim.x) * blockDim.x) {
@@ -436,10 +450,12 @@ void embedding(const bf16* table, const int32_t* ids, int n_tokens, int hidden, 
   require(table && ids && out, op, "null pointer");
   if (hidden % 8 == 0 && aligned16(table) && aligned16(out)) {
     const int threads = std::min(kThreads, ceil_div(hidden / 8, 32) * 32);
-    embedding_kernel<8><<<n_tokens, threads, 0, stream>>>(table, ids, hidden, out);
+    launch_pdl(embedding_kernel<8>, dim3(n_tokens), dim3(threads), 0, stream, table, ids, hidden,
+               out);
   } else {
     const int threads = std::min(kThreads, ceil_div(hidden, 32) * 32);
-    embedding_kernel<1><<<n_tokens, threads, 0, stream>>>(table, ids, hidden, out);
+    launch_pdl(embedding_kernel<1>, dim3(n_tokens), dim3(threads), 0, stream, table, ids, hidden,
+               out);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -476,9 +492,9 @@ void rope_kv_write(const RopeKvWriteParams& p, cudaStream_t stream) {
                           (long long)p.num_kv_heads * (p.head_dim / vw);
   const int threads = int(std::min<long long>(kThreads, (items + 31) / 32 * 32));
   if (vec) {
-    rope_kv_write_kernel<8><<<p.n_tokens, threads, smem, stream>>>(p);
+    launch_pdl(rope_kv_write_kernel<8>, dim3(p.n_tokens), dim3(threads), smem, stream, p);
   } else {
-    rope_kv_write_kernel<1><<<p.n_tokens, threads, smem, stream>>>(p);
+    launch_pdl(rope_kv_write_kernel<1>, dim3(p.n_tokens), dim3(threads), smem, stream, p);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -491,9 +507,11 @@ void silu_mul(const bf16* gate_up, int n_rows, int dim, bf16* out, cudaStream_t 
   require(gate_up && out, op, "null pointer");
   const size_t n = size_t(n_rows) * dim;
   if (dim % 8 == 0 && aligned16(gate_up) && aligned16(out)) {
-    silu_mul_kernel<8><<<grid_for(n / 8), kThreads, 0, stream>>>(gate_up, n_rows, dim, out);
+    launch_pdl(silu_mul_kernel<8>, dim3(grid_for(n / 8)), dim3(kThreads), 0, stream, gate_up,
+               n_rows, dim, out);
   } else {
-    silu_mul_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(gate_up, n_rows, dim, out);
+    launch_pdl(silu_mul_kernel<1>, dim3(grid_for(n)), dim3(kThreads), 0, stream, gate_up, n_rows,
+               dim, out);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -510,7 +528,8 @@ void bf16_to_f32(const bf16* src, size_t n, float* dst, cudaStream_t stream) {
   if (n == 0) return;
   require(src && dst, "cuda::bf16_to_f32", "null pointer");
   const size_t n_vec = aligned16(src) && aligned16(dst) ? n / 8 : 0;
-  bf16_to_f32_kernel<<<grid_for(n_vec + n - 8 * n_vec), kThreads, 0, stream>>>(src, n, n_vec, dst);
+  launch_pdl(bf16_to_f32_kernel, dim3(grid_for(n_vec + n - 8 * n_vec)), dim3(kThreads), 0, stream,
+             src, n, n_vec, dst);
   CUDA_CHECK_LAUNCH();
 }
 

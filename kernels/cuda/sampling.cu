@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/pdl.h"
 
 namespace arbor::cuda {
 namespace {
@@ -184,6 +185,8 @@ struct alignas(16) KernelShared {
 
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(SamplingBatch b, float* work, size_t work_stride) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ KernelShared sh;
   const int row = blockIdx.x, tid = threadIdx.x, n = b.vocab;
   const SamplingRowParams p = b.params[row];
@@ -410,8 +413,8 @@ void sample(const SamplingBatch& b, void* workspace, size_t workspace_bytes, cud
     if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
       reject("workspace must be 16-byte aligned");
   }
-  sample_kernel<<<b.rows, kThreads, 0, stream>>>(b, static_cast<float*>(workspace),
-                                                 row_stride(b.vocab));
+  launch_pdl(sample_kernel, dim3(b.rows), dim3(kThreads), 0, stream, b,
+             static_cast<float*>(workspace), row_stride(b.vocab));
   CUDA_CHECK_LAUNCH();
 }
 
