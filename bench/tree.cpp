@@ -85,6 +85,57 @@ double combine_us(arbor::comm::Group& group, arbor::CpCombine strategy, size_t r
   return *std::max_element(per_layer.begin(), per_layer.end());
 }
 
+// Flash-decoding of one query token (batch 1) over a contiguous paged cache of `ctx`
+// tokens (identity block table): the partials entry point (fp32 o + lse), planned once.
+struct Batch1Decode {
+  static constexpr int kBlock = 16;
+  arbor::cuda::DeviceArray<bf16> q, out;
+  arbor::cuda::DeviceArray<float> o, lse;
+  arbor::cuda::DeviceArray<int32_t> table, len;
+  arbor::cuda::DecodeAttentionParams params;
+  arbor::cuda::DecodeAttentionPlan plan;
+  arbor::cuda::DeviceBuffer workspace;
+
+  Batch1Decode(const arbor::LlamaConfig& c, int ctx, int num_sms, cudaStream_t s)
+      : q(size_t(c.num_heads) * c.head_dim),
+        out(q.size()),
+        o(q.size()),
+        lse(size_t(c.num_heads)),
+        table(size_t((ctx + kBlock - 1) / kBlock)),
+        len(1) {
+    arbor::cuda::fill_normal_bf16(q.data(), q.size(), 7, 0.0f, 1.0f, s);  // same q on every rank
+    std::vector<int32_t> ids(table.size());
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(i);
+    table.upload(ids.data(), ids.size(), s);
+    len.upload(&ctx, 1, s);
+    params.q = q.data();
+    params.block_tables = table.data();
+    params.context_lens = len.data();
+    params.num_seqs = 1;
+    params.num_q_heads = c.num_heads;
+    params.num_kv_heads = c.num_kv_heads;
+    params.head_dim = c.head_dim;
+    params.block_size = kBlock;
+    params.max_blocks_per_seq = int(table.size());
+    params.scale = 1.0f / std::sqrt(float(c.head_dim));
+    params.max_context_len = ctx;
+    params.out = out.data();
+    params.out_f32 = o.data();
+    params.lse = lse.data();
+    plan = arbor::cuda::plan_decode_attention(params, num_sms);
+    workspace = arbor::cuda::DeviceBuffer(std::max<size_t>(plan.workspace_bytes, 16));
+    CUDA_CHECK(cudaMemsetAsync(workspace.get(), 0, workspace.bytes(), s));
+  }
+  // Partials over (k, v) into (o_dst, lse_dst).
+  void run(const bf16* k, const bf16* v, float* o_dst, float* lse_dst, cudaStream_t s) {
+    params.k_cache = k;
+    params.v_cache = v;
+    params.out_f32 = o_dst;
+    params.lse = lse_dst;
+    arbor::cuda::decode_attention(params, plan, workspace.get(), s);
+  }
+};
+
 // Per-layer µs of flash-decoding (partials entry: fp32 o + lse) over a batch-1 context of
 // `ctx` tokens, inside a graph of `layers` launches cycling over 4 caches (beyond L2).
 double attention_us(const arbor::LlamaConfig& c, int ctx, int layers, int num_sms) {
@@ -100,39 +151,12 @@ double attention_us(const arbor::LlamaConfig& c, int ctx, int layers, int num_sm
     arbor::cuda::fill_normal_bf16(k.back().data(), elems, 1 + i, 0.0f, 1.0f, s);
     arbor::cuda::fill_normal_bf16(v.back().data(), elems, 101 + i, 0.0f, 1.0f, s);
   }
-  const size_t q_elems = size_t(c.num_heads) * c.head_dim;
-  arbor::cuda::DeviceArray<bf16> q(q_elems), out(q_elems);
-  arbor::cuda::fill_normal_bf16(q.data(), q_elems, 7, 0.0f, 1.0f, s);
-  arbor::cuda::DeviceArray<float> o(q_elems), lse(size_t(c.num_heads));
-  std::vector<int32_t> table(static_cast<size_t>(blocks));
-  for (int i = 0; i < blocks; ++i) table[size_t(i)] = i;
-  arbor::cuda::DeviceArray<int32_t> table_dev(static_cast<size_t>(blocks)), len_dev(1);
-  table_dev.upload(table.data(), table.size(), s);
-  len_dev.upload(&ctx, 1, s);
-  arbor::cuda::DecodeAttentionParams p;
-  p.q = q.data();
-  p.block_tables = table_dev.data();
-  p.context_lens = len_dev.data();
-  p.num_seqs = 1;
-  p.num_q_heads = c.num_heads;
-  p.num_kv_heads = c.num_kv_heads;
-  p.head_dim = c.head_dim;
-  p.block_size = kBlock;
-  p.max_blocks_per_seq = blocks;
-  p.scale = 1.0f / std::sqrt(float(c.head_dim));
-  p.max_context_len = ctx;
-  p.out = out.data();
-  p.out_f32 = o.data();
-  p.lse = lse.data();
-  const auto plan = arbor::cuda::plan_decode_attention(p, num_sms);
-  arbor::cuda::DeviceBuffer ws(std::max<size_t>(plan.workspace_bytes, 16));
-  CUDA_CHECK(cudaMemsetAsync(ws.get(), 0, ws.bytes(), s));
+  Batch1Decode attention(c, ctx, num_sms, s);
   arbor::cuda::Graph graph;
   graph.capture(s, [&] {
     for (int l = 0; l < layers; ++l) {
-      p.k_cache = k[size_t(l % kCaches)].data();
-      p.v_cache = v[size_t(l % kCaches)].data();
-      arbor::cuda::decode_attention(p, plan, ws.get(), s);
+      attention.run(k[size_t(l % kCaches)].data(), v[size_t(l % kCaches)].data(),
+                    attention.o.data(), attention.lse.data(), s);
     }
   });
   graph.launch(s);
@@ -145,12 +169,12 @@ double attention_us(const arbor::LlamaConfig& c, int ctx, int layers, int num_sm
   return double(e1.elapsed_ms_since(e0)) * 1e3 / (kIters * layers);
 }
 
-// One layer's K and V of `ctx` tokens in a contiguous paged layout (identity block table).
+// One layer's K and V of `ctx` tokens (a multiple of Batch1Decode::kBlock) in a contiguous
+// paged layout (identity block table).
 struct Shard {
   arbor::cuda::DeviceArray<bf16> k, v;
-  Shard(const arbor::LlamaConfig& c, int ctx, int block, uint64_t seed, cudaStream_t s)
+  Shard(const arbor::LlamaConfig& c, int ctx, uint64_t seed, cudaStream_t s)
       : k(size_t(ctx) * c.num_kv_heads * c.head_dim), v(k.size()) {
-    (void)block;
     arbor::cuda::fill_normal_bf16(k.data(), k.size(), seed, 0.0f, 1.0f, s);
     arbor::cuda::fill_normal_bf16(v.data(), v.size(), seed + 1, 0.0f, 1.0f, s);
   }
@@ -165,51 +189,22 @@ struct Shard {
 // Returns {tree, ring-kv, ring-part} (the slowest rank's).
 std::vector<double> ring_vs_tree_us(arbor::comm::Group& group, const arbor::LlamaConfig& c,
                                     int shard_ctx, int layers, int num_sms) {
-  constexpr int kBlock = 16;
   const int p = int(group.size());
   std::vector<std::vector<double>> out(size_t(p), std::vector<double>(3));
   arbor::comm::run_ranks(group, [&](arbor::comm::Communicator& comm) {
     const int rank = comm.rank();
     arbor::cuda::Stream compute, transfer;
     cudaStream_t s = compute.get(), t = transfer.get();
-    Shard mine(c, shard_ctx, kBlock, 11 + rank, s);
-    Shard arriving[2] = {Shard(c, shard_ctx, kBlock, 99, s), Shard(c, shard_ctx, kBlock, 98, s)};
+    Shard mine(c, shard_ctx, 11 + rank, s);
+    Shard arriving[2] = {Shard(c, shard_ctx, 99, s), Shard(c, shard_ctx, 98, s)};
     const size_t rows = size_t(c.num_heads), packed = rows * (c.head_dim + 1);
-    arbor::cuda::DeviceArray<bf16> q(rows * c.head_dim), out_bf16(rows * c.head_dim);
-    arbor::cuda::fill_normal_bf16(q.data(), q.size(), 5, 0.0f, 1.0f, s);  // same q everywhere
+    arbor::cuda::DeviceArray<bf16> out_bf16(rows * c.head_dim);
     arbor::cuda::DeviceArray<float> o(rows * c.head_dim), lse(rows), gathered(packed * p);
-    const int blocks = shard_ctx / kBlock;
-    std::vector<int32_t> table(static_cast<size_t>(blocks));
-    for (int i = 0; i < blocks; ++i) table[size_t(i)] = i;
-    arbor::cuda::DeviceArray<int32_t> table_dev(table.size()), len_dev(1);
-    table_dev.upload(table.data(), table.size(), s);
-    len_dev.upload(&shard_ctx, 1, s);
-    arbor::cuda::DecodeAttentionParams a;
-    a.q = q.data();
-    a.block_tables = table_dev.data();
-    a.context_lens = len_dev.data();
-    a.num_seqs = 1;
-    a.num_q_heads = c.num_heads;
-    a.num_kv_heads = c.num_kv_heads;
-    a.head_dim = c.head_dim;
-    a.block_size = kBlock;
-    a.max_blocks_per_seq = blocks;
-    a.scale = 1.0f / std::sqrt(float(c.head_dim));
-    a.max_context_len = shard_ctx;
-    a.out = out_bf16.data();
-    a.out_f32 = o.data();
-    a.lse = lse.data();
-    const auto plan = arbor::cuda::plan_decode_attention(a, num_sms);
-    arbor::cuda::DeviceBuffer ws(std::max<size_t>(plan.workspace_bytes, 16));
-    CUDA_CHECK(cudaMemsetAsync(ws.get(), 0, ws.bytes(), s));
+    Batch1Decode attention(c, shard_ctx, num_sms, s);
     arbor::CudaCombineWorkspace tree_ws(
         arbor::ContextParallelRank{&comm, arbor::CpCombine::allgather}, rows, c.head_dim);
     auto partial = [&](const Shard& sh, float* o_dst, float* lse_dst) {
-      a.k_cache = sh.k.data();
-      a.v_cache = sh.v.data();
-      a.out_f32 = o_dst;
-      a.lse = lse_dst;
-      arbor::cuda::decode_attention(a, plan, ws.get(), s);
+      attention.run(sh.k.data(), sh.v.data(), o_dst, lse_dst, s);
     };
     arbor::cuda::Event computed, moved;
     auto tree_layer = [&] {

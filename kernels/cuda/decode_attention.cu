@@ -27,6 +27,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/load.cuh"
 #include "kernels/cuda/pdl.h"
 #include "kernels/paged_kv.h"
 
@@ -112,13 +113,9 @@ __device__ __forceinline__ int splits_used(int len, int num_splits, int gran, in
   return ceil_div(len, *chunk);
 }
 
-// 16 bytes of K or V, read once: no L1 allocation.
+// 16 bytes of K or V, read once.
 __device__ __forceinline__ uint4 load_kv(const bf16* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
+  return load_stream16(p);
 }
 
 // 2^x; exactly 0 for x = -inf.

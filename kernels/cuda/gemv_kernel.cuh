@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/bf16.h"
+#include "kernels/cuda/load.cuh"
 #include "kernels/cuda/pdl.h"
 
 namespace arbor::cuda {
@@ -17,14 +18,6 @@ constexpr int kGemvLoadsInFlight = 4;
 constexpr int kGemvWarps = 16;
 
 namespace detail {
-
-__device__ __forceinline__ uint4 gemv_load_stream(const uint4* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
-}
 
 // Σ over 8 bf16 pairs of a·b, accumulated into acc (fp32).
 __device__ __forceinline__ float gemv_dot8(const uint4& a, const uint4& b, float acc) {
@@ -55,7 +48,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const bool prefetched = active && lane + (kLoads - 1) * 32 < chunks;
   if (prefetched) {
 #pragma unroll
-    for (int j = 0; j < kLoads; ++j) first[j] = gemv_load_stream(wr + lane + j * 32);
+    for (int j = 0; j < kLoads; ++j) first[j] = load_stream16(wr + lane + j * 32);
   }
   pdl_wait();
   pdl_launch_dependents();
@@ -76,7 +69,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int j = 0; j < kLoads; ++j) wv[j] = first[j];
     } else {
 #pragma unroll
-      for (int j = 0; j < kLoads; ++j) wv[j] = gemv_load_stream(wr + c + j * 32);
+      for (int j = 0; j < kLoads; ++j) wv[j] = load_stream16(wr + c + j * 32);
     }
 #pragma unroll
     for (int j = 0; j < kLoads; ++j)
@@ -84,7 +77,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int m = 0; m < M; ++m) acc[m] = gemv_dot8(wv[j], sx[m * chunks + c + j * 32], acc[m]);
   }
   for (; c < chunks; c += 32) {
-    const uint4 wv = gemv_load_stream(wr + c);
+    const uint4 wv = load_stream16(wr + c);
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = gemv_dot8(wv, sx[m * chunks + c], acc[m]);
   }
