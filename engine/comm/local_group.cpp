@@ -188,18 +188,19 @@ void LocalCommunicatorBase::run_op(const LocalCall& call, const char* what, Stre
   }
 }
 
+void LocalCommunicatorBase::abort_group(const std::string& reason) {
+  group_->abort(reason);
+}
+
 void LocalCommunicatorBase::all_reduce(const void* send, void* recv, size_t count, DType dtype,
                                        ReduceOp op, Stream stream) {
   const char* what = "all_reduce";
   const size_t bytes = count * dtype_size(dtype);
-  try {
+  check_args([&] {
     if (count && (!send || !recv)) fail(what, "null buffer");
     if (send != recv && overlaps(send, bytes, recv, bytes))
       fail(what, "send and recv overlap without being equal");
-  } catch (const CommError& e) {
-    group_->abort(e.what());
-    throw;
-  }
+  });
   LocalCall call;
   call.kind = OpKind::all_reduce;
   call.send = send;
@@ -225,15 +226,12 @@ void LocalCommunicatorBase::all_gather(const void* send, void* recv, size_t coun
                                        Stream stream) {
   const char* what = "all_gather";
   const size_t bytes = count * dtype_size(dtype);
-  try {
+  check_args([&] {
     if (count && (!send || !recv)) fail(what, "null buffer");
     const void* in_place = static_cast<const char*>(recv) + size_t(rank_) * bytes;
     if (send != in_place && overlaps(send, bytes, recv, bytes * size_t(size())))
       fail(what, "send overlaps recv without being recv + rank*count (the in-place position)");
-  } catch (const CommError& e) {
-    group_->abort(e.what());
-    throw;
-  }
+  });
   LocalCall call;
   call.kind = OpKind::all_gather;
   call.send = send;
@@ -253,13 +251,10 @@ void LocalCommunicatorBase::broadcast(void* buf, size_t count, DType dtype, int 
                                       Stream stream) {
   const char* what = "broadcast";
   const size_t bytes = count * dtype_size(dtype);
-  try {
+  check_args([&] {
     if (root < 0 || root >= size()) fail(what, "root " + std::to_string(root) + " out of range");
     if (count && !buf) fail(what, "null buffer");
-  } catch (const CommError& e) {
-    group_->abort(e.what());
-    throw;
-  }
+  });
   LocalCall call;
   call.kind = OpKind::broadcast;
   call.send = buf;
@@ -277,17 +272,14 @@ void LocalCommunicatorBase::send_recv(const void* send, int dst, void* recv, int
                                       DType dtype, Stream stream) {
   const char* what = "send_recv";
   const size_t bytes = count * dtype_size(dtype);
-  try {
+  check_args([&] {
     if (dst < 0 || dst >= size()) fail(what, "dst " + std::to_string(dst) + " out of range");
     if (src < 0 || src >= size()) fail(what, "src " + std::to_string(src) + " out of range");
     if (count && (!send || !recv)) fail(what, "null buffer");
     const bool self_copy = dst == rank_ && src == rank_;
     if (!(self_copy && send == recv) && overlaps(send, bytes, recv, bytes))
       fail(what, "send and recv overlap (send_recv is not in place; double-buffer)");
-  } catch (const CommError& e) {
-    group_->abort(e.what());
-    throw;
-  }
+  });
   LocalCall call;
   call.kind = OpKind::send_recv;
   call.send = send;
@@ -304,12 +296,9 @@ void LocalCommunicatorBase::send_recv(const void* send, int dst, void* recv, int
 
 void LocalCommunicatorBase::broadcast_bytes(std::vector<uint8_t>& bytes, int root) {
   const char* what = "broadcast_bytes";
-  try {
+  check_args([&] {
     if (root < 0 || root >= size()) fail(what, "root " + std::to_string(root) + " out of range");
-  } catch (const CommError& e) {
-    group_->abort(e.what());
-    throw;
-  }
+  });
   LocalCall call;
   call.kind = OpKind::broadcast_bytes;
   call.root = root;

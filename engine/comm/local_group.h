@@ -117,6 +117,18 @@ class LocalCommunicatorBase : public Communicator {
 
   std::string prefix(const char* what) const { return group_->prefix(what, rank_); }
   [[noreturn]] void fail(const char* what, const std::string& cause);
+  // Runs an op's argument checks; a CommError from them aborts the whole group (the peers
+  // would otherwise wait for this rank) and is rethrown.
+  template <typename Checks>
+  void check_args(Checks&& checks) {
+    try {
+      checks();
+    } catch (const CommError& e) {
+      abort_group(e.what());
+      throw;
+    }
+  }
+  void abort_group(const std::string& reason);
 
  private:
   // Steps 2-4 of the protocol around `work`; aborts the group when anything throws.
