@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -142,7 +143,7 @@ struct KernelArgs {
 };
 
 template <int kHeadDim, int kWarps>
-__global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, 2)
+__global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 ? 1 : 2)
     prefill_attention_kernel(const KernelArgs a) {
   using T = Tile<kHeadDim, kWarps>;
   constexpr int kBlockM = T::kBlockM;
@@ -495,12 +496,18 @@ void launch(const PrefillAttentionParams& p, cudaStream_t stream) {
 void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
   validate(p);
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
-  constexpr int kWarps = 4;  // 64 query rows per block
-  if (p.head_dim == 64) {
-    launch<64, kWarps>(p, stream);
-  } else {
-    launch<128, kWarps>(p, stream);
+  // 16 query rows per warp; ARBOR_PREFILL_WARPS=4 or 8 (64 or 128 rows per block) picks the
+  // tile for measurements, default 8.
+  static const int warps = [] {
+    const char* v = std::getenv("ARBOR_PREFILL_WARPS");
+    return v && std::string(v) == "4" ? 4 : 8;
+  }();
+  if (warps == 4) {
+    if (p.head_dim == 64) return launch<64, 4>(p, stream);
+    return launch<128, 4>(p, stream);
   }
+  if (p.head_dim == 64) return launch<64, 8>(p, stream);
+  launch<128, 8>(p, stream);
 }
 
 }  // namespace arbor::cuda
