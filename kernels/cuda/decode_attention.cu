@@ -72,9 +72,15 @@ constexpr TileInfo tile_info() {
 
 TileInfo tile_info(int head_dim, int group) {
   if (head_dim == 64) {
-    return group == 1 ? tile_info<64, 1>() : group == 4 ? tile_info<64, 4>() : tile_info<64, 8>();
+    return group == 1   ? tile_info<64, 1>()
+           : group == 2 ? tile_info<64, 2>()
+           : group == 4 ? tile_info<64, 4>()
+                        : tile_info<64, 8>();
   }
-  return group == 1 ? tile_info<128, 1>() : group == 4 ? tile_info<128, 4>() : tile_info<128, 8>();
+  return group == 1   ? tile_info<128, 1>()
+         : group == 2 ? tile_info<128, 2>()
+         : group == 4 ? tile_info<128, 4>()
+                      : tile_info<128, 8>();
 }
 
 struct KernelArgs {
