@@ -71,6 +71,8 @@ double combine_us(arbor::comm::Group& group, arbor::CpCombine strategy, size_t r
     auto layers_once = [&] {
       for (int l = 0; l < layers; ++l) ws.combine(rows, out.data(), s);
     };
+    ws.combine(rows, out.data(), s);  // first use outside capture (connection setup)
+    stream.sync();
     arbor::cuda::Graph graph;
     if (c.graph_capturable()) graph.capture(s, layers_once);
     auto run = [&] { c.graph_capturable() ? graph.launch(s) : layers_once(); };

@@ -1,6 +1,7 @@
 #include "engine/comm/nccl_communicator.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <string>
@@ -353,8 +354,17 @@ int nccl_version() {
   return v;
 }
 
+// NCCL >= 2.22 connects peers lazily, at the first collective that needs them; when that
+// first collective is being captured into a CUDA graph (arbor's decode steps) the peer
+// setup fails ("failed to peer with device 1: operation not permitted when stream is
+// capturing", seen on 2 x H200). Connect at init instead, unless the user chose otherwise.
+static void connect_at_init() {
+  setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
+}
+
 std::unique_ptr<Communicator> make_nccl_communicator(const NcclUniqueId& id, int nranks, int rank,
                                                      int cuda_device, const NcclOptions& options) {
+  connect_at_init();
   check_group_args("make_nccl_communicator", nranks, rank, {cuda_device});
   const std::string where = "make_nccl_communicator: rank " + std::to_string(rank) + " of " +
                             std::to_string(nranks) + " on CUDA device " +
@@ -369,6 +379,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(const NcclUniqueId& id, int
 
 Group make_nccl_communicators(const NcclUniqueId& id, int nranks, int first_rank,
                               const std::vector<int>& devices, const NcclOptions& options) {
+  connect_at_init();
   check_group_args("make_nccl_communicators", nranks, first_rank, devices);
   DeviceRestorer restore;
   const std::string where = "make_nccl_communicators: ranks " + std::to_string(first_rank) + ".." +

@@ -14,6 +14,7 @@
 #include "engine/comm/nccl_communicator.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/attention_merge.h"
+#include "kernels/cuda/check.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "models/context_parallel_runner.h"
@@ -289,14 +290,22 @@ TEST_CASE("context-parallel CUDA runner: simulated ranks on one GPU and NCCL wit
       // greedy tokens agree unless two logits tie within a bf16 ulp (not on this prompt).
       CHECK(greedy_run(*runner, prompt, 48) == want);
     }
-    CudaContextParallelOptions cp;
-    cp.size = 1;
-    cp.backend = CpBackend::nccl;
-    cp.combine = combine;
-    auto nccl = make_cuda_context_parallel_runner(test::demo_model_dir(), o, cp);
-    INFO("nccl p=1 (decode steps captured in CUDA graphs with the NCCL calls) combine="
-         << to_string(combine));
-    CHECK(greedy_run(*nccl, prompt, 48) == want);
+    // NCCL with one rank here; across every visible GPU when there are several (real
+    // multi-GPU context parallelism: decode steps in CUDA graphs with the NCCL calls).
+    int gpus = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&gpus));
+    for (int p : {1, 2, 4, 8}) {
+      if (p > gpus) break;
+      CudaContextParallelOptions cp;
+      cp.size = p;
+      cp.backend = CpBackend::nccl;
+      cp.combine = combine;
+      CudaRunnerOptions ro = o;
+      ro.block_size = p == 1 ? 16 : 8;
+      auto nccl = make_cuda_context_parallel_runner(test::demo_model_dir(), ro, cp);
+      INFO("nccl p=" << p << " of " << gpus << " GPUs, combine=" << to_string(combine));
+      CHECK(greedy_run(*nccl, prompt, 48) == want);
+    }
   }
 }
 
