@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bandwidth.h"
+#include "bench/model_bytes.h"
 #include "engine/batch_builder.h"
 #include "models/llama_cuda.h"
 
@@ -98,14 +99,8 @@ int main(int argc, char** argv) {
   const arbor::LlamaConfig& c = runner->config();
 
   const double read_bw = arbor::bench::measure_read_bandwidth();
-  const double weight_bytes =
-      2.0 * (double(c.vocab_size) * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) +
-             double(c.num_layers) *
-                 (2.0 * c.hidden_size +
-                  double(c.hidden_size) * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim +
-                  double(c.hidden_size) * c.num_heads * c.head_dim +
-                  3.0 * c.hidden_size * c.intermediate_size));
-  const double kv_bytes_per_token = 2.0 * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;
+  const double weight_bytes = arbor::bench::weight_bytes(c);
+  const double kv_bytes_per_token = arbor::bench::kv_bytes_per_token(c);
 
   char date[32];
   const std::time_t now = std::time(nullptr);

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bench/bandwidth.h"
+#include "bench/model_bytes.h"
 #include "engine/engine.h"
 #include "models/config.h"
 #include "models/llama_cuda.h"
@@ -90,19 +91,6 @@ double percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   const size_t i = std::min(v.size() - 1, size_t(p / 100.0 * double(v.size() - 1) + 0.5));
   return v[i];
-}
-
-// Bytes of weights one decode step reads (bf16): every matrix once; the embedding only for
-// the batch's rows (ignored), lm_head whole.
-double weight_bytes(const LlamaConfig& c) {
-  const double h = c.hidden_size, d = c.head_dim, q = c.num_heads, kv = c.num_kv_heads,
-               inter = c.intermediate_size;
-  const double per_layer = h * (q + 2 * kv) * d + q * d * h + 2 * inter * h + inter * h + 2 * h;
-  return 2.0 * (c.num_layers * per_layer + double(c.vocab_size) * h + h);
-}
-
-double kv_bytes_per_token(const LlamaConfig& c) {
-  return 2.0 * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;  // K and V, bf16
 }
 
 }  // namespace
@@ -237,7 +225,8 @@ int main(int argc, char** argv) {
       fwd_sum += r.forward;
       sampled_sum += r.sampled;
     }
-    const double wbytes = weight_bytes(cfg), kv_tok = kv_bytes_per_token(cfg);
+    const double wbytes = arbor::bench::weight_bytes_read_per_step(cfg),
+                 kv_tok = arbor::bench::kv_bytes_per_token(cfg);
     const double bw = bandwidth_gbs * 1e9;
     struct Bucket {
       int n = 0;

@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "bench/bandwidth.h"
+#include "bench/model_bytes.h"
 #include "engine/batch_builder.h"
 #include "engine/comm/local_gpu_communicator.h"
 #include "engine/comm/nccl_communicator.h"
@@ -71,8 +72,6 @@ double combine_us(arbor::comm::Group& group, arbor::CpCombine strategy, size_t r
     auto layers_once = [&] {
       for (int l = 0; l < layers; ++l) ws.combine(rows, out.data(), s);
     };
-    ws.combine(rows, out.data(), s);  // first use outside capture (connection setup)
-    stream.sync();
     arbor::cuda::Graph graph;
     if (c.graph_capturable()) graph.capture(s, layers_once);
     auto run = [&] { c.graph_capturable() ? graph.launch(s) : layers_once(); };
@@ -338,13 +337,8 @@ int main(int argc, char** argv) {
   int gpus = 0;
   CUDA_CHECK(cudaGetDeviceCount(&gpus));
   const double read_bw = arbor::bench::measure_read_bandwidth();
-  const double kv_per_token = 2.0 * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;
-  const double weight_bytes =
-      2.0 * (double(c.vocab_size) * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) +
-             double(c.num_layers) *
-                 (double(c.hidden_size) * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim +
-                  double(c.hidden_size) * c.num_heads * c.head_dim +
-                  3.0 * c.hidden_size * c.intermediate_size));
+  const double kv_per_token = arbor::bench::kv_bytes_per_token(c);
+  const double weight_bytes = arbor::bench::weight_bytes(c);
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
