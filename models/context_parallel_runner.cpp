@@ -98,8 +98,8 @@ int ContextParallelRunner::num_kv_blocks() const {
 }
 
 void ContextParallelRunner::broadcast(const ForwardBatch& batch, uint8_t mode) {
+  message_.assign(1, mode);  // the mode byte, then the batch (no shift of the whole message)
   serialize_forward_batch(batch, message_);
-  message_.insert(message_.begin(), mode);
   comms_[0]->broadcast_bytes(message_, 0);
 }
 

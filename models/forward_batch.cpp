@@ -52,7 +52,6 @@ class Reader {
 }  // namespace
 
 void serialize_forward_batch(const ForwardBatch& b, std::vector<uint8_t>& out) {
-  out.clear();
   put_u32(out, kMagic);
   put_u32(out, uint32_t(b.max_blocks_per_seq));
   put_array(out, b.token_ids);

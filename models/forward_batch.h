@@ -30,8 +30,9 @@ struct ForwardBatch {
 };
 
 // A batch as bytes and back: what the leader rank sends every other rank each step under
-// context parallelism. deserialize throws std::invalid_argument for truncated or
-// inconsistent bytes (never reads past the span).
+// context parallelism. serialize appends to `bytes` (so a caller can put a header first);
+// deserialize throws std::invalid_argument for truncated or inconsistent bytes (never reads
+// past the span).
 void serialize_forward_batch(const ForwardBatch& batch, std::vector<uint8_t>& bytes);
 ForwardBatch deserialize_forward_batch(std::span<const uint8_t> bytes);
 

@@ -105,10 +105,13 @@ void LlamaCpu::forward(const ForwardBatch& b, CpuKvCache& cache, std::vector<flo
   gate_up_.resize(size_t(n) * 2 * inter);
   act_.resize(size_t(n) * inter);
 
-  local_slots_.resize(size_t(n));
-  for (int t = 0; t < n; ++t)
-    local_slots_[t] = local_slot(b.slot_mapping[t], cp_size, cp_rank, shape.block_size);
+  // This rank's cache slots (the engine's own without context parallelism).
+  const int32_t* slots = b.slot_mapping.data();
   if (cp.enabled()) {
+    local_slots_.resize(size_t(n));
+    for (int t = 0; t < n; ++t)
+      local_slots_[t] = local_slot(b.slot_mapping[t], cp_size, cp_rank, shape.block_size);
+    slots = local_slots_.data();
     partial_.resize(size_t(n) * q_dim);
     lse_.resize(size_t(n) * hq);
   }
@@ -137,8 +140,7 @@ void LlamaCpu::forward(const ForwardBatch& b, CpuKvCache& cache, std::vector<flo
     }
     cpu::rope(q_.data(), b.positions.data(), n, hq, d, inv_freq_.data());
     cpu::rope(k_.data(), b.positions.data(), n, hkv, d, inv_freq_.data());
-    cpu::kv_cache_write(k_.data(), v_.data(), local_slots_.data(), n, shape, cache.k(l),
-                        cache.v(l));
+    cpu::kv_cache_write(k_.data(), v_.data(), slots, n, shape, cache.k(l), cache.v(l));
     if (cp.enabled()) {
       // This rank's partial (o, lse) over its shard, then the tree combine across ranks.
       cpu::paged_attention(q_.data(), hq, shape, cache.k(l), cache.v(l), attention, scale,
