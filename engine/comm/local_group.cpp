@@ -201,13 +201,12 @@ void LocalCommunicatorBase::all_reduce(const void* send, void* recv, size_t coun
     if (send != recv && overlaps(send, bytes, recv, bytes))
       fail(what, "send and recv overlap without being equal");
   });
-  LocalCall call;
-  call.kind = OpKind::all_reduce;
-  call.send = send;
-  call.recv = recv;
-  call.count = count;
-  call.dtype = dtype;
-  call.op = op;
+  const LocalCall call{.kind = OpKind::all_reduce,
+                       .send = send,
+                       .recv = recv,
+                       .count = count,
+                       .dtype = dtype,
+                       .op = op};
   run_op(call, what, stream, [&] {
     size_t begin = 0, end = 0;
     chunk_of(count, size(), rank_, &begin, &end);
@@ -232,12 +231,8 @@ void LocalCommunicatorBase::all_gather(const void* send, void* recv, size_t coun
     if (send != in_place && overlaps(send, bytes, recv, bytes * size_t(size())))
       fail(what, "send overlaps recv without being recv + rank*count (the in-place position)");
   });
-  LocalCall call;
-  call.kind = OpKind::all_gather;
-  call.send = send;
-  call.recv = recv;
-  call.count = count;
-  call.dtype = dtype;
+  const LocalCall call{
+      .kind = OpKind::all_gather, .send = send, .recv = recv, .count = count, .dtype = dtype};
   run_op(call, what, stream, [&] {
     if (!bytes) return;
     for (int r = 0; r < size(); ++r) {
@@ -255,13 +250,12 @@ void LocalCommunicatorBase::broadcast(void* buf, size_t count, DType dtype, int 
     if (root < 0 || root >= size()) fail(what, "root " + std::to_string(root) + " out of range");
     if (count && !buf) fail(what, "null buffer");
   });
-  LocalCall call;
-  call.kind = OpKind::broadcast;
-  call.send = buf;
-  call.recv = buf;
-  call.count = count;
-  call.dtype = dtype;
-  call.root = root;
+  const LocalCall call{.kind = OpKind::broadcast,
+                       .send = buf,
+                       .recv = buf,
+                       .count = count,
+                       .dtype = dtype,
+                       .root = root};
   run_op(call, what, stream, [&] {
     const void* src = group_->slot(root).recv;
     if (bytes && rank_ != root && src != buf) copy(buf, src, bytes, stream, what);
@@ -280,14 +274,13 @@ void LocalCommunicatorBase::send_recv(const void* send, int dst, void* recv, int
     if (!(self_copy && send == recv) && overlaps(send, bytes, recv, bytes))
       fail(what, "send and recv overlap (send_recv is not in place; double-buffer)");
   });
-  LocalCall call;
-  call.kind = OpKind::send_recv;
-  call.send = send;
-  call.recv = recv;
-  call.count = count;
-  call.dtype = dtype;
-  call.dst = dst;
-  call.src = src;
+  const LocalCall call{.kind = OpKind::send_recv,
+                       .send = send,
+                       .recv = recv,
+                       .count = count,
+                       .dtype = dtype,
+                       .dst = dst,
+                       .src = src};
   run_op(call, what, stream, [&] {
     const void* from = group_->slot(src).send;
     if (bytes && from != recv) copy(recv, from, bytes, stream, what);
@@ -299,18 +292,14 @@ void LocalCommunicatorBase::broadcast_bytes(std::vector<uint8_t>& bytes, int roo
   check_args([&] {
     if (root < 0 || root >= size()) fail(what, "root " + std::to_string(root) + " out of range");
   });
-  LocalCall call;
-  call.kind = OpKind::broadcast_bytes;
-  call.root = root;
-  call.bytes = &bytes;
+  const LocalCall call{.kind = OpKind::broadcast_bytes, .root = root, .bytes = &bytes};
   run_op(call, what, nullptr, [&] {
     if (rank_ != root) bytes = *group_->slot(root).bytes;
   });
 }
 
 void LocalCommunicatorBase::barrier() {
-  LocalCall call;
-  call.kind = OpKind::barrier;
+  const LocalCall call{.kind = OpKind::barrier};
   run_op(call, "barrier", nullptr, [] {});
 }
 
