@@ -33,17 +33,6 @@ c["max_position_embeddings"] = 1048576  # long-document serving; RoPE as configu
 json.dump(c, open(sys.argv[1] + "/config.json", "w"))
 PY
 cp tests/fixtures/tokenizers/llama3/tokenizer.json tests/fixtures/tokenizers/llama3/tokenizer_config.json $m/
-doc() {  # words → a streamed completion request
-  python3 - "$1" <<'PY'
-import json, random, sys
-random.seed(1)
-vocab = "the of and to in a is that for it as was with be by on not he this are or his from".split()
-doc = " ".join(random.choice(vocab) for _ in range(int(sys.argv[1])))
-print(json.dumps({"prompt": "Document: " + doc + "\nQuestion: what is it about?\nAnswer:",
-                  "max_tokens": 64, "temperature": 0, "ignore_eos": True, "stream": True,
-                  "stream_options": {"include_usage": True}}))
-PY
-}
 wait_health() {
   for _ in $(seq 300); do
     curl -sf "localhost:$1/health" >/dev/null && return 0
@@ -62,7 +51,7 @@ ask() {  # port, body, label
 }
 
 echo "== arbor serve --context-parallel $gpus (NCCL), dummy 8B with a 1M context, $words words"
-doc "$words" >/tmp/long.json
+python3 tools/long_document_request.py "$words" >/tmp/long.json
 LD_LIBRARY_PATH=$lib "$b/bin/arbor" serve --port 18200 --model $m --load-format dummy \
   --context-parallel "$gpus" --max-num-seqs 4 --max-num-batched-tokens 8192 \
   >"$OUT/serve_cp_nccl.log" 2>&1 &
@@ -74,7 +63,7 @@ echo "exit $?"
 grep -E "context-parallel rank|serving|prompt_tokens|error" "$OUT/serve_cp_nccl.log" | tail -6
 
 echo "== two nodes (processes) over NCCL's network transport, 32k-token prompt"
-doc 30000 >/tmp/mid.json
+python3 tools/long_document_request.py 30000 >/tmp/mid.json
 for node in 0 1; do
   CUDA_VISIBLE_DEVICES=$node NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 LD_LIBRARY_PATH=$lib \
     "$b/bin/arbor" serve --port $((18300 + node)) --model $m --load-format dummy \

@@ -47,14 +47,6 @@ m=/tmp/llama-3.1-8b-dummy
 mkdir -p $m
 cp bench/models/llama-3.1-8b/config.json tests/fixtures/tokenizers/llama3/tokenizer.json \
   tests/fixtures/tokenizers/llama3/tokenizer_config.json $m/
-python3 - "$words" >/tmp/long.json <<'PY'
-import json, random, sys
-random.seed(1)
-vocab = "the of and to in a is that for it as was with be by on not he this are or his from".split()
-doc = " ".join(random.choice(vocab) for _ in range(int(sys.argv[1])))
-print(json.dumps({"prompt": "Document: " + doc + "\nQuestion: what is it about?\nAnswer:",
-                  "max_tokens": 64, "temperature": 0, "ignore_eos": True, "stream": True,
-                  "stream_options": {"include_usage": True}}))
-PY
+python3 tools/long_document_request.py "$words" >/tmp/long.json
 serve_and_ask 18102 /tmp/long.json cp2_long --model $m --load-format dummy --context-parallel 2 \
   --cp-backend local --max-num-seqs 4 --max-num-batched-tokens 8192
