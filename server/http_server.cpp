@@ -346,7 +346,9 @@ int HttpServer::bind(const std::string& host, int port) {
 }
 
 void HttpServer::listen() {
-  svr_->listen_after_bind();
+  listen_started_ = true;
+  if (!stop_requested_) svr_->listen_after_bind();
+  listen_done_ = true;
 }
 
 void HttpServer::shutdown(double timeout_s) {
@@ -362,6 +364,15 @@ void HttpServer::shutdown(double timeout_s) {
     const auto grace = Clock::now() + std::chrono::seconds(5);
     while (in_flight_ > 0 && Clock::now() < grace)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // cpp-httplib's stop() does nothing until listen_after_bind() has marked the server running,
+  // so a shutdown right after listen() was called could leave the listener blocked in
+  // accept() for good (seen as a hung test). Either listen() sees stop_requested_ and returns,
+  // or this waits until the server runs (or listen() is done) before stopping it.
+  stop_requested_ = true;
+  if (listen_started_) {
+    while (!listen_done_ && !svr_->is_running())
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   svr_->stop();
 }

@@ -68,6 +68,8 @@ class HttpServer {
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
   std::atomic<int> in_flight_{0};
+  // listen() and shutdown() may race (a server stopped right after it started): see there.
+  std::atomic<bool> listen_started_{false}, listen_done_{false}, stop_requested_{false};
   std::atomic<int> queued_{0};  // added, no output yet
 };
 
