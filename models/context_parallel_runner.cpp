@@ -43,10 +43,14 @@ void follow(comm::Communicator& c, ModelRunner& runner) {
   }
 }
 
-// NCCL communicators of one process are destroyed by every rank at once, each on its own
-// thread (destroying one may wait for its peers); the local backends are destroyed after
-// their threads are done (destroying one aborts its peers' pending calls).
-void release_nccl(std::unique_ptr<comm::Communicator>& c) {
+// What a rank does once it stops: destroy its runner, then (NCCL) its communicator, each rank
+// on its own thread, all at once (destroying an NCCL communicator may wait for its peers).
+// The runner goes first because a CUDA graph that captured an NCCL call holds a reference on
+// the communicator, and destroying the communicator waits until every such graph is gone:
+// the other order hangs at exit. The local backends are destroyed after all threads are done
+// (destroying one aborts its peers' pending calls).
+void finish_rank(std::unique_ptr<comm::Communicator>& c, std::unique_ptr<ModelRunner>& runner) {
+  runner.reset();
   if (c && c->name() == "nccl") c.reset();
 }
 
@@ -75,7 +79,7 @@ ContextParallelRunner::ContextParallelRunner(std::vector<std::unique_ptr<comm::C
     threads_.emplace_back([this, i, thread_init] {
       if (thread_init) thread_init(int(i));
       follow(*comms_[i], *ranks_[i]);
-      release_nccl(comms_[i]);
+      finish_rank(comms_[i], ranks_[i]);
     });
   }
 }
@@ -87,7 +91,7 @@ ContextParallelRunner::~ContextParallelRunner() {
   } catch (const std::exception& e) {
     spdlog::error("context parallelism: stopping the ranks failed: {}", e.what());
   }
-  release_nccl(comms_[0]);
+  finish_rank(comms_[0], ranks_[0]);
   for (std::thread& t : threads_) t.join();
 }
 
@@ -142,7 +146,7 @@ ContextParallelFollowers::ContextParallelFollowers(
     threads_.emplace_back([this, i, thread_init] {
       if (thread_init) thread_init(int(i));
       follow(*comms_[i], *ranks_[i]);
-      release_nccl(comms_[i]);
+      finish_rank(comms_[i], ranks_[i]);
     });
   }
 }
