@@ -16,7 +16,14 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes) CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+    if (!bytes) return;
+    if (const cudaError_t e = cudaMalloc(&ptr_, bytes); e != cudaSuccess) {
+      // A failed allocation is not sticky, but it stays this thread's last error, and the
+      // next launch check (cudaGetLastError) would report it as its own: clear it, so a
+      // caller that catches this (a runner that does not fit) leaves CUDA usable.
+      cudaGetLastError();
+      throw_cuda_error(e, "cudaMalloc(&ptr_, bytes)", __FILE__, __LINE__);
+    }
   }
   ~DeviceBuffer() {
     if (ptr_) cudaFree(ptr_);
