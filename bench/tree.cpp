@@ -54,6 +54,13 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// Each rank thread works on its rank's GPU: the NCCL groups here put rank r on device r, the
+// simulated (local-gpu) ranks all share device 0. A rank that enqueued its NCCL calls on
+// another device's stream would hang its peers.
+void use_rank_device(const arbor::comm::Communicator& c) {
+  CUDA_CHECK(cudaSetDevice(c.name() == "nccl" ? c.rank() : 0));
+}
+
 // Per-layer µs of the combine on every rank of `group` (one thread per rank), for `rows`
 // (token × query head) rows. NCCL ranks replay a CUDA graph of `layers` combines; local-gpu
 // ranks call it directly (not capturable).
@@ -61,8 +68,7 @@ double combine_us(arbor::comm::Group& group, arbor::CpCombine strategy, size_t r
                   int layers, int iters) {
   std::vector<double> per_layer(group.size());
   arbor::comm::run_ranks(group, [&](arbor::comm::Communicator& c) {
-    int device = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
+    use_rank_device(c);
     arbor::CudaCombineWorkspace ws(arbor::ContextParallelRank{&c, strategy}, rows, head_dim);
     arbor::cuda::DeviceArray<bf16> out(rows * size_t(head_dim));
     CUDA_CHECK(cudaMemset(ws.partial_out(), 0, rows * head_dim * sizeof(float)));
@@ -193,6 +199,7 @@ std::vector<double> ring_vs_tree_us(arbor::comm::Group& group, const arbor::Llam
   const int p = int(group.size());
   std::vector<std::vector<double>> out(size_t(p), std::vector<double>(3));
   arbor::comm::run_ranks(group, [&](arbor::comm::Communicator& comm) {
+    use_rank_device(comm);
     const int rank = comm.rank();
     arbor::cuda::Stream compute, transfer;
     cudaStream_t s = compute.get(), t = transfer.get();
@@ -270,7 +277,13 @@ std::vector<double> ring_vs_tree_us(arbor::comm::Group& group, const arbor::Llam
   return worst;
 }
 
-// Mean ms of a batch-1 greedy decode step at context `ctx` on `runner` (a prefill first).
+// Contexts up to this many tokens are prefilled before the decode steps are timed; longer
+// ones are decoded over the unfilled cache (same bytes read, same kernels): prefilling 1M
+// tokens would take minutes of the device's time for no difference in the step.
+constexpr int kMaxPrefilled = 65536;
+
+// Mean ms of a batch-1 greedy decode step at context `ctx` on `runner` (a prefill first, up
+// to kMaxPrefilled tokens).
 double decode_step_ms(arbor::ModelRunner& runner, int ctx, int steps) {
   const int bs = runner.block_size();
   std::vector<int32_t> tokens(size_t(ctx + steps + 2));
@@ -278,7 +291,7 @@ double decode_step_ms(arbor::ModelRunner& runner, int ctx, int steps) {
   std::vector<int32_t> table((tokens.size() + bs - 1) / bs);
   for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
   std::vector<int32_t> ids;
-  for (int start = 0; start < ctx; start += runner.max_batch_tokens()) {
+  for (int start = 0; ctx <= kMaxPrefilled && start < ctx; start += runner.max_batch_tokens()) {
     arbor::ScheduledChunk chunk{tokens, table, start,
                                 std::min(runner.max_batch_tokens(), ctx - start), true};
     runner.forward_greedy(arbor::build_forward_batch({&chunk, 1}, bs), ids);
@@ -312,14 +325,16 @@ int main(int argc, char** argv) {
   CLI::App app{"arbor tree-attention benchmark and analytic model (CUDA)"};
   std::string model = "bench/models/llama-3.1-8b";
   std::string contexts = "131072,524288,1048576,4194304", ranks = "1,2,4,8", sim_ranks = "2,4,8";
-  int layers_flag = 0, e2e_context = 32768, max_local_context = 1048576;
+  std::string e2e_contexts = "32768";
+  int layers_flag = 0, max_local_context = 1048576;
   double allreduce_us = 25.0, p2p_us = 10.0, link_gbs = 450.0, project_gbs = 0;
   app.add_option("--model", model, "config.json folder (dummy weights)");
   app.add_option("--contexts", contexts, "total contexts of the model table");
   app.add_option("--ranks", ranks, "p values of the model table");
   app.add_option("--sim-ranks", sim_ranks, "simulated ranks on one GPU for the combine table");
   app.add_option("--layers", layers_flag, "layers (default: the model's)");
-  app.add_option("--e2e-context", e2e_context, "context of the end-to-end runner comparison");
+  app.add_option("--e2e-contexts", e2e_contexts,
+                 "contexts of the end-to-end runner comparison (overheads at the first only)");
   app.add_option("--max-local-context", max_local_context, "largest shard measured directly");
   app.add_option("--allreduce-us", allreduce_us,
                  "modeled latency of one small NVLink collective when p > visible GPUs "
@@ -399,36 +414,70 @@ int main(int argc, char** argv) {
   o.dummy_weights = true;
   o.max_num_seqs = 1;
   o.max_batch_tokens = 8192;
-  o.num_kv_blocks = (e2e_context + 4096) / o.block_size;
-  double plain_short = 0, plain_e2e = 0;
+  const std::vector<int> e2e = parse_list(e2e_contexts);
+  double plain_short = 0;
   {
+    o.num_kv_blocks = (1024 + 4096) / o.block_size;
     auto runner = arbor::make_cuda_runner(model, o);
     plain_short = decode_step_ms(*runner, 1024, 20);
-    plain_e2e = decode_step_ms(*runner, e2e_context, 20);
   }
   const double rest_ms = plain_short - layers * attn[1024] * 1e-3;
   std::printf("\n## Decode step, batch 1, real runners (dummy weights)\n");
-  std::printf("| runner | context | step ms | tok/s |\n|---|---|---|---|\n");
-  std::printf("| plain | 1024 | %.3f | %.1f |\n| plain | %d | %.3f | %.1f |\n", plain_short,
-              1000 / plain_short, e2e_context, plain_e2e, 1000 / plain_e2e);
+  std::printf(
+      "# contexts over %d tokens are decoded over an unfilled cache: the step reads the "
+      "same bytes, and a %d-token prefill would take minutes\n",
+      kMaxPrefilled, kMaxPrefilled);
+  std::printf("| runner | context | step ms | tok/s | GB used per GPU |\n|---|---|---|---|---|\n");
+  std::printf("| plain | 1024 | %.3f | %.1f | |\n", plain_short, 1000 / plain_short);
   std::printf("# rest of the step (1k step − %d × attention at 1k): %.3f ms\n", layers, rest_ms);
-  for (auto strategy : {arbor::CpCombine::allgather, arbor::CpCombine::allreduce}) {
-    for (auto backend : {arbor::CpBackend::nccl, arbor::CpBackend::local}) {
-      for (int p : {1, 2}) {
-        if (backend == arbor::CpBackend::nccl && p > gpus) continue;
-        if (backend == arbor::CpBackend::local && p == 1) continue;
-        arbor::CudaContextParallelOptions cp;
-        cp.size = p;
-        cp.backend = backend;
-        cp.combine = strategy;
-        arbor::CudaRunnerOptions ro = o;
-        ro.num_kv_blocks = (e2e_context / p + 4096) / ro.block_size;
-        auto runner = arbor::make_cuda_context_parallel_runner(model, ro, cp);
-        const double ms = decode_step_ms(*runner, e2e_context, 20);
-        std::printf("| context-parallel %s p=%d %s | %d | %.3f | %.1f |\n",
-                    arbor::to_string(backend), p, arbor::to_string(strategy), e2e_context, ms,
-                    1000 / ms);
-        std::fflush(stdout);
+  // One row: the runner built with `make`, or why it could not be (a context that does not
+  // fit in p GPUs is a result, not an error).
+  auto e2e_row = [&](const std::string& label, int ctx, int p,
+                     const std::function<std::unique_ptr<arbor::ModelRunner>()>& make) {
+    try {
+      auto runner = make();
+      double used_gb = 0;
+      for (int d = 0; d < std::max(1, std::min(p, gpus)); ++d) {
+        size_t free_bytes = 0, total_bytes = 0;
+        CUDA_CHECK(cudaSetDevice(d));
+        CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+        used_gb = std::max(used_gb, double(total_bytes - free_bytes) * 1e-9);
+      }
+      CUDA_CHECK(cudaSetDevice(0));
+      const double ms = decode_step_ms(*runner, ctx, 20);
+      std::printf("| %s | %d | %.3f | %.1f | %.1f |\n", label.c_str(), ctx, ms, 1000 / ms, used_gb);
+    } catch (const std::exception& e) {
+      CUDA_CHECK(cudaSetDevice(0));
+      std::printf("| %s | %d | does not run: %.120s | | |\n", label.c_str(), ctx, e.what());
+    }
+    std::fflush(stdout);
+  };
+  for (size_t i = 0; i < e2e.size(); ++i) {
+    const int ctx = e2e[i];
+    arbor::CudaRunnerOptions po = o;
+    po.num_kv_blocks = (ctx + 4096) / po.block_size;
+    e2e_row("plain", ctx, 1, [&] { return arbor::make_cuda_runner(model, po); });
+    for (auto strategy : {arbor::CpCombine::allgather, arbor::CpCombine::allreduce}) {
+      for (auto backend : {arbor::CpBackend::nccl, arbor::CpBackend::local}) {
+        for (int p = 1; p <= std::max(2, gpus); p *= 2) {
+          if (backend == arbor::CpBackend::nccl && p > gpus) continue;
+          // Overheads (p = 1, all-reduce, simulated ranks) at the first context only.
+          const bool first = i == 0;
+          if (!first && (p == 1 || strategy != arbor::CpCombine::allgather ||
+                         backend == arbor::CpBackend::local))
+            continue;
+          if (backend == arbor::CpBackend::local && p != 2) continue;
+          arbor::CudaContextParallelOptions cp;
+          cp.size = p;
+          cp.backend = backend;
+          cp.combine = strategy;
+          arbor::CudaRunnerOptions ro = o;
+          ro.num_kv_blocks = (ctx / p + 4096) / ro.block_size;
+          const std::string label = std::string("context-parallel ") + arbor::to_string(backend) +
+                                    " p=" + std::to_string(p) + " " + arbor::to_string(strategy);
+          e2e_row(label, ctx, p,
+                  [&] { return arbor::make_cuda_context_parallel_runner(model, ro, cp); });
+        }
       }
     }
   }
@@ -436,13 +485,16 @@ int main(int argc, char** argv) {
   // ---- 4. Ring attention vs tree, same kernels, real communicators.
   std::printf("\n## Ring vs tree per layer (µs), batch-1 decode, same kernels\n");
   std::printf(
-      "| backend | p | shard tokens | tree | ring (K/V shards passed) | ring of partials |\n"
-      "|---|---|---|---|---|---|\n");
-  auto ring_rows = [&](arbor::comm::Group& group, const char* backend) {
-    for (int shard : {32768, 131072}) {
+      "| backend | p | shard tokens | tree | ring (K/V shards passed) | ring of partials | "
+      "step ms tree / ring K/V (rest + %d layers) |\n|---|---|---|---|---|---|---|\n",
+      layers);
+  auto ring_rows = [&](arbor::comm::Group& group, const char* backend,
+                       const std::vector<int>& shards) {
+    for (int shard : shards) {
       const auto us = ring_vs_tree_us(group, c, shard, layers, prop.multiProcessorCount);
-      std::printf("| %s | %zu | %d | %.1f | %.1f | %.1f |\n", backend, group.size(), shard, us[0],
-                  us[1], us[2]);
+      std::printf("| %s | %zu | %d | %.1f | %.1f | %.1f | %.2f / %.2f |\n", backend, group.size(),
+                  shard, us[0], us[1], us[2], rest_ms + layers * us[0] * 1e-3,
+                  rest_ms + layers * us[1] * 1e-3);
       std::fflush(stdout);
     }
   };
@@ -450,11 +502,14 @@ int main(int argc, char** argv) {
     std::vector<int> devices;
     for (int i = 0; i < p; ++i) devices.push_back(i);
     arbor::comm::Group group = arbor::comm::make_nccl_group(devices);
-    ring_rows(group, "nccl");
+    std::vector<int> shards;  // each total context of the model table, split p ways
+    for (int L : totals)
+      if (L / p <= max_local_context) shards.push_back(L / p);
+    ring_rows(group, "nccl", shards);
   }
   for (int p : {2, 4}) {
     arbor::comm::Group group = arbor::comm::make_local_gpu_group(p, 0);
-    ring_rows(group, "local-gpu (one GPU, host-synchronized)");
+    ring_rows(group, "local-gpu (one GPU, host-synchronized)", {32768, 131072});
   }
 
   // ---- 5. The model.
