@@ -1,28 +1,27 @@
 #!/usr/bin/env bash
 # On a multi-GPU machine (nvidia-h200-x2 and up): the multi-GPU issue's runs from a bundle in
 # .device/b2 (bin: arbor, arbor_gpu_tests, arbor_bench_tree; lib: tools/bundle_gpu.sh's).
-#   1. GPU tests of the communicators and context parallelism (NCCL across every GPU)
-#   2. bench/tree: NCCL combine for p = 2.. GPUs, ring vs tree over NCCL, real runners
-#   3. arbor serve --context-parallel <all GPUs> (NCCL, one process), dummy 8B, a long
-#      document (PROMPT_WORDS words) over curl -N
-#   4. two processes as two "nodes" (--nnodes 2, TCP rendezvous), NCCL forced onto its
-#      network transport (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1), a 32k-token prompt
-# Logs go to $OUT. Usage: tools/device_multi_gpu.sh [PROMPT_WORDS]
+#
+#   tools/device_multi_gpu.sh checks      (about 6 minutes on 2 GPUs)
+#     1. GPU tests of the communicators and context parallelism (NCCL across every GPU)
+#     2. bench/tree: NCCL combine for p = 1.. GPUs, shard attention, real runners at
+#        32k..1M, ring vs tree over NCCL at the model table's contexts
+#     3. arbor serve --context-parallel <all GPUs> (NCCL, one process), dummy 8B, a 30k-word
+#        document over curl -N, then SIGTERM: the exit must be clean
+#     4. two processes as two "nodes" (--nnodes 2, TCP rendezvous), NCCL forced onto its
+#        network transport (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1), a 30k-word document
+#     5. bench/tree again with NCCL on its network transport: the slower-link combine
+#   tools/device_multi_gpu.sh long WORDS  (1M words: about 9 minutes on 2 H200s)
+#     3 alone, with a WORDS-word document (about one Llama-3 token per word)
+# Logs go to $OUT.
 set -uo pipefail
+mode=${1:-checks}
 b=$PWD/.device/b2
 lib=$b/lib:/usr/local/cuda/lib64
 export ARBOR_SOURCE_DIR=$PWD
-words=${1:-200000}
 gpus=$(nvidia-smi -L | wc -l)
 nvidia-smi -L
 nvidia-smi topo -m 2>/dev/null | head -6
-echo "== GPU tests [comm], [cp] on $gpus GPUs"
-LD_LIBRARY_PATH=$lib timeout 240 "$b/bin/arbor_gpu_tests" "[comm],[cp]" 2>&1 |
-  tee "$OUT/gpu_tests_multi.log" | grep -v "^\[" | tail -6
-echo "== bench/tree"
-LD_LIBRARY_PATH=$lib timeout 240 "$b/bin/arbor_bench_tree" --model bench/models/llama-3.1-8b \
-  --contexts 131072,524288,1048576 --sim-ranks 2 --project-bandwidth-gbs 4416 2>&1 |
-  grep -v "^\[" | tee "$OUT/bench_tree_multi.log"
 
 m=/tmp/llama-3.1-8b-1m
 mkdir -p $m
@@ -33,51 +32,93 @@ c["max_position_embeddings"] = 1048576  # long-document serving; RoPE as configu
 json.dump(c, open(sys.argv[1] + "/config.json", "w"))
 PY
 cp tests/fixtures/tokenizers/llama3/tokenizer.json tests/fixtures/tokenizers/llama3/tokenizer_config.json $m/
-wait_health() {
-  for _ in $(seq 300); do
+
+wait_health() {  # port, seconds
+  for _ in $(seq "$2"); do
     curl -sf "localhost:$1/health" >/dev/null && return 0
     sleep 1
   done
   return 1
 }
-ask() {  # port, body, label
-  local t0 t1
+# Streams one request; every line stamped with its arrival time, so the time to the first
+# token and the decode rate come from the client's side.
+ask() {  # port, body, label, seconds at most
+  local t0
   t0=$(date +%s.%N)
-  curl -sN "localhost:$1/v1/completions" -H 'Content-Type: application/json' -d @"$2" >"$OUT/stream_$3.txt"
-  t1=$(date +%s.%N)
-  echo "-- $3: $(grep -c '^data: {' "$OUT/stream_$3.txt") chunks in $(python3 -c "print(round($t1 - $t0, 1))") s; usage:"
-  grep -o '"usage":{[^}]*}' "$OUT/stream_$3.txt" | tail -1
-  tail -c 20 "$OUT/stream_$3.txt"
+  curl -sN --max-time "$4" "localhost:$1/v1/completions" -H 'Content-Type: application/json' -d @"$2" |
+    while IFS= read -r line; do [[ -n $line ]] && echo "$(date +%s.%N) $line"; done \
+      >"$OUT/stream_$3.txt"
+  python3 - "$OUT/stream_$3.txt" "$t0" "$3" <<'PY'
+import json, sys
+lines = [l.split(" ", 1) for l in open(sys.argv[1])]
+t0 = float(sys.argv[2])
+chunks = [(float(t), json.loads(d[6:])) for t, d in lines if d.startswith("data: {")]
+text = [(t, c) for t, c in chunks if c.get("choices") and c["choices"][0].get("text")]
+usage = [c["usage"] for _, c in chunks if c.get("usage")]
+if not text:
+    print(f"-- {sys.argv[3]}: no tokens streamed; last lines:", lines[-3:])
+    sys.exit()
+ttft, last = text[0][0] - t0, text[-1][0]
+rate = (len(text) - 1) / (last - text[0][0]) if len(text) > 1 else 0
+print(f"-- {sys.argv[3]}: {len(text)} text chunks, TTFT {ttft:.1f} s, decode {rate:.1f} tok/s "
+      f"(client side), usage {usage[-1] if usage else None}")
+print("   text:", repr("".join(c["choices"][0]["text"] for _, c in text)[:80]))
+PY
+}
+serve_one_process() {  # words, label, seconds to wait for the answer
+  python3 tools/long_document_request.py "$1" >/tmp/doc_$2.json
+  LD_LIBRARY_PATH=$lib "$b/bin/arbor" serve --port 18200 --model $m --load-format dummy \
+    --context-parallel "$gpus" --max-num-seqs 4 --max-num-batched-tokens 8192 \
+    >"$OUT/serve_$2.log" 2>&1 &
+  local pid=$!
+  wait_health 18200 300 && ask 18200 /tmp/doc_$2.json "$2" "$3"
+  kill -TERM $pid
+  timeout 60 tail --pid=$pid -f /dev/null || { echo "!! server still running 60 s after SIGTERM"; kill -KILL $pid; }
+  wait $pid
+  echo "exit $?"
+  grep -E "context-parallel rank|serving|error|shut" "$OUT/serve_$2.log" | tail -6
 }
 
-echo "== arbor serve --context-parallel $gpus (NCCL), dummy 8B with a 1M context, $words words"
-python3 tools/long_document_request.py "$words" >/tmp/long.json
-LD_LIBRARY_PATH=$lib "$b/bin/arbor" serve --port 18200 --model $m --load-format dummy \
-  --context-parallel "$gpus" --max-num-seqs 4 --max-num-batched-tokens 8192 \
-  >"$OUT/serve_cp_nccl.log" 2>&1 &
-pid=$!
-wait_health 18200 && ask 18200 /tmp/long.json cp_nccl
-kill -TERM $pid
-wait $pid
-echo "exit $?"
-grep -E "context-parallel rank|serving|prompt_tokens|error" "$OUT/serve_cp_nccl.log" | tail -6
+if [[ $mode == long ]]; then
+  words=${2:-1000000}
+  echo "== arbor serve --context-parallel $gpus (NCCL), dummy 8B with a 1M context, $words words"
+  serve_one_process "$words" long 560
+  exit 0
+fi
 
-echo "== two nodes (processes) over NCCL's network transport, 32k-token prompt"
+echo "== GPU tests [comm], [cp] on $gpus GPUs"
+LD_LIBRARY_PATH=$lib timeout 240 "$b/bin/arbor_gpu_tests" "[comm],[cp]" 2>&1 |
+  tee "$OUT/gpu_tests_multi.log" | grep -v "^\[" | tail -6
+echo "== bench/tree"
+LD_LIBRARY_PATH=$lib timeout 300 "$b/bin/arbor_bench_tree" --model $m \
+  --contexts 131072,524288,1048576 --e2e-contexts 32768,131072,524288,1040000 --sim-ranks 2 \
+  --project-bandwidth-gbs 4416 2>&1 | grep -v "^\[" | tee "$OUT/bench_tree_multi.log"
+
+echo "== arbor serve --context-parallel $gpus (NCCL), 30k words, clean exit"
+serve_one_process 30000 cp_nccl 120
+
+echo "== two nodes (processes) over NCCL's network transport, 30k words"
 python3 tools/long_document_request.py 30000 >/tmp/mid.json
 for node in 0 1; do
-  CUDA_VISIBLE_DEVICES=$node NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 LD_LIBRARY_PATH=$lib \
-    "$b/bin/arbor" serve --port $((18300 + node)) --model $m --load-format dummy \
-    --context-parallel 2 --nnodes 2 --node-rank $node --master-addr 127.0.0.1 \
-    --master-port 29533 --max-num-seqs 4 --max-num-batched-tokens 8192 \
+  CUDA_VISIBLE_DEVICES=$node NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_DEBUG=INFO \
+    LD_LIBRARY_PATH=$lib "$b/bin/arbor" serve --port $((18300 + node)) --model $m \
+    --load-format dummy --context-parallel 2 --nnodes 2 --node-rank $node \
+    --master-addr 127.0.0.1 --master-port 29533 --max-num-seqs 4 --max-num-batched-tokens 8192 \
     >"$OUT/serve_node$node.log" 2>&1 &
   eval "pid$node=\$!"
 done
-wait_health 18300 && ask 18300 /tmp/mid.json two_nodes
+wait_health 18300 300 && ask 18300 /tmp/mid.json two_nodes 120
 kill -TERM "$pid0"
-wait "$pid0"
-echo "node 0 exit $?"
-timeout 60 tail --pid="$pid1" -f /dev/null
-wait "$pid1"
-echo "node 1 exit $?"
-grep -E "context-parallel rank|serving|prompt_tokens|error|leader|NCCL INFO NET" \
-  "$OUT/serve_node0.log" "$OUT/serve_node1.log" | tail -10
+for node in 0 1; do
+  pid=$(eval echo "\$pid$node")
+  timeout 60 tail --pid="$pid" -f /dev/null || { echo "!! node $node still running 60 s after SIGTERM"; kill -KILL "$pid"; }
+  wait "$pid"
+  echo "node $node exit $?"
+done
+grep -hE "context-parallel rank|serving|error|leader|NET/Socket|via NET" \
+  "$OUT/serve_node0.log" "$OUT/serve_node1.log" | sort -u | tail -12
+
+echo "== bench/tree with NCCL on its network transport (sockets over loopback)"
+NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 LD_LIBRARY_PATH=$lib timeout 300 "$b/bin/arbor_bench_tree" \
+  --model $m --contexts 131072,524288,1048576 --e2e-contexts 32768 --sim-ranks 2 2>&1 |
+  grep -v "^\[" | tee "$OUT/bench_tree_sockets.log"
