@@ -61,16 +61,20 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
 
+  // The first stride (loaded before pdl_wait) is peeled off the loop: choosing between it
+  // and fresh loads inside the loop cost the 8B decode step 7% on an H100 (bench/RESULTS.md).
   int c = lane;
+  if (prefetched) {
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j)
+#pragma unroll
+      for (int m = 0; m < M; ++m) acc[m] = gemv_dot8(first[j], sx[m * chunks + c + j * 32], acc[m]);
+    c += kStride;
+  }
   for (; c + (kLoads - 1) * 32 < chunks; c += kStride) {
     uint4 wv[kLoads];
-    if (c == lane && prefetched) {
 #pragma unroll
-      for (int j = 0; j < kLoads; ++j) wv[j] = first[j];
-    } else {
-#pragma unroll
-      for (int j = 0; j < kLoads; ++j) wv[j] = load_stream16(wr + c + j * 32);
-    }
+    for (int j = 0; j < kLoads; ++j) wv[j] = load_stream16(wr + c + j * 32);
 #pragma unroll
     for (int j = 0; j < kLoads; ++j)
 #pragma unroll
