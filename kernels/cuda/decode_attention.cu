@@ -41,6 +41,10 @@ constexpr int kMaxSplits = 1024;
 // A split covers at least this many tokens when the plan has a choice: below it the merge
 // (one more pass over the partials) costs more than the extra parallelism buys.
 constexpr int kMinTokensPerSplit = 128;
+// Partials in flight per thread in the last block's merge (independent L2 loads): 8 instead
+// of 4 took 4-5% off batch-1 decode attention (H100: 8.61 -> 8.27 us at 1k, 57.5 -> 55.8 at
+// 32k); 16 helped batch 1 as much but cost batch 8 up to 6% (bench/RESULTS.md).
+constexpr int kMergeUnroll = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -380,7 +384,7 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
     const int h = e / (D / 4), d = e % (D / 4) * 4;
     float mm = -INFINITY, lm = 0.0f;
     float4 om = make_float4(0, 0, 0, 0);
-#pragma unroll 4
+#pragma unroll kMergeUnroll
     for (int sp = 0; sp < n_used; ++sp) {
       const size_t part = pair * a.num_splits + sp;
       const float ms = __ldcg(a.ws_m + part * G + h);  // finite: every used split has tokens
