@@ -467,9 +467,13 @@ int LlamaCudaRunner::run_step(const ForwardBatch& b) {
     throw std::invalid_argument("batch of " + std::to_string(std::max(n_seqs, n_rows)) +
                                 " sequences/logits rows exceeds " +
                                 std::to_string(opt_.max_num_seqs));
+  if (b.max_blocks_per_seq > max_blocks_per_seq_)
+    throw std::invalid_argument(
+        "block tables of " + std::to_string(b.max_blocks_per_seq) + " blocks exceed the " +
+        std::to_string(max_blocks_per_seq_) +
+        " a sequence of max_position_embeddings tokens needs (context too long for the model)");
   if (int(b.positions.size()) != n || int(b.slot_mapping.size()) != n ||
       int(b.query_start.size()) != n_seqs + 1 || b.query_start.back() != n ||
-      b.max_blocks_per_seq > max_blocks_per_seq_ ||
       b.block_tables.size() != size_t(n_seqs) * b.max_blocks_per_seq)
     throw std::invalid_argument("malformed forward batch");
   const int64_t num_slots = int64_t(num_blocks_) * opt_.block_size * cp_size_;

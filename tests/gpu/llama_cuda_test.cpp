@@ -160,6 +160,12 @@ TEST_CASE("CUDA runner rejects bad batches without corrupting its state", "[gpu]
   ScheduledChunk too_many{big, big_table, 0, 100, true};
   CHECK_THROWS_AS(gpu->forward(build_forward_batch({&too_many, 1}, 16), logits),
                   std::invalid_argument);
+  // A context past max_position_embeddings (2048): a block table wider than any sequence
+  // the model allows is refused with the reason.
+  std::vector<int32_t> long_toks(2050, 7), wide_table(129, 0);
+  ScheduledChunk too_long{long_toks, wide_table, 2048, 1, true};
+  CHECK_THROWS_WITH(gpu->forward(build_forward_batch({&too_long, 1}, 16), logits),
+                    Catch::Contains("context too long"));
   gpu->forward(build_forward_batch({&c, 1}, 16), logits);  // still works
   CHECK(logits.size() == 4096);
   for (float v : logits) REQUIRE(std::isfinite(v));
