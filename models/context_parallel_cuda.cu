@@ -1,6 +1,5 @@
 // Building context-parallel CUDA runners: communicators (NCCL or simulated ranks on one GPU),
 // one LlamaCuda runner per rank, and the ContextParallelRunner / followers that drive them.
-#include <chrono>
 #include <stdexcept>
 #include <string>
 
@@ -26,13 +25,6 @@ CpBackend parse_cp_backend(const std::string& name) {
                               "' (expected nccl or local)");
 }
 
-namespace {
-
-// A serving rank waits for the leader's next step for as long as the server is idle.
-constexpr std::chrono::milliseconds kIdleForever = std::chrono::hours(24 * 365);
-
-}  // namespace
-
 std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
     const std::filesystem::path& model_dir, const CudaRunnerOptions& options,
     const CudaContextParallelOptions& cp) {
@@ -50,7 +42,7 @@ std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
   if (cp.backend == CpBackend::local) {
     if (cp.nnodes != 1) throw std::invalid_argument("the local backend runs on one node");
     comm::LocalGroupOptions lo;
-    lo.timeout = kIdleForever;
+    lo.timeout = kRankIdleTimeout;
     comms = comm::make_local_gpu_group(cp.size, options.device, lo);
     devices.assign(size_t(cp.size), options.device);
   } else {
@@ -74,7 +66,7 @@ std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
     if (cp.node_rank == 0) id = comm::nccl_unique_id();
     id = comm::NcclUniqueId::from_bytes(comm::rendezvous_broadcast(ro, id.to_bytes()));
     comm::NcclOptions no;
-    no.timeout = kIdleForever;
+    no.timeout = kRankIdleTimeout;
     comms = comm::make_nccl_communicators(id, cp.size, cp.node_rank * local_ranks, devices, no);
   }
 

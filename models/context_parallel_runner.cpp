@@ -1,7 +1,6 @@
 #include "models/context_parallel_runner.h"
 
 #include <algorithm>
-#include <chrono>
 #include <stdexcept>
 
 #include <spdlog/spdlog.h>
@@ -54,6 +53,20 @@ void finish_rank(std::unique_ptr<comm::Communicator>& c, std::unique_ptr<ModelRu
   if (c && c->name() == "nccl") c.reset();
 }
 
+// One thread per rank from `first` on: follow the leader's steps, then finish the rank.
+void start_following(std::vector<std::thread>& threads,
+                     std::vector<std::unique_ptr<comm::Communicator>>& comms,
+                     std::vector<std::unique_ptr<ModelRunner>>& ranks, size_t first,
+                     const RankThreadInit& thread_init) {
+  for (size_t i = first; i < ranks.size(); ++i) {
+    threads.emplace_back([&comms, &ranks, i, thread_init] {
+      if (thread_init) thread_init(int(i));
+      follow(*comms[i], *ranks[i]);
+      finish_rank(comms[i], ranks[i]);
+    });
+  }
+}
+
 void check_ranks(const std::vector<std::unique_ptr<comm::Communicator>>& comms,
                  const std::vector<std::unique_ptr<ModelRunner>>& ranks) {
   if (comms.empty() || comms.size() != ranks.size())
@@ -75,13 +88,7 @@ ContextParallelRunner::ContextParallelRunner(std::vector<std::unique_ptr<comm::C
     spdlog::info("context-parallel rank {} of {}: {} on {}, {} KV blocks", comms_[i]->rank(),
                  comms_[i]->size(), comms_[i]->name(), ranks_[i]->device_name(),
                  ranks_[i]->num_kv_blocks());
-  for (size_t i = 1; i < ranks_.size(); ++i) {
-    threads_.emplace_back([this, i, thread_init] {
-      if (thread_init) thread_init(int(i));
-      follow(*comms_[i], *ranks_[i]);
-      finish_rank(comms_[i], ranks_[i]);
-    });
-  }
+  start_following(threads_, comms_, ranks_, 1, thread_init);
 }
 
 ContextParallelRunner::~ContextParallelRunner() {
@@ -120,9 +127,8 @@ void ContextParallelRunner::forward_greedy(const ForwardBatch& batch, std::vecto
 std::unique_ptr<ContextParallelRunner> make_cpu_context_parallel_runner(
     const LlamaCpu& model, int cp_size, int num_kv_blocks, int block_size, CpCombine combine) {
   if (cp_size < 1) throw std::invalid_argument("context parallel size must be at least 1");
-  // Serving ranks wait for the leader's next step for as long as the server is idle.
   comm::LocalGroupOptions options;
-  options.timeout = std::chrono::hours(24 * 365);
+  options.timeout = kRankIdleTimeout;
   std::vector<std::unique_ptr<comm::Communicator>> comms =
       comm::make_local_cpu_group(cp_size, options);
   std::vector<std::unique_ptr<ModelRunner>> ranks;
@@ -142,13 +148,7 @@ ContextParallelFollowers::ContextParallelFollowers(
     std::vector<std::unique_ptr<ModelRunner>> ranks, RankThreadInit thread_init)
     : comms_(std::move(comms)), ranks_(std::move(ranks)) {
   check_ranks(comms_, ranks_);
-  for (size_t i = 0; i < ranks_.size(); ++i) {
-    threads_.emplace_back([this, i, thread_init] {
-      if (thread_init) thread_init(int(i));
-      follow(*comms_[i], *ranks_[i]);
-      finish_rank(comms_[i], ranks_[i]);
-    });
-  }
+  start_following(threads_, comms_, ranks_, 0, thread_init);
 }
 
 ContextParallelFollowers::~ContextParallelFollowers() {

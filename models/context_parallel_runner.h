@@ -8,6 +8,7 @@
 // broadcasts until the leader stops.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -18,6 +19,9 @@
 #include "models/model_runner.h"
 
 namespace arbor {
+
+// How long a serving rank waits for the leader's next step: for as long as the server is idle.
+inline constexpr std::chrono::milliseconds kRankIdleTimeout = std::chrono::hours(24 * 365);
 
 // Called first on each rank's thread (e.g. cudaSetDevice for that rank's GPU).
 using RankThreadInit = std::function<void(int local_index)>;
