@@ -21,25 +21,10 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bandwidth.h"
+#include "bench/int_list.h"
 #include "bench/model_bytes.h"
 #include "engine/batch_builder.h"
 #include "models/llama_cuda.h"
-
-namespace {
-
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> out;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    size_t comma = s.find(',', pos);
-    if (comma == std::string::npos) comma = s.size();
-    out.push_back(std::stoi(s.substr(pos, comma - pos)));
-    pos = comma + 1;
-  }
-  return out;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"arbor decode benchmark (CUDA, dummy weights)"};
@@ -62,7 +47,8 @@ int main(int argc, char** argv) {
                  "command printing JSON lines {batch, context, tok_s, impl} for the same shapes, "
                  "e.g. \"python3 tools/bench_hf_decode.py\"; run first, same GPU");
   CLI11_PARSE(app, argc, argv);
-  const std::vector<int> bs = parse_list(batches), cs = parse_list(contexts);
+  const std::vector<int> bs = arbor::bench::parse_int_list(batches),
+                         cs = arbor::bench::parse_int_list(contexts);
   const int max_b = *std::max_element(bs.begin(), bs.end());
 
   // The peer runs first, alone on the GPU; its numbers join the table.

@@ -15,11 +15,11 @@
 #include <cstring>
 #include <numeric>
 #include <random>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bench/int_list.h"
 #include "kernels/cuda/bf16.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_buffer.h"
@@ -58,13 +58,6 @@ struct Options {
   double peak_tflops = 989.0;
 };
 
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) v.push_back(std::stoi(item));
-  return v;
-}
-
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -79,7 +72,7 @@ Options parse(int argc, char** argv) {
     if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
     const std::string val = argv[++i];
     if (arg == "--lens")
-      o.lens = parse_list(val);
+      o.lens = arbor::bench::parse_int_list(val);
     else if (arg == "--prefix")
       o.prefix = std::stoi(val);
     else if (arg == "--batch")

@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "bench/bandwidth.h"
+#include "bench/int_list.h"
 #include "bench/model_bytes.h"
 #include "engine/batch_builder.h"
 #include "engine/comm/local_gpu_communicator.h"
@@ -307,18 +308,6 @@ double decode_step_ms(arbor::ModelRunner& runner, int ctx, int steps) {
   return total / steps * 1e3;
 }
 
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  size_t at = 0;
-  while (at < s.size()) {
-    const size_t comma = s.find(',', at);
-    v.push_back(std::stoi(s.substr(at, comma - at)));
-    if (comma == std::string::npos) break;
-    at = comma + 1;
-  }
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -387,14 +376,15 @@ int main(int argc, char** argv) {
     arbor::comm::Group group = arbor::comm::make_nccl_group(devices);
     combine_row(group, "nccl", p);
   }
-  for (int p : parse_list(sim_ranks)) {
+  for (int p : arbor::bench::parse_int_list(sim_ranks)) {
     arbor::comm::Group group = arbor::comm::make_local_gpu_group(p, 0);
     combine_row(group, "local-gpu (host-synchronized)", p);
   }
 
   // ---- 2. Flash-decoding over one rank's shard.
   std::map<int, double> attn;  // local context → µs per layer
-  std::vector<int> totals = parse_list(contexts), ps = parse_list(ranks);
+  std::vector<int> totals = arbor::bench::parse_int_list(contexts),
+                   ps = arbor::bench::parse_int_list(ranks);
   for (int L : totals)
     for (int p : ps)
       if (L / p <= max_local_context) attn[L / p] = 0;
@@ -414,7 +404,7 @@ int main(int argc, char** argv) {
   o.dummy_weights = true;
   o.max_num_seqs = 1;
   o.max_batch_tokens = 8192;
-  const std::vector<int> e2e = parse_list(e2e_contexts);
+  const std::vector<int> e2e = arbor::bench::parse_int_list(e2e_contexts);
   double plain_short = 0;
   {
     o.num_kv_blocks = (1024 + 4096) / o.block_size;
@@ -457,28 +447,25 @@ int main(int argc, char** argv) {
     arbor::CudaRunnerOptions po = o;
     po.num_kv_blocks = (ctx + 4096) / po.block_size;
     e2e_row("plain", ctx, 1, [&] { return arbor::make_cuda_runner(model, po); });
+    auto cp_row = [&](arbor::CpBackend backend, arbor::CpCombine strategy, int p) {
+      arbor::CudaContextParallelOptions cp;
+      cp.size = p;
+      cp.backend = backend;
+      cp.combine = strategy;
+      arbor::CudaRunnerOptions ro = o;
+      ro.num_kv_blocks = (ctx / p + 4096) / ro.block_size;
+      const std::string label = std::string("context-parallel ") + arbor::to_string(backend) +
+                                " p=" + std::to_string(p) + " " + arbor::to_string(strategy);
+      e2e_row(label, ctx, p,
+              [&] { return arbor::make_cuda_context_parallel_runner(model, ro, cp); });
+    };
+    // The overheads (NCCL with one rank, all-reduce, simulated ranks) at the first context
+    // only; after it, all-gather over 2.. GPUs.
+    const bool first = i == 0;
     for (auto strategy : {arbor::CpCombine::allgather, arbor::CpCombine::allreduce}) {
-      for (auto backend : {arbor::CpBackend::nccl, arbor::CpBackend::local}) {
-        for (int p = 1; p <= std::max(2, gpus); p *= 2) {
-          if (backend == arbor::CpBackend::nccl && p > gpus) continue;
-          // Overheads (p = 1, all-reduce, simulated ranks) at the first context only.
-          const bool first = i == 0;
-          if (!first && (p == 1 || strategy != arbor::CpCombine::allgather ||
-                         backend == arbor::CpBackend::local))
-            continue;
-          if (backend == arbor::CpBackend::local && p != 2) continue;
-          arbor::CudaContextParallelOptions cp;
-          cp.size = p;
-          cp.backend = backend;
-          cp.combine = strategy;
-          arbor::CudaRunnerOptions ro = o;
-          ro.num_kv_blocks = (ctx / p + 4096) / ro.block_size;
-          const std::string label = std::string("context-parallel ") + arbor::to_string(backend) +
-                                    " p=" + std::to_string(p) + " " + arbor::to_string(strategy);
-          e2e_row(label, ctx, p,
-                  [&] { return arbor::make_cuda_context_parallel_runner(model, ro, cp); });
-        }
-      }
+      if (!first && strategy != arbor::CpCombine::allgather) continue;
+      for (int p = first ? 1 : 2; p <= gpus; p *= 2) cp_row(arbor::CpBackend::nccl, strategy, p);
+      if (first) cp_row(arbor::CpBackend::local, strategy, 2);
     }
   }
 
