@@ -15,6 +15,7 @@
 #     3 alone, with a WORDS-word document (about one Llama-3 token per word)
 # Logs go to $OUT.
 set -uo pipefail
+source "$(dirname "$0")/device_serve.sh"
 mode=${1:-checks}
 b=$PWD/.device/b2
 lib=$b/lib:/usr/local/cuda/lib64
@@ -33,38 +34,6 @@ json.dump(c, open(sys.argv[1] + "/config.json", "w"))
 PY
 cp tests/fixtures/tokenizers/llama3/tokenizer.json tests/fixtures/tokenizers/llama3/tokenizer_config.json $m/
 
-wait_health() {  # port, seconds
-  for _ in $(seq "$2"); do
-    curl -sf "localhost:$1/health" >/dev/null && return 0
-    sleep 1
-  done
-  return 1
-}
-# Streams one request; every line stamped with its arrival time, so the time to the first
-# token and the decode rate come from the client's side.
-ask() {  # port, body, label, seconds at most
-  local t0
-  t0=$(date +%s.%N)
-  curl -sN --max-time "$4" "localhost:$1/v1/completions" -H 'Content-Type: application/json' -d @"$2" |
-    while IFS= read -r line; do [[ -n $line ]] && echo "$(date +%s.%N) $line"; done \
-      >"$OUT/stream_$3.txt"
-  python3 - "$OUT/stream_$3.txt" "$t0" "$3" <<'PY'
-import json, sys
-lines = [l.split(" ", 1) for l in open(sys.argv[1])]
-t0 = float(sys.argv[2])
-chunks = [(float(t), json.loads(d[6:])) for t, d in lines if d.startswith("data: {")]
-text = [(t, c) for t, c in chunks if c.get("choices") and c["choices"][0].get("text")]
-usage = [c["usage"] for _, c in chunks if c.get("usage")]
-if not text:
-    print(f"-- {sys.argv[3]}: no tokens streamed; last lines:", lines[-3:])
-    sys.exit()
-ttft, last = text[0][0] - t0, text[-1][0]
-rate = (len(text) - 1) / (last - text[0][0]) if len(text) > 1 else 0
-print(f"-- {sys.argv[3]}: {len(text)} text chunks, TTFT {ttft:.1f} s, decode {rate:.1f} tok/s "
-      f"(client side), usage {usage[-1] if usage else None}")
-print("   text:", repr("".join(c["choices"][0]["text"] for _, c in text)[:80]))
-PY
-}
 serve_one_process() {  # words, label, seconds to wait for the answer
   python3 tools/long_document_request.py "$1" >/tmp/doc_$2.json
   LD_LIBRARY_PATH=$lib "$b/bin/arbor" serve --port 18200 --model $m --load-format dummy \
@@ -72,10 +41,7 @@ serve_one_process() {  # words, label, seconds to wait for the answer
     >"$OUT/serve_$2.log" 2>&1 &
   local pid=$!
   wait_health 18200 300 && ask 18200 /tmp/doc_$2.json "$2" "$3"
-  kill -TERM $pid
-  timeout 60 tail --pid=$pid -f /dev/null || { echo "!! server still running 60 s after SIGTERM"; kill -KILL $pid; }
-  wait $pid
-  echo "exit $?"
+  stop_server $pid server
   grep -E "context-parallel rank|serving|error|shut" "$OUT/serve_$2.log" | tail -6
 }
 
@@ -108,13 +74,8 @@ for node in 0 1; do
   eval "pid$node=\$!"
 done
 wait_health 18300 300 && ask 18300 /tmp/mid.json two_nodes 120
-kill -TERM "$pid0"
-for node in 0 1; do
-  pid=$(eval echo "\$pid$node")
-  timeout 60 tail --pid="$pid" -f /dev/null || { echo "!! node $node still running 60 s after SIGTERM"; kill -KILL "$pid"; }
-  wait "$pid"
-  echo "node $node exit $?"
-done
+stop_server "$pid0" "node 0"
+await_exit "$pid1" "node 1"  # it stops on its own when the leader does
 grep -hE "context-parallel rank|serving|error|leader|NET/Socket|via NET" \
   "$OUT/serve_node0.log" "$OUT/serve_node1.log" | sort -u | tail -12
 

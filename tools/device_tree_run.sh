@@ -7,6 +7,7 @@
 #      simulated ranks on one GPU with a dummy Llama-3.1-8B and a long document via curl -N
 # Usage: tools/device_tree_run.sh [PROMPT_WORDS]
 set -uo pipefail
+source "$(dirname "$0")/device_serve.sh"
 b=$PWD/.device/bundle
 lib=$b/lib:/usr/local/cuda/lib64
 export ARBOR_SOURCE_DIR=$PWD
@@ -24,17 +25,8 @@ serve_and_ask() {  # port, json file, label, arbor args...
   shift 3
   LD_LIBRARY_PATH=$lib "$b/bin/arbor" serve --port "$port" "$@" >"$OUT/serve_$label.log" 2>&1 &
   local pid=$!
-  for _ in $(seq 240); do
-    curl -sf "localhost:$port/health" >/dev/null && break
-    sleep 1
-  done
-  curl -sN "localhost:$port/v1/completions" -H 'Content-Type: application/json' -d @"$body" \
-    >"$OUT/stream_$label.txt"
-  echo "-- $label: $(grep -c '^data: {' "$OUT/stream_$label.txt") chunks, last:"
-  tail -c 300 "$OUT/stream_$label.txt"
-  kill -TERM $pid
-  wait $pid
-  echo "exit $?"
+  wait_health "$port" 240 && ask "$port" "$body" "$label" 300
+  stop_server $pid server
   grep -E "context-parallel|serving|tok/s|finished|error" "$OUT/serve_$label.log" | tail -8
 }
 echo "== arbor serve --context-parallel 1 --cp-backend nccl (demo model)"
