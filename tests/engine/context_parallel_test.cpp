@@ -17,7 +17,7 @@
 namespace arbor {
 namespace {
 
-using test::CollectSink;
+using test::run_checked;
 
 const LlamaCpu& tiny_model() {
   static const LlamaCpu m = LlamaCpu::load(test::fixtures_dir() / "models" / "tiny-llama");
@@ -82,13 +82,7 @@ Request greedy(std::vector<int32_t> prompt, int max_tokens) {
 std::vector<std::vector<int32_t>> run(ModelRunner& runner, const std::vector<Request>& reqs,
                                       EngineConfig options) {
   Engine engine(runner, tiny_tokenizer(), options);
-  std::vector<std::shared_ptr<CollectSink>> sinks;
-  for (Request r : reqs) {
-    sinks.push_back(std::make_shared<CollectSink>());
-    r.sink = sinks.back();
-    engine.add_request(r);
-  }
-  while (engine.step()) engine.check_invariants();
+  const auto sinks = run_checked(engine, reqs);
   REQUIRE(engine.stats().kv.used_blocks == 0);
   std::vector<std::vector<int32_t>> out;
   for (auto& s : sinks) out.push_back(s->tokens());

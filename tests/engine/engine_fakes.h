@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
 #include "engine/request.h"
 #include "models/model_runner.h"
 #include "tokenizer/tokenizer.h"
@@ -202,5 +204,19 @@ class CollectSink : public RequestSink {
   mutable std::mutex mu_;
   std::condition_variable cv_;
 };
+
+// Adds every request with a sink of its own, steps the engine until it has nothing left,
+// checking its invariants after every step; returns the sinks in request order.
+inline std::vector<std::shared_ptr<CollectSink>> run_checked(Engine& engine,
+                                                             std::vector<Request> reqs) {
+  std::vector<std::shared_ptr<CollectSink>> sinks;
+  for (Request& r : reqs) {
+    sinks.push_back(std::make_shared<CollectSink>());
+    r.sink = sinks.back();
+    engine.add_request(r);
+  }
+  while (engine.step()) engine.check_invariants();
+  return sinks;
+}
 
 }  // namespace arbor::test

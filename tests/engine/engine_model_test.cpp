@@ -15,6 +15,7 @@ namespace arbor {
 namespace {
 
 using test::CollectSink;
+using test::run_checked;
 
 struct TinyModel {
   TinyModel()
@@ -88,13 +89,7 @@ TEST_CASE("engine (tiny-llama): greedy output alone = inside a preempting batch"
   for (bool caching : {false, true}) {
     CpuModelRunner runner(tiny().model, 20, 4);
     Engine engine(runner, *tiny().tokenizer, {8, 6, caching});
-    std::vector<std::shared_ptr<CollectSink>> sinks;
-    for (Request r : reqs) {
-      sinks.push_back(std::make_shared<CollectSink>());
-      r.sink = sinks.back();
-      engine.add_request(r);
-    }
-    while (engine.step()) engine.check_invariants();
+    const auto sinks = run_checked(engine, reqs);
     const EngineStats s = engine.stats();
     CHECK(s.preemptions_total > 0);
     CHECK(s.kv.used_blocks == 0);
