@@ -57,12 +57,12 @@ TEST_CASE("rendezvous: node 0 hands its blob to every node (nnodes 1..4)", "[com
   std::vector<std::thread> clients;
   for (int k = 1; k < nnodes; ++k)
     clients.emplace_back([&, k] {
-      RendezvousOptions o;
-      o.nnodes = nnodes;
-      o.node_rank = k;
-      o.master_addr = k % 2 ? "127.0.0.1" : "localhost";  // an address and a host name
-      o.master_port = server.port();
-      o.timeout = 10s;
+      const RendezvousOptions o{.nnodes = nnodes,
+                                .node_rank = k,
+                                // an address and a host name
+                                .master_addr = k % 2 ? "127.0.0.1" : "localhost",
+                                .master_port = server.port(),
+                                .timeout = 10s};
       try {
         results[size_t(k)].got = rendezvous_receive(o);
       } catch (const std::exception& e) {
@@ -91,11 +91,8 @@ TEST_CASE("rendezvous: clients started before the server retry until it listens"
   std::vector<std::thread> threads;
   for (int k = 1; k < nnodes; ++k)
     threads.emplace_back([&, k] {
-      RendezvousOptions o;
-      o.nnodes = nnodes;
-      o.node_rank = k;
-      o.master_port = port;
-      o.timeout = 20s;
+      const RendezvousOptions o{
+          .nnodes = nnodes, .node_rank = k, .master_port = port, .timeout = 20s};
       try {
         results[size_t(k)].got = rendezvous_broadcast(o, {});
       } catch (const std::exception& e) {
@@ -103,11 +100,7 @@ TEST_CASE("rendezvous: clients started before the server retry until it listens"
       }
     });
   std::this_thread::sleep_for(300ms);  // the clients have been refused a few times by now
-  RendezvousOptions o0;
-  o0.nnodes = nnodes;
-  o0.node_rank = 0;
-  o0.master_port = port;
-  o0.timeout = 20s;
+  const RendezvousOptions o0{.nnodes = nnodes, .node_rank = 0, .master_port = port, .timeout = 20s};
   std::vector<uint8_t> got0;
   std::string error0;
   try {
@@ -126,12 +119,11 @@ TEST_CASE("rendezvous: clients started before the server retry until it listens"
 
 TEST_CASE("rendezvous: a client with no server times out naming addr:port", "[comm]") {
   const int port = free_port();
-  RendezvousOptions o;
-  o.nnodes = 2;
-  o.node_rank = 1;
-  o.master_addr = "127.0.0.1";
-  o.master_port = port;
-  o.timeout = 300ms;
+  const RendezvousOptions o{.nnodes = 2,
+                            .node_rank = 1,
+                            .master_addr = "127.0.0.1",
+                            .master_port = port,
+                            .timeout = 300ms};
   const auto start = std::chrono::steady_clock::now();
   CHECK_THROWS_WITH(rendezvous_receive(o), Catch::Contains("127.0.0.1:" + std::to_string(port)) &&
                                                Catch::Contains("could not connect within 300 ms") &&
@@ -140,12 +132,11 @@ TEST_CASE("rendezvous: a client with no server times out naming addr:port", "[co
 }
 
 TEST_CASE("rendezvous: an unresolvable host name fails with the resolver's error", "[comm]") {
-  RendezvousOptions o;
-  o.nnodes = 2;
-  o.node_rank = 1;
-  o.master_addr = "no-such-host.invalid";
-  o.master_port = 29500;
-  o.timeout = 200ms;
+  const RendezvousOptions o{.nnodes = 2,
+                            .node_rank = 1,
+                            .master_addr = "no-such-host.invalid",
+                            .master_port = 29500,
+                            .timeout = 200ms};
   CHECK_THROWS_WITH(rendezvous_receive(o), Catch::Contains("no-such-host.invalid:29500") &&
                                                Catch::Contains("cannot resolve host"));
 }
@@ -153,11 +144,8 @@ TEST_CASE("rendezvous: an unresolvable host name fails with the resolver's error
 TEST_CASE("rendezvous: the server times out naming the missing nodes", "[comm]") {
   RendezvousServer server(3, 0, 500ms);
   std::thread client([&] {
-    RendezvousOptions o;
-    o.nnodes = 3;
-    o.node_rank = 1;
-    o.master_port = server.port();
-    o.timeout = 2s;
+    const RendezvousOptions o{
+        .nnodes = 3, .node_rank = 1, .master_port = server.port(), .timeout = 2s};
     try {
       rendezvous_receive(o);
     } catch (const std::exception&) {  // the server gives up, closing the connection
@@ -173,11 +161,8 @@ TEST_CASE("rendezvous: a node with another nnodes is refused on both sides", "[c
   RendezvousServer server(2, 0, 5s);
   std::string client_error;
   std::thread client([&] {
-    RendezvousOptions o;
-    o.nnodes = 3;
-    o.node_rank = 1;
-    o.master_port = server.port();
-    o.timeout = 5s;
+    const RendezvousOptions o{
+        .nnodes = 3, .node_rank = 1, .master_port = server.port(), .timeout = 5s};
     try {
       rendezvous_receive(o);
     } catch (const std::exception& e) {
@@ -206,11 +191,8 @@ TEST_CASE("rendezvous: a stray connection is ignored", "[comm]") {
   stray.join();
   std::vector<uint8_t> got;
   std::thread client([&] {
-    RendezvousOptions o;
-    o.nnodes = 2;
-    o.node_rank = 1;
-    o.master_port = server.port();
-    o.timeout = 5s;
+    const RendezvousOptions o{
+        .nnodes = 2, .node_rank = 1, .master_port = server.port(), .timeout = 5s};
     got = rendezvous_receive(o);
   });
   server.serve(blob(16));
