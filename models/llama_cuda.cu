@@ -345,6 +345,8 @@ cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_c
   a.out = attn_.data();
   a.cp_size = cp_size_;
   a.cp_rank = cp_rank_;
+  // Launched right after rope_kv_write, which writes only q and each sequence's last K/V row.
+  a.overlap_previous_kernel = true;
   if (opt_.cp.enabled()) {
     a.out_f32 = combine_.partial_out();
     a.lse = combine_.partial_lse();

@@ -6,14 +6,22 @@
 //      sequence really uses comes from its device-side length (splits_used below), so one
 //      plan and one captured graph serve every length up to the planned maximum; split
 //      blocks past that count exit at once.
-//   2. Inside a block each warp walks its own tokens with no block-level barrier: a lane owns
-//      8 consecutive head-dim values (one 16-byte load) of one token row, so a warp loads
-//      32 / (head_dim / 8) rows per instruction, fully coalesced, and issues kRowGroups of
-//      those K and V loads before using any. The query heads of the KV group live in
-//      registers (pre-multiplied by scale·log2 e), so each K/V byte is read once for all of
-//      them. Scores are summed across the lanes of a row with xor shuffles; the softmax is
-//      online (running max per head, base 2), accumulated in fp32.
-//   3. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
+//   2. Prologue, for splits short enough (the plan decides, see prologue_tiles below): the
+//      whole split is requested as bulk copies into shared memory (kernels/cuda/bulk_copy.cuh),
+//      one per cache page, each tile completing on its own mbarrier. With
+//      overlap_previous_kernel this happens before griddepcontrol.wait, while the previous
+//      kernel (RoPE + KV write) still runs, so a short context is on chip when q arrives; the
+//      one row that kernel may be writing (each sequence's last) is read again after the wait.
+//   3. Otherwise (and for any tokens past the prologue) each warp walks its own tokens with no
+//   block-level barrier,
+//      kRowGroups K and V loads per lane in flight before any is used. A lane owns 8
+//      consecutive head-dim values (one 16-byte load) of one token row, so a warp reads
+//      32 / (head_dim / 8) rows per instruction, fully coalesced. Both phases feed the same
+//      step (accumulate): the query heads of the KV group live in registers (pre-multiplied
+//      by scale·log2 e), so each K/V byte is read once for all of them; scores are summed
+//      across the lanes of a row with xor shuffles; the softmax is online (running max per
+//      head, base 2), accumulated in fp32.
+//   4. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
 //      uses one split writes its output directly; otherwise each split writes its partial
 //      (m, l, unnormalized o) to the workspace, fences, and bumps an atomic counter per
 //      (sequence, kv head). The block that arrives last merges all partials, writes the
@@ -26,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/load.cuh"
 #include "kernels/cuda/pdl.h"
@@ -45,6 +54,12 @@ constexpr int kMinTokensPerSplit = 128;
 // of 4 took 4-5% off batch-1 decode attention (H100: 8.61 -> 8.27 us at 1k, 57.5 -> 55.8 at
 // 32k); 16 helped batch 1 as much but cost batch 8 up to 6% (bench/RESULTS.md).
 constexpr int kMergeUnroll = 8;
+// Shared memory for a split streamed whole into the prologue (plan_decode_attention).
+constexpr int kMaxPrologueBytes = 64 * 1024;
+// Shared memory of one Hopper SM, and what a resident block costs beyond its dynamic part
+// (1 KiB reserved by the hardware, under 1 KiB of static variables).
+constexpr int kSmemPerSm = 228 * 1024;
+constexpr int kSmemPerBlockExtra = 2 * 1024;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -52,26 +67,36 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <int D, int G>
 struct Tile {
   static constexpr int kLanesPerRow = D / 8;              // 16 bytes = 8 bf16 per lane
-  static constexpr int kRowsPerWarp = 32 / kLanesPerRow;  // token rows per warp-wide load
-  // K and V loads in flight per lane before the first use (2 · kRowGroups · 16 bytes).
+  static constexpr int kRowsPerWarp = 32 / kLanesPerRow;  // token rows per warp-wide read
+  // K and V rows per lane per step (register loads in flight: 2 · kRowGroups · 16 bytes).
   static constexpr int kRowGroups = G <= 2 ? 8 : 4;
   static constexpr int kTokensPerWarpIter = kRowsPerWarp * kRowGroups;
-  static constexpr int kTokensPerBlockIter = kTokensPerWarpIter * kWarps;
+  static constexpr int kTileTokens = kTokensPerWarpIter * kWarps;  // one step of the block
+  static constexpr int kTileBytes = kTileTokens * D * 2;           // K or V of a tile
+  // Most tiles a prologue holds (bulk copies into shared memory).
+  static constexpr int kMaxPrologueTiles = kMaxPrologueBytes / (2 * kTileBytes);
+  static_assert(kMaxPrologueTiles >= 1, "a prologue holds at least one tile");
+  // The warps' partials (o, m, l) at the end, in the same dynamic shared memory.
+  static constexpr int kMergeBytes = kWarps * G * (D + 2) * 4;
   // Resident blocks per SM the register budget is set for (__launch_bounds__: 128 registers
-  // at 4 blocks, 255 at 2); the plan sizes one wave of blocks with it. G = 8 holds 64 query
-  // and 64 accumulator registers per lane, so it gets the larger budget.
-  static constexpr int kMinBlocksPerSm = G == 8 ? 2 : 4;
+  // at 4 blocks, 255 at 2); the plan sizes one wave with it. G = 8 holds 64 query and 64
+  // accumulator registers per lane, so it gets the larger budget. Shared memory allows more.
+  static constexpr int kBlocksPerSm = G == 8 ? 2 : 4;
 };
 
 // Runtime view of Tile<D, G>, for the host-side plan.
 struct TileInfo {
-  int tokens_per_block_iter;
+  int tile_tokens;
+  int tile_kv_bytes;  // K and V of one tile
+  int max_prologue_tiles;
+  int merge_bytes;
   int blocks_per_sm;
 };
 
 template <int D, int G>
 constexpr TileInfo tile_info() {
-  return {Tile<D, G>::kTokensPerBlockIter, Tile<D, G>::kMinBlocksPerSm};
+  using T = Tile<D, G>;
+  return {T::kTileTokens, 2 * T::kTileBytes, T::kMaxPrologueTiles, T::kMergeBytes, T::kBlocksPerSm};
 }
 
 TileInfo tile_info(int head_dim, int group) {
@@ -106,8 +131,10 @@ struct KernelArgs {
   int block_shift;  // log2(block_size)
   int cp_size;      // context parallelism: attend to this rank's share (kernels/paged_kv.h)
   int cp_rank;
-  int num_splits;    // plan.num_splits = gridDim.x
-  float scale_log2;  // scale * log2(e): scores are kept in base 2
+  int num_splits;      // plan.num_splits = gridDim.x
+  int prologue_tiles;  // plan.prologue_tiles: a split's tiles streamed into shared memory
+  float scale_log2;    // scale * log2(e): scores are kept in base 2
+  bool overlap_previous_kernel;
 };
 
 __device__ __forceinline__ int ceil_div(int a, int b) {
@@ -121,11 +148,6 @@ __device__ __forceinline__ int splits_used(int len, int num_splits, int gran, in
   if (len <= 0) return 0;
   *chunk = ceil_div(ceil_div(len, num_splits), gran) * gran;
   return ceil_div(len, *chunk);
-}
-
-// 16 bytes of K or V, read once.
-__device__ __forceinline__ uint4 load_kv(const bf16* p) {
-  return load_stream16(p);
 }
 
 // 2^x; exactly 0 for x = -inf.
@@ -167,14 +189,127 @@ __device__ __forceinline__ void write_final(const KernelArgs& a, size_t row, int
   if (a.lse && d == 0) a.lse[row] = (m + log2f(l)) * kLn2;
 }
 
+// Requests the split's first `tiles` tiles (tokens from `begin`, up to `end`) into tile
+// buffers 0, 1, ..., each completing on its own barrier; run by all lanes of one warp. Tile
+// boundaries are multiples of kTileTokens and block sizes are powers of two, so a tile is
+// whole pages or lies inside one page: one copy per (page, K or V), of the rows that hold
+// tokens.
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
+__device__ __forceinline__ void request_tiles(const KernelArgs& a, const int32_t* table, int kvh,
+                                              int begin, int end, int tiles, bf16* buffers,
+                                              uint64_t* full, int lane) {
+  using T = Tile<D, G>;
+  const int to = min(end, begin + tiles * T::kTileTokens);
+  if (lane < tiles) {
+    const int t0 = begin + lane * T::kTileTokens;
+    const int rows = min(end, t0 + T::kTileTokens) - t0;
+    mbar_arrive_expect_tx(&full[lane], uint32_t(rows) * D * 2 * 2);
+  }
+  __syncwarp();
+  const int block_size = 1 << a.block_shift;
+  const int seg = min(block_size, T::kTileTokens);  // rows per copy at most
+  for (int tok = begin + lane * seg; tok < to; tok += 32 * seg) {
+    const int rows = min(seg, to - tok);
+    const int tile = (tok - begin) / T::kTileTokens;
+    const int row_in_tile = tok - begin - tile * T::kTileTokens;
+    const int64_t block = __ldg(table + (tok >> a.block_shift));
+    const int64_t elem =
+        (((block * a.num_kv_heads + kvh) << a.block_shift) + (tok & (block_size - 1))) * D;
+    bf16* k_dst = buffers + size_t(tile) * 2 * T::kTileTokens * D + size_t(row_in_tile) * D;
+    bf16* v_dst = k_dst + T::kTileTokens * D;
+    const uint32_t bytes = uint32_t(rows) * D * 2;
+    bulk_copy_to_shared(k_dst, a.k_cache + elem, bytes, &full[tile]);
+    bulk_copy_to_shared(v_dst, a.v_cache + elem, bytes, &full[tile]);
+  }
+}
+
+// One step of a warp: kRowGroups rows of K and V per lane (rows past the split's end are
+// zero with valid = false) folded into the warp's online softmax (m, l, o).
+template <int D, int G>
+__device__ __forceinline__ void accumulate(const float (&q)[G][8],
+                                           const uint4 (&kr)[Tile<D, G>::kRowGroups],
+                                           const uint4 (&vr)[Tile<D, G>::kRowGroups],
+                                           const bool (&valid)[Tile<D, G>::kRowGroups],
+                                           float (&m)[G], float (&l)[G], float (&o)[G][8]) {
+  using T = Tile<D, G>;
+  constexpr int kLanes = T::kLanesPerRow;
+  // Scores s = q·k (base 2) of every row and head, summed across the row's lanes.
+  float s[T::kRowGroups][G];
+#pragma unroll
+  for (int g = 0; g < T::kRowGroups; ++g) {
+    float kf[8];
+    unpack8(kr[g], kf);
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc = fmaf(q[h][i], kf[i], acc);
+      s[g][h] = acc;
+    }
+  }
+#pragma unroll
+  for (int off = kLanes / 2; off >= 1; off /= 2) {
+#pragma unroll
+    for (int g = 0; g < T::kRowGroups; ++g) {
+#pragma unroll
+      for (int h = 0; h < G; ++h) s[g][h] += __shfl_xor_sync(0xffffffffu, s[g][h], off);
+    }
+  }
+
+  // Online softmax: new max over this step's rows (across the warp), rescale, accumulate.
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int g = 0; g < T::kRowGroups; ++g) {
+      if (!valid[g]) s[g][h] = -INFINITY;
+      mx = fmaxf(mx, s[g][h]);
+    }
+#pragma unroll
+    for (int off = kLanes; off < 32; off *= 2) {
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    }
+    const float m_new = fmaxf(m[h], mx);
+    // Reference point for exp2; 0 when nothing was seen yet, so -inf - ref stays -inf.
+    const float ref = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = fast_exp2(m[h] - ref);
+    m[h] = m_new;
+    l[h] *= alpha;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[h][i] *= alpha;
+#pragma unroll
+    for (int g = 0; g < T::kRowGroups; ++g) s[g][h] = fast_exp2(s[g][h] - ref);  // p
+  }
+#pragma unroll
+  for (int g = 0; g < T::kRowGroups; ++g) {
+    float vf[8];
+    unpack8(vr[g], vf);
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      l[h] += s[g][h];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[h][i] = fmaf(s[g][h], vf[i], o[h][i]);
+    }
+  }
+}
+
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
-  pdl_wait();
-  pdl_launch_dependents();
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* tiles = reinterpret_cast<bf16*>(smem);  // [prologue tiles][K, V][kTileTokens][D]
+  __shared__ uint64_t full[T::kMaxPrologueTiles];
+  __shared__ __align__(16) bf16 s_fresh[2][D];  // K and V of the re-read last row
+  __shared__ int s_is_last;
+
+  // Without the overlap guarantee nothing is read before the previous kernel completes.
+  if (!a.overlap_previous_kernel) {
+    pdl_wait();
+    pdl_launch_dependents();
+  }
 
   const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -186,9 +321,10 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
   const int local_len = local_kv_len(a.context_lens[seq], a.cp_size, a.cp_rank, 1 << a.block_shift);
   const int len = max(0, min(local_len, a.max_blocks_per_seq << a.block_shift));
   int chunk = 0;
-  const int n_used = splits_used(len, a.num_splits, T::kTokensPerBlockIter, &chunk);
+  const int n_used = splits_used(len, a.num_splits, T::kTileTokens, &chunk);
   if (n_used == 0) {  // empty context: o = 0, lse = -inf, written by split 0 alone
     if (split == 0) {
+      pdl_wait();
       for (int e = threadIdx.x; e < kChunks; e += kThreads) {
         const size_t r = out_row0 + e / (D / 4);
         const int d = e % (D / 4) * 4;
@@ -202,14 +338,54 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
   if (split >= n_used) return;  // not counted by the merge: it waits for n_used arrivals
   const int begin = split * chunk;
   const int end = min(len, begin + chunk);
+  const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
+
+  // Prologue (when the plan gives one): the split's first tiles, normally all of them,
+  // stream into shared memory as bulk copies, requested (with overlap_previous_kernel)
+  // while the previous kernel still runs.
+  const int prologue_tiles = min(a.prologue_tiles, ceil_div(end - begin, T::kTileTokens));
+  if (a.prologue_tiles > 0) {  // the same for the whole block: the barrier below is uniform
+    if (threadIdx.x == 0) {
+      for (int t = 0; t < prologue_tiles; ++t) mbar_init(&full[t], 1);
+      fence_mbar_init();
+    }
+    __syncthreads();
+    if (warp == 0)
+      request_tiles<D, G>(a, table, kvh, begin, end, prologue_tiles, tiles, full, lane);
+  }
+
+  if (a.overlap_previous_kernel) {
+    pdl_wait();
+    pdl_launch_dependents();
+  }
 
   // This lane's 8 dims of each query head of the group, scaled so that q·k is in base 2.
   float q[G][8];
 #pragma unroll
   for (int h = 0; h < G; ++h) {
-    unpack8(*reinterpret_cast<const uint4*>(a.q + (out_row0 + h) * D + col * 8), q[h]);
+    unpack8(__ldcg(reinterpret_cast<const uint4*>(a.q + (out_row0 + h) * D + col * 8)), q[h]);
 #pragma unroll
     for (int i = 0; i < 8; ++i) q[h][i] *= a.scale_log2;
+  }
+  // The last row of the sequence may have been written by the previous kernel while the
+  // prologue's copies read it: when it lies in the prologue, it is read again, now, into
+  // s_fresh. Exactly the threads that will use each 16 bytes load them (no barrier needed).
+  const int prologue_end = begin + prologue_tiles * T::kTileTokens;
+  const int fresh_tok =
+      a.overlap_previous_kernel && end == len && len <= prologue_end ? len - 1 : -1;
+  if (fresh_tok >= 0) {
+    const int r = (fresh_tok - begin) % T::kTileTokens;
+    if (warp == r / T::kTokensPerWarpIter && row == r % T::kRowsPerWarp) {
+      const int64_t block = __ldg(table + (fresh_tok >> a.block_shift));
+      const int64_t elem = (((block * a.num_kv_heads + kvh) << a.block_shift) +
+                            (fresh_tok & ((1 << a.block_shift) - 1))) *
+                               D +
+                           col * 8;
+      *reinterpret_cast<uint4*>(&s_fresh[0][col * 8]) =
+          __ldcg(reinterpret_cast<const uint4*>(a.k_cache + elem));
+      *reinterpret_cast<uint4*>(&s_fresh[1][col * 8]) =
+          __ldcg(reinterpret_cast<const uint4*>(a.v_cache + elem));
+    }
   }
 
   // Per warp: running max m (the same in every lane), and per lane the sums over its rows.
@@ -222,86 +398,55 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
     for (int i = 0; i < 8; ++i) o[h][i] = 0.0f;
   }
 
-  const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
+  // The rest of the split first, while the prologue's tiles are still landing: register
+  // loads, kRowGroups K and V rows per lane issued before any is used. Within a tile (a
+  // step of the block) warp w takes rows [w, w + 1) · kTokensPerWarpIter. These loads start
+  // after the previous kernel has completed, so they read every row as it is now.
   const int offset_mask = (1 << a.block_shift) - 1;
-  // The loop condition depends only on the warp, so all lanes run every shuffle below.
-  for (int t0 = begin + warp * T::kTokensPerWarpIter; t0 < end; t0 += T::kTokensPerBlockIter) {
-    // Issue every K and V load of this step first. A row group's rows are consecutive and
-    // start at a multiple of kRowsPerWarp (<= block_size), so they share one cache block.
+  // The loop condition depends only on the warp, so all lanes run every shuffle.
+  for (int t0 = prologue_end + warp * T::kTokensPerWarpIter; t0 < end; t0 += T::kTileTokens) {
     uint4 kr[T::kRowGroups], vr[T::kRowGroups];
     bool valid[T::kRowGroups];
 #pragma unroll
     for (int g = 0; g < T::kRowGroups; ++g) {
+      // A row group's rows are consecutive and start at a multiple of kRowsPerWarp
+      // (<= block_size), so they share one cache block.
       const int tok = t0 + g * T::kRowsPerWarp + row;
       valid[g] = tok < end;
-      kr[g] = vr[g] = make_uint4(0, 0, 0, 0);  // masked rows: p = 0 times finite V
+      kr[g] = vr[g] = make_uint4(0, 0, 0, 0);
       if (valid[g]) {
         const int64_t block = __ldg(table + (tok >> a.block_shift));
         const int64_t elem =
             (((block * a.num_kv_heads + kvh) << a.block_shift) + (tok & offset_mask)) * D + col * 8;
-        kr[g] = load_kv(a.k_cache + elem);
-        vr[g] = load_kv(a.v_cache + elem);
+        kr[g] = load_stream16(a.k_cache + elem);
+        vr[g] = load_stream16(a.v_cache + elem);
       }
     }
+    accumulate<D, G>(q, kr, vr, valid, m, l, o);
+  }
 
-    // Scores s = q·k (base 2) of every row and head, summed across the row's lanes.
-    float s[T::kRowGroups][G];
+  // Then the prologue's tiles, from shared memory (the softmax state does not depend on the
+  // order in which tokens arrive, up to fp32 rounding).
+  for (int tile = 0; tile < prologue_tiles; ++tile) {
+    mbar_wait(&full[tile], 0);
+    const bf16* k_tile = tiles + size_t(tile) * 2 * T::kTileTokens * D;
+    const bf16* v_tile = k_tile + T::kTileTokens * D;
+    const int t0 = begin + tile * T::kTileTokens;
+    uint4 kr[T::kRowGroups], vr[T::kRowGroups];
+    bool valid[T::kRowGroups];
 #pragma unroll
     for (int g = 0; g < T::kRowGroups; ++g) {
-      float kf[8];
-      unpack8(kr[g], kf);
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc = fmaf(q[h][i], kf[i], acc);
-        s[g][h] = acc;
+      const int r = warp * T::kTokensPerWarpIter + g * T::kRowsPerWarp + row;
+      const int tok = t0 + r;
+      valid[g] = tok < end;
+      kr[g] = vr[g] = make_uint4(0, 0, 0, 0);  // rows past the end: p = 0 times finite V
+      if (valid[g]) {
+        const bool fresh = tok == fresh_tok;
+        kr[g] = *reinterpret_cast<const uint4*>((fresh ? s_fresh[0] : k_tile + r * D) + col * 8);
+        vr[g] = *reinterpret_cast<const uint4*>((fresh ? s_fresh[1] : v_tile + r * D) + col * 8);
       }
     }
-#pragma unroll
-    for (int off = kLanes / 2; off >= 1; off /= 2) {
-#pragma unroll
-      for (int g = 0; g < T::kRowGroups; ++g) {
-#pragma unroll
-        for (int h = 0; h < G; ++h) s[g][h] += __shfl_xor_sync(0xffffffffu, s[g][h], off);
-      }
-    }
-
-    // Online softmax: new max over this step's rows (across the warp), rescale, accumulate.
-#pragma unroll
-    for (int h = 0; h < G; ++h) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int g = 0; g < T::kRowGroups; ++g) {
-        if (!valid[g]) s[g][h] = -INFINITY;
-        mx = fmaxf(mx, s[g][h]);
-      }
-#pragma unroll
-      for (int off = kLanes; off < 32; off *= 2) {
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      }
-      const float m_new = fmaxf(m[h], mx);
-      // Reference point for exp2; 0 when nothing was seen yet, so -inf - ref stays -inf.
-      const float ref = m_new == -INFINITY ? 0.0f : m_new;
-      const float alpha = fast_exp2(m[h] - ref);
-      m[h] = m_new;
-      l[h] *= alpha;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) o[h][i] *= alpha;
-#pragma unroll
-      for (int g = 0; g < T::kRowGroups; ++g) s[g][h] = fast_exp2(s[g][h] - ref);  // p
-    }
-#pragma unroll
-    for (int g = 0; g < T::kRowGroups; ++g) {
-      float vf[8];
-      unpack8(vr[g], vf);
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        l[h] += s[g][h];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) o[h][i] = fmaf(s[g][h], vf[i], o[h][i]);
-      }
-    }
+    accumulate<D, G>(q, kr, vr, valid, m, l, o);
   }
 
   // Sum l and o over the warp's rows (all rows of a warp share m).
@@ -315,11 +460,12 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
     }
   }
 
-  // Merge the warps through shared memory. A warp with no tokens has m = -inf, l = o = 0.
-  __shared__ __align__(16) float s_o[kWarps][G][D];
-  __shared__ float s_m[kWarps][G];
-  __shared__ float s_l[kWarps][G];
-  __shared__ int s_is_last;
+  // Merge the warps through shared memory (the tile buffers, now that every tile has been
+  // consumed). A warp with no tokens has m = -inf, l = o = 0.
+  __syncthreads();
+  float(*s_o)[G][D] = reinterpret_cast<float(*)[G][D]>(smem);
+  float(*s_m)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4);
+  float(*s_l)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4 + kWarps * G * 4);
   if (row == 0) {
 #pragma unroll
     for (int h = 0; h < G; ++h) {
@@ -336,7 +482,6 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kMinBlocksPerSm)
     }
   }
   __syncthreads();
-
   const size_t pair = size_t(seq) * a.num_kv_heads + kvh;
   for (int e = threadIdx.x; e < kChunks; e += kThreads) {
     const int h = e / (D / 4), d = e % (D / 4) * 4;
@@ -469,11 +614,43 @@ bool aligned(const void* ptr, size_t bytes) {
 
 template <int D, int G>
 void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
-  launch_pdl(decode_attention_kernel<D, G>, grid, dim3(kThreads), 0, stream, args);
+  // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
+  // in, per device: set it on every launch (cheap, and not on the path of graph replays).
+  using T = Tile<D, G>;
+  const int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
+  if (smem > 48 * 1024 - kSmemPerBlockExtra) {
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, G>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  }
+  launch_pdl(decode_attention_kernel<D, G>, grid, dim3(kThreads), smem, stream, args);
   CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
+
+// A split streamed whole into shared memory takes the latency of its loads off the
+// critical path (they start before the previous kernel ends) but costs occupancy, which
+// long splits need to keep loads in flight: so the prologue is used only with
+// overlap_previous_kernel, when every split
+// of the longest planned context fits in it and the grid still fits one wave of blocks with
+// that shared memory. In practice: batch 1-2 with short contexts, the latency-bound launches
+// (bench/RESULTS.md: batch 1 at 1k 8.2 -> 6.4 us on an H100). 0: no prologue.
+int prologue_tiles(const DecodeAttentionParams& p, int num_splits, int num_sms) {
+  // Without the overlap there is nothing to hide the prologue behind, and it only costs
+  // (H100, batch 1 at 4k: 17.2 us with it, 14.3 without).
+  if (!p.overlap_previous_kernel || p.num_seqs <= 0 || p.max_context_len <= 0) return 0;
+  const TileInfo t = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
+  const int64_t len = p.max_context_len;
+  const int64_t per_split = (len + num_splits - 1) / num_splits;
+  const int64_t tiles = (per_split + t.tile_tokens - 1) / t.tile_tokens;
+  if (tiles > t.max_prologue_tiles) return 0;
+  const int64_t smem = std::max<int64_t>(tiles * t.tile_kv_bytes, t.merge_bytes);
+  const int64_t per_sm =
+      std::min<int64_t>(t.blocks_per_sm, kSmemPerSm / (smem + kSmemPerBlockExtra));
+  const int64_t splits_used = (len + tiles * t.tile_tokens - 1) / (tiles * t.tile_tokens);
+  const int64_t blocks = int64_t(p.num_seqs) * p.num_kv_heads * splits_used;
+  return blocks <= int64_t(num_sms) * per_sm ? int(tiles) : 0;
+}
 
 DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int num_sms,
                                           int force_splits) {
@@ -491,7 +668,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     const int64_t pairs = int64_t(p.num_seqs) * p.num_kv_heads;
     const int64_t len = p.max_context_len;
     // Splits that still get at least one block-iteration of tokens each.
-    const int64_t most = (len + t.tokens_per_block_iter - 1) / t.tokens_per_block_iter;
+    const int64_t most = (len + t.tile_tokens - 1) / t.tile_tokens;
     // One wave of resident blocks (no partial second wave), but not below
     // kMinTokensPerSplit tokens per split...
     const int64_t wave = std::max<int64_t>(1, int64_t(num_sms) * t.blocks_per_sm / pairs);
@@ -502,6 +679,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     s = std::clamp<int64_t>(s, 1, std::min<int64_t>(most, kMaxSplits));
     plan.num_splits = int(s);
   }
+  plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -509,6 +687,11 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
 void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
                       void* workspace, cudaStream_t stream) {
   check_shape(p);
+  const TileInfo tile = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
+  if (plan.prologue_tiles < 0 || plan.prologue_tiles > tile.max_prologue_tiles) {
+    fail("plan.prologue_tiles " + std::to_string(plan.prologue_tiles) + " is outside [0, " +
+         std::to_string(tile.max_prologue_tiles) + "] (plan made for other params?)");
+  }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +
          std::to_string(kMaxSplits) + "]");
@@ -552,9 +735,11 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   a.max_blocks_per_seq = p.max_blocks_per_seq;
   a.block_shift = __builtin_ctz(unsigned(p.block_size));
   a.num_splits = plan.num_splits;
+  a.prologue_tiles = plan.prologue_tiles;
   a.cp_size = p.cp_size;
   a.cp_rank = p.cp_rank;
   a.scale_log2 = p.scale * kLog2e;
+  a.overlap_previous_kernel = p.overlap_previous_kernel;
 
   const dim3 grid(unsigned(plan.num_splits), unsigned(p.num_kv_heads), unsigned(p.num_seqs));
   const int group = p.num_q_heads / p.num_kv_heads;

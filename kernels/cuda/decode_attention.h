@@ -41,6 +41,13 @@ struct DecodeAttentionParams {
   // serves every length up to this bound.
   int max_context_len = 0;
 
+  // Set when the kernel launched just before this one on the stream writes nothing this one
+  // reads except q and at most the last K/V row of each sequence's (local) context, i.e. it
+  // is the RoPE + KV write of the same step. Block tables, lengths and the earlier K/V rows
+  // are then fetched while that kernel still runs (programmatic dependent launch), and the
+  // last row is re-read once it has completed. Off: nothing is read before it completes.
+  bool overlap_previous_kernel = false;
+
   bf16* out = nullptr;  // [num_seqs][num_q_heads][head_dim], normalized attention output
 
   // Optional, for tree attention across GPUs (context parallel): when non-null, also the
@@ -51,7 +58,10 @@ struct DecodeAttentionParams {
 };
 
 struct DecodeAttentionPlan {
-  int num_splits = 1;          // upper bound on splits per sequence
+  int num_splits = 1;  // upper bound on splits per sequence
+  // Tiles of each split streamed whole into shared memory by bulk copies before the
+  // previous kernel ends (short contexts at small batch); 0 = register loads only.
+  int prologue_tiles = 0;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 

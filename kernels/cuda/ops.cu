@@ -272,8 +272,11 @@ void launch_rmsnorm(const char* op, const bf16* x, bf16* residual, const bf16* w
 
 template <int kVW>
 __global__ void rope_kv_write_kernel(RopeKvWriteParams p) {
-  pdl_wait();
+  // Decode attention, the next kernel, reads before its own wait only block tables,
+  // lengths and cached K/V rows, which nothing in this step before it writes: releasing it
+  // now lets it fetch them during the QKV projection's tail (bench/RESULTS.md).
   pdl_launch_dependents();
+  pdl_wait();
   extern __shared__ float cs[];  // [half] cos, then [half] sin, both bf16-rounded
   const int t = blockIdx.x;
   const int hd = p.head_dim, half = hd / 2;

@@ -57,6 +57,9 @@ struct RopeKvWriteParams {
   bf16* k_cache = nullptr;  // [num_blocks][num_kv_heads][block_size][head_dim]
   bf16* v_cache = nullptr;
 };
+// Lets the next kernel on the stream start (programmatic dependent launch) before the one
+// before this completes: that next kernel may read, before its own griddepcontrol.wait,
+// only what no kernel of the current step writes (decode attention: tables, lengths, K/V).
 void rope_kv_write(const RopeKvWriteParams& p, cudaStream_t stream);
 
 // gate_up [n_rows][2 * dim] (gate first) → out [n_rows][dim] = silu(gate) * up, as HF in

@@ -5,10 +5,13 @@
 //
 // Contract for a kernel launched with launch_pdl(): it calls pdl_wait() before it reads
 // anything an earlier kernel writes and before it writes anything at all; work before that
-// may only read memory no kernel writes (weights). pdl_wait() returns once the previous
-// grid has completed and its writes are visible; it is a no-op for a normal launch.
-// pdl_launch_dependents() lets the next kernel start being scheduled (it still waits in its
-// own pdl_wait() for this grid to complete).
+// may only read memory no kernel writes (weights), or memory its caller guarantees the
+// kernels still running do not write (decode attention's overlap_previous_kernel).
+// pdl_wait() returns once the previous grid has completed and its writes are visible; it
+// is a no-op for a normal launch. pdl_launch_dependents() lets the next kernel start being
+// scheduled (it still waits in its own pdl_wait() for this grid to complete). Kernels call
+// it after their pdl_wait(), so at most two kernels overlap, except where a kernel's only
+// dependent is known to read nothing the kernels before it write (rope_kv_write).
 //
 // ARBOR_PDL=0 in the environment launches normally (for before/after measurements).
 #pragma once

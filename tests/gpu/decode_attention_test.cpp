@@ -22,6 +22,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_buffer.h"
+#include "tests/gpu/late_row_writer.h"
 
 namespace {
 
@@ -147,7 +148,11 @@ struct Outputs {
 // Device copy of the inputs plus outputs, plan and workspace.
 class GpuCase {
  public:
-  GpuCase(const Inputs& in, bool with_f32, int force_splits, int max_context_len = -1)
+  // overlap: plan and launch with overlap_previous_kernel (short splits then stream into
+  // shared memory first, kernels/cuda/decode_attention.cu); without a concurrent writer
+  // the results are the same.
+  GpuCase(const Inputs& in, bool with_f32, int force_splits, int max_context_len = -1,
+          bool overlap = false)
       : with_f32_(with_f32) {
     const auto qb = to_bf16_bits(in.q), kb = to_bf16_bits(in.k), vb = to_bf16_bits(in.v);
     const size_t n = in.lens.size(), rows = n * size_t(in.shape.hq);
@@ -182,6 +187,7 @@ class GpuCase {
     p_.out = out_.data();
     p_.out_f32 = with_f32 ? out_f32_.data() : nullptr;
     p_.lse = with_f32 ? lse_.data() : nullptr;
+    p_.overlap_previous_kernel = overlap;
     plan_ = arbor::cuda::plan_decode_attention(p_, device_sm_count(), force_splits);
     // The caller zeroes the workspace once, at allocation (the merge counters start at 0).
     workspace_ = DeviceBuffer(plan_.workspace_bytes);
@@ -189,6 +195,9 @@ class GpuCase {
   }
 
   const DecodeAttentionParams& params() const { return p_; }
+  bf16* q_data() { return q_.data(); }
+  bf16* k_data() { return k_.data(); }
+  bf16* v_data() { return v_.data(); }
   const DecodeAttentionPlan& plan() const { return plan_; }
   cudaStream_t stream() const { return stream_.get(); }
 
@@ -297,7 +306,8 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
                      const DecodeAttentionPlan& plan) {
   std::ostringstream ss;
   ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
-     << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits << " lens=[";
+     << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
+     << " plan.prologue_tiles=" << plan.prologue_tiles << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
   ss << "]";
@@ -380,11 +390,13 @@ void run_and_check(const Shape& shape, const std::vector<int>& lens,
   const Inputs in = make_inputs(shape, lens, seed);
   const Reference ref = cpu_reference(in, lens);
   for (int splits : force_splits) {
-    GpuCase gpu(in, with_f32, splits);
-    const std::string what = describe(in, lens, gpu.plan()) +
-                             " force_splits=" + std::to_string(splits) +
-                             " seed=" + std::to_string(seed);
-    check_outputs(in, lens, ref, gpu.run(), what);
+    for (bool overlap : {false, true}) {
+      GpuCase gpu(in, with_f32, splits, -1, overlap);
+      const std::string what =
+          describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
+          " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
+      check_outputs(in, lens, ref, gpu.run(), what);
+    }
   }
 }
 
@@ -492,6 +504,82 @@ TEST_CASE("decode_attention with fixed splits is deterministic and batch-invaria
   CHECK(std::memcmp(c.out_f32.data(), a.out_f32.data() + s * row, row * sizeof(float)) == 0);
 }
 
+// The model's step launches decode attention right after the RoPE + KV write with
+// overlap_previous_kernel set: K/V pages are fetched while that kernel still runs, and the
+// last row of each sequence, which it writes, must be read again after it completes. Here a
+// stand-in writer sleeps 50 us after releasing the attention, then writes new last rows and
+// a new q; the attention must see only the new values (and the stale inputs differ).
+TEST_CASE("decode_attention with overlap_previous_kernel sees the previous kernel's last rows",
+          "[gpu][decode]") {
+  uint64_t seed = 700;
+  int with_prologue = 0, without_prologue = 0;
+  // Last rows at every position in a block and a tile, one split or several, one empty:
+  // short contexts (whole splits streamed into shared memory before the writer is done)
+  // and long ones (register loads, after it).
+  const std::vector<std::vector<int>> len_sets = {{1, 16, 17, 33, 64, 100, 0, 129},
+                                                  {1000, 4097, 17, 0}};
+  for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{8, 2, 64, 8}, Shape{16, 2, 128, 128}}) {
+    for (const std::vector<int>& lens : len_sets) {
+      const Inputs fresh = make_inputs(shape, lens, seed);
+      const Reference ref = cpu_reference(fresh, lens);
+      Inputs stale = fresh;
+      Rng rng{seed + 1};
+      for (float& x : stale.q) x = random_bf16_value(rng);
+      const arbor::PagedKvShape kv = fresh.kv_shape();
+      std::vector<int64_t> offsets;
+      std::vector<float> k_rows, v_rows;
+      for (size_t s = 0; s < lens.size(); ++s) {
+        if (lens[s] == 0) continue;
+        const int p = lens[s] - 1;
+        const int block = fresh.tables[s * size_t(fresh.max_blocks_per_seq) + size_t(p / shape.bs)];
+        for (int h = 0; h < shape.hkv; ++h) {
+          const size_t at = kv.offset(block, h, p % shape.bs);
+          offsets.push_back(int64_t(at));
+          for (int i = 0; i < shape.d; ++i) {
+            k_rows.push_back(fresh.k[at + size_t(i)]);
+            v_rows.push_back(fresh.v[at + size_t(i)]);
+            stale.k[at + size_t(i)] = random_bf16_value(rng);
+            stale.v[at + size_t(i)] = random_bf16_value(rng);
+          }
+        }
+      }
+      const auto kb = to_bf16_bits(k_rows), vb = to_bf16_bits(v_rows), qb = to_bf16_bits(fresh.q);
+      DeviceArray<int64_t> d_offsets(offsets.size());
+      DeviceArray<bf16> d_k(kb.size()), d_v(vb.size()), d_q(qb.size());
+      d_offsets.upload(offsets.data(), offsets.size());
+      d_k.upload(as_bf16(kb), kb.size());
+      d_v.upload(as_bf16(vb), vb.size());
+      d_q.upload(as_bf16(qb), qb.size());
+
+      for (int splits : {0, 1, 7}) {
+        GpuCase gpu(stale, /*with_f32=*/true, splits, /*max_context_len=*/-1, /*overlap=*/true);
+        (gpu.plan().prologue_tiles > 0 ? with_prologue : without_prologue)++;
+        arbor::test::LateRowWrite w;
+        w.k_cache = gpu.k_data();
+        w.v_cache = gpu.v_data();
+        w.row_offsets = d_offsets.data();
+        w.k_rows = d_k.data();
+        w.v_rows = d_v.data();
+        w.num_rows = int(offsets.size());
+        w.head_dim = shape.d;
+        w.q = gpu.q_data();
+        w.q_new = d_q.data();
+        w.q_elements = qb.size();
+        w.delay_us = 50;
+        gpu.poison_outputs();
+        arbor::test::launch_late_row_write(w, gpu.stream());
+        gpu.launch();
+        check_outputs(fresh, lens, ref, gpu.download(),
+                      describe(fresh, lens, gpu.plan()) + " force_splits=" +
+                          std::to_string(splits) + ", attention overlapping the writer");
+      }
+      ++seed;
+    }
+  }
+  CHECK(with_prologue > 0);
+  CHECK(without_prologue > 0);
+}
+
 TEST_CASE("decode_attention rejects unsupported shapes and bad arguments", "[gpu][decode]") {
   const Inputs in = make_inputs(Shape{8, 2, 128, 16}, {100, 50}, 600);
   GpuCase gpu(in, true, 0);
@@ -531,6 +619,11 @@ TEST_CASE("decode_attention rejects unsupported shapes and bad arguments", "[gpu
   DecodeAttentionPlan small = multi;
   small.workspace_bytes /= 2;
   CHECK_THROWS_AS(arbor::cuda::decode_attention(gpu.params(), small, ws.get(), nullptr),
+                  std::invalid_argument);
+  // A prologue larger than the kernel's shared memory allows (a plan for other params).
+  DecodeAttentionPlan bad_prologue = multi;
+  bad_prologue.prologue_tiles = 1000;
+  CHECK_THROWS_AS(arbor::cuda::decode_attention(gpu.params(), bad_prologue, ws.get(), nullptr),
                   std::invalid_argument);
   // One split needs no workspace.
   const DecodeAttentionPlan single = arbor::cuda::plan_decode_attention(gpu.params(), sms, 1);
