@@ -6,21 +6,21 @@
 //      sequence really uses comes from its device-side length (splits_used below), so one
 //      plan and one captured graph serve every length up to the planned maximum; split
 //      blocks past that count exit at once.
-//   2. Prologue, for splits short enough (the plan decides, see prologue_tiles below): the
-//      whole split is requested as bulk copies into shared memory (kernels/cuda/bulk_copy.cuh),
-//      one per cache page, each tile completing on its own mbarrier. With
-//      overlap_previous_kernel this happens before griddepcontrol.wait, while the previous
-//      kernel (RoPE + KV write) still runs, so a short context is on chip when q arrives; the
-//      one row that kernel may be writing (each sequence's last) is read again after the wait.
-//   3. Otherwise (and for any tokens past the prologue) each warp walks its own tokens with no
-//   block-level barrier,
-//      kRowGroups K and V loads per lane in flight before any is used. A lane owns 8
-//      consecutive head-dim values (one 16-byte load) of one token row, so a warp reads
-//      32 / (head_dim / 8) rows per instruction, fully coalesced. Both phases feed the same
-//      step (accumulate): the query heads of the KV group live in registers (pre-multiplied
-//      by scale·log2 e), so each K/V byte is read once for all of them; scores are summed
-//      across the lanes of a row with xor shuffles; the softmax is online (running max per
-//      head, base 2), accumulated in fp32.
+//   2. Prologue (kernel variant kPrologue), for splits short enough (the plan decides, see
+//      prologue_tiles below): the whole split is requested as bulk copies into shared memory
+//      (kernels/cuda/bulk_copy.cuh), one per cache page, each tile completing on its own
+//      mbarrier. With overlap_previous_kernel this happens before griddepcontrol.wait, while
+//      the previous kernel (RoPE + KV write) still runs, so a short context is on chip when
+//      q arrives; the one row that kernel may be writing (each sequence's last) is read
+//      again after the wait.
+//   3. Otherwise (and for any tokens past the prologue) each warp walks its own tokens with
+//      no block-level barrier, kRowGroups K and V loads per lane in flight before any is
+//      used. A lane owns 8 consecutive head-dim values (one 16-byte load) of one token row,
+//      so a warp reads 32 / (head_dim / 8) rows per instruction, fully coalesced. Both paths
+//      feed the same step (accumulate): the query heads of the KV group live in registers
+//      (pre-multiplied by scale·log2 e), so each K/V byte is read once for all of them;
+//      scores are summed across the lanes of a row with xor shuffles; the softmax is online
+//      (running max per head, base 2), accumulated in fp32.
 //   4. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
 //      uses one split writes its output directly; otherwise each split writes its partial
 //      (m, l, unnormalized o) to the workspace, fences, and bumps an atomic counter per
@@ -293,16 +293,56 @@ __device__ __forceinline__ void accumulate(const float (&q)[G][8],
   }
 }
 
+// Tokens [from, end) of a split with register loads, kRowGroups K and V rows per lane issued
+// before any is used. Within a tile (a step of the block) warp w takes rows
+// [w, w + 1) · kTokensPerWarpIter. Called after griddepcontrol.wait: it reads every row as
+// the previous kernel left it.
 template <int D, int G>
+__device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_t* table, int kvh,
+                                               int warp, int row, int col, int from, int end,
+                                               const float (&q)[G][8], float (&m)[G], float (&l)[G],
+                                               float (&o)[G][8]) {
+  using T = Tile<D, G>;
+  // Element offset of a row: block · block_stride + (tok mod block size) · D + head_offset,
+  // the loop-invariant parts computed once (the loop is close to issue-bound on an H200).
+  // Both fit in 32 bits (check_shape: num_kv_heads <= 65535, block size <= 128, D <= 128),
+  // so a row costs one 32 x 32 -> 64-bit multiply-add.
+  const int shift = a.block_shift;
+  const int offset_mask = (1 << shift) - 1;
+  const int block_stride = (a.num_kv_heads * D) << shift;
+  const int head_offset = ((kvh * D) << shift) + col * 8;
+  // The loop condition depends only on the warp, so all lanes run every shuffle.
+  for (int t0 = from + warp * T::kTokensPerWarpIter; t0 < end; t0 += T::kTileTokens) {
+    uint4 kr[T::kRowGroups], vr[T::kRowGroups];
+    bool valid[T::kRowGroups];
+#pragma unroll
+    for (int g = 0; g < T::kRowGroups; ++g) {
+      // A row group's rows are consecutive and start at a multiple of kRowsPerWarp
+      // (<= block_size), so they share one cache block.
+      const int tok = t0 + g * T::kRowsPerWarp + row;
+      valid[g] = tok < end;
+      kr[g] = vr[g] = make_uint4(0, 0, 0, 0);  // rows past the end: p = 0 times finite V
+      if (valid[g]) {
+        const int64_t elem = int64_t(__ldg(table + (tok >> shift))) * block_stride +
+                             ((tok & offset_mask) * D + head_offset);
+        kr[g] = load_stream16(a.k_cache + elem);
+        vr[g] = load_stream16(a.v_cache + elem);
+      }
+    }
+    accumulate<D, G>(q, kr, vr, valid, m, l, o);
+  }
+}
+
+// kPrologue: the variant for plans with a prologue; without, the kernel is the register
+// loop alone, with the register budget to itself (one kernel with both paths cost the
+// H200 2% at long contexts: the loop recomputed indices it could no longer keep).
+template <int D, int G, bool kPrologue>
 __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* tiles = reinterpret_cast<bf16*>(smem);  // [prologue tiles][K, V][kTileTokens][D]
-  __shared__ uint64_t full[T::kMaxPrologueTiles];
-  __shared__ __align__(16) bf16 s_fresh[2][D];  // K and V of the re-read last row
   __shared__ int s_is_last;
 
   // Without the overlap guarantee nothing is read before the previous kernel completes.
@@ -340,11 +380,14 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
   const int end = min(len, begin + chunk);
   const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
 
-  // Prologue (when the plan gives one): the split's first tiles, normally all of them,
-  // stream into shared memory as bulk copies, requested (with overlap_previous_kernel)
-  // while the previous kernel still runs.
-  const int prologue_tiles = min(a.prologue_tiles, ceil_div(end - begin, T::kTileTokens));
-  if (a.prologue_tiles > 0) {  // the same for the whole block: the barrier below is uniform
+  // Prologue: the split's first tiles, normally all of them, stream into shared memory as
+  // bulk copies, requested (with overlap_previous_kernel) while the previous kernel runs.
+  [[maybe_unused]] bf16* tiles = reinterpret_cast<bf16*>(smem);  // [tile][K, V][token][D]
+  [[maybe_unused]] __shared__ uint64_t full[T::kMaxPrologueTiles];
+  [[maybe_unused]] __shared__ __align__(16) bf16 s_fresh[2][D];  // re-read last row: K, V
+  [[maybe_unused]] int prologue_tiles = 0;
+  if constexpr (kPrologue) {
+    prologue_tiles = min(a.prologue_tiles, ceil_div(end - begin, T::kTileTokens));
     if (threadIdx.x == 0) {
       for (int t = 0; t < prologue_tiles; ++t) mbar_init(&full[t], 1);
       fence_mbar_init();
@@ -367,27 +410,6 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
 #pragma unroll
     for (int i = 0; i < 8; ++i) q[h][i] *= a.scale_log2;
   }
-  // The last row of the sequence may have been written by the previous kernel while the
-  // prologue's copies read it: when it lies in the prologue, it is read again, now, into
-  // s_fresh. Exactly the threads that will use each 16 bytes load them (no barrier needed).
-  const int prologue_end = begin + prologue_tiles * T::kTileTokens;
-  const int fresh_tok =
-      a.overlap_previous_kernel && end == len && len <= prologue_end ? len - 1 : -1;
-  if (fresh_tok >= 0) {
-    const int r = (fresh_tok - begin) % T::kTileTokens;
-    if (warp == r / T::kTokensPerWarpIter && row == r % T::kRowsPerWarp) {
-      const int64_t block = __ldg(table + (fresh_tok >> a.block_shift));
-      const int64_t elem = (((block * a.num_kv_heads + kvh) << a.block_shift) +
-                            (fresh_tok & ((1 << a.block_shift) - 1))) *
-                               D +
-                           col * 8;
-      *reinterpret_cast<uint4*>(&s_fresh[0][col * 8]) =
-          __ldcg(reinterpret_cast<const uint4*>(a.k_cache + elem));
-      *reinterpret_cast<uint4*>(&s_fresh[1][col * 8]) =
-          __ldcg(reinterpret_cast<const uint4*>(a.v_cache + elem));
-    }
-  }
-
   // Per warp: running max m (the same in every lane), and per lane the sums over its rows.
   float m[G], l[G], o[G][8];
 #pragma unroll
@@ -398,55 +420,54 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
     for (int i = 0; i < 8; ++i) o[h][i] = 0.0f;
   }
 
-  // The rest of the split first, while the prologue's tiles are still landing: register
-  // loads, kRowGroups K and V rows per lane issued before any is used. Within a tile (a
-  // step of the block) warp w takes rows [w, w + 1) · kTokensPerWarpIter. These loads start
-  // after the previous kernel has completed, so they read every row as it is now.
-  const int offset_mask = (1 << a.block_shift) - 1;
-  // The loop condition depends only on the warp, so all lanes run every shuffle.
-  for (int t0 = prologue_end + warp * T::kTokensPerWarpIter; t0 < end; t0 += T::kTileTokens) {
-    uint4 kr[T::kRowGroups], vr[T::kRowGroups];
-    bool valid[T::kRowGroups];
-#pragma unroll
-    for (int g = 0; g < T::kRowGroups; ++g) {
-      // A row group's rows are consecutive and start at a multiple of kRowsPerWarp
-      // (<= block_size), so they share one cache block.
-      const int tok = t0 + g * T::kRowsPerWarp + row;
-      valid[g] = tok < end;
-      kr[g] = vr[g] = make_uint4(0, 0, 0, 0);
-      if (valid[g]) {
-        const int64_t block = __ldg(table + (tok >> a.block_shift));
-        const int64_t elem =
-            (((block * a.num_kv_heads + kvh) << a.block_shift) + (tok & offset_mask)) * D + col * 8;
-        kr[g] = load_stream16(a.k_cache + elem);
-        vr[g] = load_stream16(a.v_cache + elem);
+  if constexpr (!kPrologue) {
+    register_steps<D, G>(a, table, kvh, warp, row, col, begin, end, q, m, l, o);
+  } else {
+    // The last row of the sequence may have been written by the previous kernel while the
+    // prologue's copies read it: when it lies in the prologue, it is read again, now, into
+    // s_fresh. Exactly the threads that will use each 16 bytes load them (no barrier).
+    const int prologue_end = begin + prologue_tiles * T::kTileTokens;
+    const int fresh_tok =
+        a.overlap_previous_kernel && end == len && len <= prologue_end ? len - 1 : -1;
+    if (fresh_tok >= 0) {
+      const int r = (fresh_tok - begin) % T::kTileTokens;
+      if (warp == r / T::kTokensPerWarpIter && row == r % T::kRowsPerWarp) {
+        const int64_t block = __ldg(table + (fresh_tok >> a.block_shift));
+        const int64_t elem = (((block * a.num_kv_heads + kvh) << a.block_shift) +
+                              (fresh_tok & ((1 << a.block_shift) - 1))) *
+                                 D +
+                             col * 8;
+        *reinterpret_cast<uint4*>(&s_fresh[0][col * 8]) =
+            __ldcg(reinterpret_cast<const uint4*>(a.k_cache + elem));
+        *reinterpret_cast<uint4*>(&s_fresh[1][col * 8]) =
+            __ldcg(reinterpret_cast<const uint4*>(a.v_cache + elem));
       }
     }
-    accumulate<D, G>(q, kr, vr, valid, m, l, o);
-  }
-
-  // Then the prologue's tiles, from shared memory (the softmax state does not depend on the
-  // order in which tokens arrive, up to fp32 rounding).
-  for (int tile = 0; tile < prologue_tiles; ++tile) {
-    mbar_wait(&full[tile], 0);
-    const bf16* k_tile = tiles + size_t(tile) * 2 * T::kTileTokens * D;
-    const bf16* v_tile = k_tile + T::kTileTokens * D;
-    const int t0 = begin + tile * T::kTileTokens;
-    uint4 kr[T::kRowGroups], vr[T::kRowGroups];
-    bool valid[T::kRowGroups];
+    // Tokens past the prologue first (none when the split fits, as the plan arranges),
+    // while its tiles land; then the tiles from shared memory. The softmax state does not
+    // depend on the order in which tokens arrive, up to fp32 rounding.
+    register_steps<D, G>(a, table, kvh, warp, row, col, prologue_end, end, q, m, l, o);
+    for (int tile = 0; tile < prologue_tiles; ++tile) {
+      mbar_wait(&full[tile], 0);
+      const bf16* k_tile = tiles + size_t(tile) * 2 * T::kTileTokens * D;
+      const bf16* v_tile = k_tile + T::kTileTokens * D;
+      const int t0 = begin + tile * T::kTileTokens;
+      uint4 kr[T::kRowGroups], vr[T::kRowGroups];
+      bool valid[T::kRowGroups];
 #pragma unroll
-    for (int g = 0; g < T::kRowGroups; ++g) {
-      const int r = warp * T::kTokensPerWarpIter + g * T::kRowsPerWarp + row;
-      const int tok = t0 + r;
-      valid[g] = tok < end;
-      kr[g] = vr[g] = make_uint4(0, 0, 0, 0);  // rows past the end: p = 0 times finite V
-      if (valid[g]) {
-        const bool fresh = tok == fresh_tok;
-        kr[g] = *reinterpret_cast<const uint4*>((fresh ? s_fresh[0] : k_tile + r * D) + col * 8);
-        vr[g] = *reinterpret_cast<const uint4*>((fresh ? s_fresh[1] : v_tile + r * D) + col * 8);
+      for (int g = 0; g < T::kRowGroups; ++g) {
+        const int r = warp * T::kTokensPerWarpIter + g * T::kRowsPerWarp + row;
+        const int tok = t0 + r;
+        valid[g] = tok < end;
+        kr[g] = vr[g] = make_uint4(0, 0, 0, 0);  // rows past the end: p = 0 times finite V
+        if (valid[g]) {
+          const bool fresh = tok == fresh_tok;
+          kr[g] = *reinterpret_cast<const uint4*>((fresh ? s_fresh[0] : k_tile + r * D) + col * 8);
+          vr[g] = *reinterpret_cast<const uint4*>((fresh ? s_fresh[1] : v_tile + r * D) + col * 8);
+        }
       }
+      accumulate<D, G>(q, kr, vr, valid, m, l, o);
     }
-    accumulate<D, G>(q, kr, vr, valid, m, l, o);
   }
 
   // Sum l and o over the warp's rows (all rows of a warp share m).
@@ -612,18 +633,27 @@ bool aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-template <int D, int G>
-void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
+template <int D, int G, bool kPrologue>
+void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   const int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
-    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, G>,
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, G, kPrologue>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
-  launch_pdl(decode_attention_kernel<D, G>, grid, dim3(kThreads), smem, stream, args);
+  launch_pdl(decode_attention_kernel<D, G, kPrologue>, grid, dim3(kThreads), smem, stream, args);
   CUDA_CHECK_LAUNCH();
+}
+
+template <int D, int G>
+void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
+  if (args.prologue_tiles > 0) {
+    launch_variant<D, G, true>(args, grid, stream);
+  } else {
+    launch_variant<D, G, false>(args, grid, stream);
+  }
 }
 
 }  // namespace
