@@ -296,8 +296,10 @@ __device__ __forceinline__ void accumulate(const float (&q)[G][8],
 // Tokens [from, end) of a split with register loads, kRowGroups K and V rows per lane issued
 // before any is used. Within a tile (a step of the block) warp w takes rows
 // [w, w + 1) · kTokensPerWarpIter. Called after griddepcontrol.wait: it reads every row as
-// the previous kernel left it.
-template <int D, int G>
+// the previous kernel left it. kOneBlock: a warp's step (kTokensPerWarpIter rows from a
+// multiple of that) lies in one cache block (block_size >= kTokensPerWarpIter, the usual
+// case), so one block-table read and one 64-bit multiply serve all its rows.
+template <int D, int G, bool kOneBlock>
 __device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_t* table, int kvh,
                                                int warp, int row, int col, int from, int end,
                                                const float (&q)[G][8], float (&m)[G], float (&l)[G],
@@ -315,6 +317,11 @@ __device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_
   for (int t0 = from + warp * T::kTokensPerWarpIter; t0 < end; t0 += T::kTileTokens) {
     uint4 kr[T::kRowGroups], vr[T::kRowGroups];
     bool valid[T::kRowGroups];
+    [[maybe_unused]] int64_t step_base = 0;
+    if constexpr (kOneBlock) {
+      step_base = int64_t(__ldg(table + (t0 >> shift))) * block_stride +
+                  ((t0 & offset_mask) + row) * D + head_offset;
+    }
 #pragma unroll
     for (int g = 0; g < T::kRowGroups; ++g) {
       // A row group's rows are consecutive and start at a multiple of kRowsPerWarp
@@ -323,8 +330,13 @@ __device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_
       valid[g] = tok < end;
       kr[g] = vr[g] = make_uint4(0, 0, 0, 0);  // rows past the end: p = 0 times finite V
       if (valid[g]) {
-        const int64_t elem = int64_t(__ldg(table + (tok >> shift))) * block_stride +
-                             ((tok & offset_mask) * D + head_offset);
+        int64_t elem;
+        if constexpr (kOneBlock) {
+          elem = step_base + g * T::kRowsPerWarp * D;
+        } else {
+          elem = int64_t(__ldg(table + (tok >> shift))) * block_stride +
+                 ((tok & offset_mask) * D + head_offset);
+        }
         kr[g] = load_stream16(a.k_cache + elem);
         vr[g] = load_stream16(a.v_cache + elem);
       }
@@ -336,7 +348,7 @@ __device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_
 // kPrologue: the variant for plans with a prologue; without, the kernel is the register
 // loop alone, with the register budget to itself (one kernel with both paths cost the
 // H200 2% at long contexts: the loop recomputed indices it could no longer keep).
-template <int D, int G, bool kPrologue>
+template <int D, int G, bool kPrologue, bool kOneBlock>
 __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   using T = Tile<D, G>;
@@ -421,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
   }
 
   if constexpr (!kPrologue) {
-    register_steps<D, G>(a, table, kvh, warp, row, col, begin, end, q, m, l, o);
+    register_steps<D, G, kOneBlock>(a, table, kvh, warp, row, col, begin, end, q, m, l, o);
   } else {
     // The last row of the sequence may have been written by the previous kernel while the
     // prologue's copies read it: when it lies in the prologue, it is read again, now, into
@@ -446,7 +458,7 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
     // Tokens past the prologue first (none when the split fits, as the plan arranges),
     // while its tiles land; then the tiles from shared memory. The softmax state does not
     // depend on the order in which tokens arrive, up to fp32 rounding.
-    register_steps<D, G>(a, table, kvh, warp, row, col, prologue_end, end, q, m, l, o);
+    register_steps<D, G, kOneBlock>(a, table, kvh, warp, row, col, prologue_end, end, q, m, l, o);
     for (int tile = 0; tile < prologue_tiles; ++tile) {
       mbar_wait(&full[tile], 0);
       const bf16* k_tile = tiles + size_t(tile) * 2 * T::kTileTokens * D;
@@ -633,26 +645,30 @@ bool aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-template <int D, int G, bool kPrologue>
+template <int D, int G, bool kPrologue, bool kOneBlock>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   const int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
-    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, G, kPrologue>,
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, G, kPrologue, kOneBlock>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
-  launch_pdl(decode_attention_kernel<D, G, kPrologue>, grid, dim3(kThreads), smem, stream, args);
+  launch_pdl(decode_attention_kernel<D, G, kPrologue, kOneBlock>, grid, dim3(kThreads), smem,
+             stream, args);
   CUDA_CHECK_LAUNCH();
 }
 
 template <int D, int G>
 void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
+  const bool one_block = (1 << args.block_shift) >= Tile<D, G>::kTokensPerWarpIter;
   if (args.prologue_tiles > 0) {
-    launch_variant<D, G, true>(args, grid, stream);
+    one_block ? launch_variant<D, G, true, true>(args, grid, stream)
+              : launch_variant<D, G, true, false>(args, grid, stream);
   } else {
-    launch_variant<D, G, false>(args, grid, stream);
+    one_block ? launch_variant<D, G, false, true>(args, grid, stream)
+              : launch_variant<D, G, false, false>(args, grid, stream);
   }
 }
 
