@@ -189,6 +189,15 @@ __device__ __forceinline__ void write_final(const KernelArgs& a, size_t row, int
   if (a.lse && d == 0) a.lse[row] = (m + log2f(l)) * kLn2;
 }
 
+// Element offset of the first head-dim value of token `tok`'s K (or V) row of KV head kvh
+// (kernels/paged_kv.h). The hot loop (register_steps) computes it from hoisted parts.
+__device__ __forceinline__ int64_t kv_row_offset(const KernelArgs& a, const int32_t* table, int kvh,
+                                                 int tok, int head_dim) {
+  const int64_t block = __ldg(table + (tok >> a.block_shift));
+  return (((block * a.num_kv_heads + kvh) << a.block_shift) + (tok & ((1 << a.block_shift) - 1))) *
+         head_dim;
+}
+
 // Requests the split's first `tiles` tiles (tokens from `begin`, up to `end`) into tile
 // buffers 0, 1, ..., each completing on its own barrier; run by all lanes of one warp. Tile
 // boundaries are multiples of kTileTokens and block sizes are powers of two, so a tile is
@@ -206,15 +215,12 @@ __device__ __forceinline__ void request_tiles(const KernelArgs& a, const int32_t
     mbar_arrive_expect_tx(&full[lane], uint32_t(rows) * D * 2 * 2);
   }
   __syncwarp();
-  const int block_size = 1 << a.block_shift;
-  const int seg = min(block_size, T::kTileTokens);  // rows per copy at most
+  const int seg = min(1 << a.block_shift, T::kTileTokens);  // rows per copy at most
   for (int tok = begin + lane * seg; tok < to; tok += 32 * seg) {
     const int rows = min(seg, to - tok);
     const int tile = (tok - begin) / T::kTileTokens;
     const int row_in_tile = tok - begin - tile * T::kTileTokens;
-    const int64_t block = __ldg(table + (tok >> a.block_shift));
-    const int64_t elem =
-        (((block * a.num_kv_heads + kvh) << a.block_shift) + (tok & (block_size - 1))) * D;
+    const int64_t elem = kv_row_offset(a, table, kvh, tok, D);
     bf16* k_dst = buffers + size_t(tile) * 2 * T::kTileTokens * D + size_t(row_in_tile) * D;
     bf16* v_dst = k_dst + T::kTileTokens * D;
     const uint32_t bytes = uint32_t(rows) * D * 2;
@@ -444,11 +450,7 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
     if (fresh_tok >= 0) {
       const int r = (fresh_tok - begin) % T::kTileTokens;
       if (warp == r / T::kTokensPerWarpIter && row == r % T::kRowsPerWarp) {
-        const int64_t block = __ldg(table + (fresh_tok >> a.block_shift));
-        const int64_t elem = (((block * a.num_kv_heads + kvh) << a.block_shift) +
-                              (fresh_tok & ((1 << a.block_shift) - 1))) *
-                                 D +
-                             col * 8;
+        const int64_t elem = kv_row_offset(a, table, kvh, fresh_tok, D) + col * 8;
         *reinterpret_cast<uint4*>(&s_fresh[0][col * 8]) =
             __ldcg(reinterpret_cast<const uint4*>(a.k_cache + elem));
         *reinterpret_cast<uint4*>(&s_fresh[1][col * 8]) =
@@ -493,9 +495,9 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
     }
   }
 
-  // Merge the warps through shared memory (the tile buffers, now that every tile has been
-  // consumed). A warp with no tokens has m = -inf, l = o = 0.
-  __syncthreads();
+  // Merge the warps through shared memory (in the prologue variant the tile buffers, once
+  // every warp is done reading them). A warp with no tokens has m = -inf, l = o = 0.
+  if constexpr (kPrologue) __syncthreads();
   float(*s_o)[G][D] = reinterpret_cast<float(*)[G][D]>(smem);
   float(*s_m)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4);
   float(*s_l)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4 + kWarps * G * 4);
