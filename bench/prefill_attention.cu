@@ -17,6 +17,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/int_list.h"
@@ -101,7 +102,7 @@ struct Row {
   double ms, tflops;
 };
 
-Row run_one(const Options& o, int len, cudaStream_t stream) {
+Row run_one(const Options& o, int len, arbor::cuda::PrefillKernel kernel, cudaStream_t stream) {
   const int ctx = o.prefix + len;
   const int blocks_per_seq = (ctx + o.block_size - 1) / o.block_size;
   const int num_blocks = blocks_per_seq * o.batch;
@@ -143,6 +144,7 @@ Row run_one(const Options& o, int len, cudaStream_t stream) {
   p.max_query_len = len;
   p.scale = 1.0f / std::sqrt(float(o.head_dim));
   p.out = out.data();
+  p.kernel = kernel;
 
   for (int i = 0; i < 3; ++i) arbor::cuda::prefill_attention(p, stream);
   CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -178,11 +180,20 @@ int main(int argc, char** argv) {
         prop.name, prop.multiProcessorCount, o.q_heads, o.kv_heads, o.head_dim, o.block_size,
         o.batch, o.prefix, o.iters);
     arbor::cuda::Stream stream;
-    std::printf("%8s %10s %10s %8s\n", "new tok", "ms", "TFLOP/s", "% peak");
-    for (int len : o.lens) {
-      const Row r = run_one(o, len, stream.get());
-      std::printf("%8d %10.3f %10.1f %7.1f%%\n", r.len, r.ms, r.tflops,
-                  100.0 * r.tflops / o.peak_tflops);
+    // Both kernels in the same run where the device has both (wgmma: sm_90a).
+    using arbor::cuda::PrefillKernel;
+    std::vector<std::pair<PrefillKernel, const char*>> kernels = {
+        {PrefillKernel::kMmaSync, "mma.sync"}};
+    if (arbor::cuda::prefill_attention_wgmma_available()) {
+      kernels.emplace_back(PrefillKernel::kWgmma, "wgmma");
+    }
+    std::printf("%-9s %8s %10s %10s %8s\n", "kernel", "new tok", "ms", "TFLOP/s", "% peak");
+    for (const auto& [kernel, name] : kernels) {
+      for (int len : o.lens) {
+        const Row r = run_one(o, len, kernel, stream.get());
+        std::printf("%-9s %8d %10.3f %10.1f %7.1f%%\n", name, r.len, r.ms, r.tflops,
+                    100.0 * r.tflops / o.peak_tflops);
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

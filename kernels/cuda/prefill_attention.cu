@@ -28,6 +28,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/wgmma.cuh"
 #include "kernels/paged_kv.h"
 
 namespace arbor::cuda {
@@ -398,6 +399,255 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 }
 
 // ---------------------------------------------------------------------------------------------
+// The wgmma kernel (Hopper, sm_90a): the same algorithm on warpgroup MMAs.
+//
+// One block = 2 warpgroups = 128 query rows of one head, 64 per warpgroup; keys in tiles of
+// 128, gathered through the block table by all 256 threads with cp.async into two stages of
+// 128B-swizzled shared memory (kernels/cuda/wgmma.cuh). Per key tile each warpgroup issues
+// S = Q·Kᵀ as head_dim / 16 wgmma m64n128k16 with both operands in shared memory, applies
+// the mask and the online softmax to S in registers (each thread holds 2 rows × 32 keys,
+// the same fragment as mma.sync: rows g and g + 8 of its warp's 16), packs P to bf16 in
+// place as the A operand of O += P·V (8 wgmma m64n{head_dim}k16 with V as the MN-major B,
+// read from shared memory as the cache stores it). The next tile's gather is in flight
+// during both products. mma.sync above issues 16×8×16 per instruction through a warp, and
+// at 8k tokens ran at 28% of the H200's bf16 peak; wgmma issues 64×128×16 per warpgroup.
+
+template <int kHeadDim>
+struct WgTile {
+  static constexpr int kWarpGroups = 2;
+  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int kBlockM = 64 * kWarpGroups;  // query rows per block
+  static constexpr int kBlockN = 128;               // keys per tile
+  static constexpr int kChunks = kHeadDim / 8;      // 16-byte chunks per row
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // K or V of one tile
+  // Q, two stages of (K, V), and 1 KiB to align the tiles to the swizzle's 1024 bytes.
+  static constexpr size_t kSmemBytes = 1024 + size_t(kQBytes) + 4 * size_t(kKvBytes);
+};
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
+    prefill_attention_wgmma_kernel(const KernelArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using T = WgTile<kHeadDim>;
+  constexpr int kBlockM = T::kBlockM;
+  constexpr int kBlockNw = T::kBlockN;
+  constexpr int kChunks = T::kChunks;
+  constexpr int kSGroups = kBlockNw / 8;  // 8-key column groups of S per thread: 16
+  constexpr int kOGroups = kHeadDim / 8;  // 8-dim column groups of O per thread
+
+  const int head = blockIdx.x;
+  const int seq = blockIdx.y;
+  const int m_tile = gridDim.z - 1 - blockIdx.z;  // heaviest tiles launch first
+
+  const int q_begin = a.query_start[seq];
+  const int n_query = a.query_start[seq + 1] - q_begin;
+  const int m_start = m_tile * kBlockM;
+  if (m_start >= n_query) return;
+  const int ctx = a.context_lens[seq];
+  auto visible = [&](int pos) {
+    return local_kv_len(max(0, pos + 1), a.cp_size, a.cp_rank, a.block_size);
+  };
+  const int pos_first = ctx - n_query + m_start;
+  const int rows = min(kBlockM, n_query - m_start);
+  const int kv_len = visible(pos_first + rows - 1);
+  const int n_kv_tiles = (kv_len + kBlockNw - 1) / kBlockNw;
+  const int first_masked = visible(pos_first) / kBlockNw;
+
+  const int kv_head = head / a.group;
+  const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
+
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t sq = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t skv = sq + T::kQBytes;  // stage s: K at skv + 2s·kKvBytes, V right after
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32;
+  const int wg = warp / 4;  // warpgroup: query rows [64 wg, 64 wg + 64) of the tile
+
+  {
+    const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
+    const bf16* q_base = a.q + size_t(q_begin + m_start) * q_row_stride + size_t(head) * kHeadDim;
+#pragma unroll
+    for (int i = 0; i < kBlockM * kChunks / T::kThreads; ++i) {
+      const int c = tid + i * T::kThreads;
+      const int r = c / kChunks, ch = c % kChunks;
+      const bool valid = r < rows;
+      const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
+      cp_async_16(sq + wgmma::swizzled_offset(kBlockM, r, ch), src, valid);
+    }
+    cp_async_commit();
+  }
+
+  // Rows past kv_len are zero-filled, never read from the cache (see the mma.sync kernel).
+  const size_t head_offset = size_t(kv_head) * a.block_size * kHeadDim;
+  const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
+  auto load_kv = [&](int j, int stage) {
+    const uint32_t k_dst = skv + uint32_t(2 * stage * T::kKvBytes);
+    const uint32_t v_dst = k_dst + T::kKvBytes;
+#pragma unroll
+    for (int i = 0; i < kBlockNw * kChunks / T::kThreads; ++i) {
+      const int c = tid + i * T::kThreads;
+      const int r = c / kChunks, ch = c % kChunks;
+      const int key = j * kBlockNw + r;
+      const int blk = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
+      const bool valid = key < kv_len && blk < a.max_blocks_per_seq;
+      size_t off = 0;
+      if (valid) {
+        off = size_t(table[blk]) * block_stride + head_offset +
+              size_t(key - blk * a.block_size) * kHeadDim + ch * 8;
+      }
+      const uint32_t o = wgmma::swizzled_offset(kBlockNw, r, ch);
+      cp_async_16(k_dst + o, a.k_cache + off, valid);
+      cp_async_16(v_dst + o, a.v_cache + off, valid);
+    }
+    cp_async_commit();
+  };
+  if (n_kv_tiles > 0) load_kv(0, 0);
+
+  const int g = lane >> 2, t4 = lane & 3;
+  const int row0 = wg * 64 + (warp % 4) * 16 + g;  // this thread's rows: row0 and row0 + 8
+  const int visible_row[2] = {visible(pos_first + row0), visible(pos_first + row0 + 8)};
+  float o[kOGroups * 4];
+#pragma unroll
+  for (int i = 0; i < kOGroups * 4; ++i) o[i] = 0.0f;
+  float s[kSGroups * 4];
+#pragma unroll
+  for (int i = 0; i < kSGroups * 4; ++i) s[i] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};
+  const float scale_log2 = a.scale * 1.4426950408889634f;
+  // This warpgroup's 64 Q rows in each 64-dim slab.
+  const uint32_t q_rows = sq + uint32_t(wg * 64 * 128);
+
+  for (int j = 0; j < n_kv_tiles; ++j) {
+    const int stage = j & 1;
+    if (j + 1 < n_kv_tiles) {
+      load_kv(j + 1, stage ^ 1);  // released by the barrier that ended tile j - 1
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    wgmma::fence_shared_for_async_proxy();
+    __syncthreads();
+    const uint32_t k_tile = skv + uint32_t(2 * stage * T::kKvBytes);
+    const uint32_t v_tile = k_tile + T::kKvBytes;
+
+    // ---- S = Q·Kᵀ: 16 head dims per step; a slab holds 4 steps, 32 bytes apart.
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const uint32_t step = uint32_t((kk % 4) * 32);
+      const uint64_t dq =
+          wgmma::descriptor(q_rows + uint32_t((kk / 4) * kBlockM * 128) + step, 16, 1024);
+      const uint64_t dk =
+          wgmma::descriptor(k_tile + uint32_t((kk / 4) * kBlockNw * 128) + step, 16, 1024);
+      wgmma::m64n128k16_ss(s, dq, dk, kk > 0);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+
+    // ---- Causal mask. s[4n + e] is key j·128 + 8n + 2t + (e & 1) of row row0 (e < 2) or
+    // row0 + 8 (e ≥ 2).
+    if (j >= first_masked) {
+#pragma unroll
+      for (int n = 0; n < kSGroups; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j * kBlockNw + n * 8 + 2 * t4 + (e & 1);
+          if (key >= visible_row[e >> 1]) s[4 * n + e] = -INFINITY;
+        }
+      }
+    }
+
+    // ---- Online softmax (as in the mma.sync kernel: a row lives in the 4 lanes of a quad).
+    float scaled_max[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = row_max[h];
+#pragma unroll
+      for (int n = 0; n < kSGroups; ++n) {
+        mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      scaled_max[h] = mx == -INFINITY ? 0.0f : mx * scale_log2;
+      const float alpha = fast_exp2(row_max[h] * scale_log2 - scaled_max[h]);
+      row_max[h] = mx;
+      row_sum[h] *= alpha;
+#pragma unroll
+      for (int d = 0; d < kOGroups; ++d) {
+        o[4 * d + 2 * h] *= alpha;
+        o[4 * d + 2 * h + 1] *= alpha;
+      }
+    }
+    // P packed to bf16: keys 16kk..16kk+15 are S groups 2kk and 2kk+1, i.e. the A fragment
+    // of step kk (wgmma.cuh).
+    uint32_t p[kBlockNw / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockNw / 16; ++kk) {
+      float e8[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        e8[i] = fast_exp2(fmaf(s[8 * kk + i], scale_log2, -scaled_max[(i >> 1) & 1]));
+        row_sum[(i >> 1) & 1] += e8[i];
+      }
+      p[kk][0] = pack_bf16x2(e8[0], e8[1]);
+      p[kk][1] = pack_bf16x2(e8[2], e8[3]);
+      p[kk][2] = pack_bf16x2(e8[4], e8[5]);
+      p[kk][3] = pack_bf16x2(e8[6], e8[7]);
+    }
+
+    // ---- O += P·V: 16 keys per step, 16 rows of 128 bytes apart.
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockNw / 16; ++kk) {
+      const uint64_t dv = wgmma::descriptor(v_tile + uint32_t(kk * 16 * 128), kBlockNw * 128, 1024);
+      if constexpr (kHeadDim == 128) {
+        wgmma::m64n128k16_rs_mn(o, p[kk], dv);
+      } else {
+        wgmma::m64n64k16_rs_mn(o, p[kk], dv);
+      }
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+    __syncthreads();  // everyone is done with this stage before it is refilled
+  }
+
+  // ---- Epilogue: as in the mma.sync kernel.
+  const size_t out_row_stride = size_t(a.num_q_heads) * kHeadDim;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = row_sum[h];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int r = row0 + 8 * h;
+    if (r >= rows) continue;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const size_t token = size_t(q_begin + m_start + r);
+    bf16* dst = a.out + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
+#pragma unroll
+    for (int d = 0; d < kOGroups; ++d) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + d * 8) =
+          __floats2bfloat162_rn(o[4 * d + 2 * h] * inv, o[4 * d + 2 * h + 1] * inv);
+    }
+    if (a.out_f32) {
+      float* dst_f32 = a.out_f32 + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
+#pragma unroll
+      for (int d = 0; d < kOGroups; ++d) {
+        *reinterpret_cast<float2*>(dst_f32 + d * 8) =
+            make_float2(o[4 * d + 2 * h] * inv, o[4 * d + 2 * h + 1] * inv);
+      }
+    }
+    if (a.lse && t4 == 0) {
+      a.lse[token * a.num_q_heads + head] =
+          sum > 0.0f ? row_max[h] * a.scale + logf(sum) : -INFINITY;
+    }
+  }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host side.
 
 [[noreturn]] void fail(const std::string& what) {
@@ -441,27 +691,22 @@ void validate(const PrefillAttentionParams& p) {
   }
 }
 
-template <int kHeadDim, int kWarps>
-void launch(const PrefillAttentionParams& p, cudaStream_t stream) {
-  using T = Tile<kHeadDim, kWarps>;
-  auto kernel = prefill_attention_kernel<kHeadDim, kWarps>;
-  const int m_tiles = (p.max_query_len + T::kBlockM - 1) / T::kBlockM;
-  if (m_tiles > 65535) fail("max_query_len " + std::to_string(p.max_query_len) + " too large");
-
-  if (T::kSmemBytes > 48 * 1024) {
-    // Raise the dynamic shared-memory limit once per device (an attribute of the function on
-    // the current device).
-    static std::atomic<uint64_t> configured{0};
-    int device = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-    if (!bit || !(configured.load(std::memory_order_relaxed) & bit)) {
-      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(T::kSmemBytes)));
-      configured.fetch_or(bit, std::memory_order_relaxed);
-    }
+// Raises a kernel's dynamic shared-memory limit once per device (the attribute belongs to the
+// function on the current device). One `configured` mask per kernel instantiation.
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<uint64_t>& configured) {
+  if (bytes <= 48 * 1024) return;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (!bit || !(configured.load(std::memory_order_relaxed) & bit)) {
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    configured.fetch_or(bit, std::memory_order_relaxed);
   }
+}
 
+KernelArgs kernel_args(const PrefillAttentionParams& p) {
   KernelArgs a;
   a.q = p.q;
   a.k_cache = p.k_cache;
@@ -485,17 +730,89 @@ void launch(const PrefillAttentionParams& p, cudaStream_t stream) {
   a.out_f32 = p.out_f32;
   a.cp_size = p.cp_size;
   a.cp_rank = p.cp_rank;
+  return a;
+}
 
-  const dim3 grid(unsigned(p.num_q_heads), unsigned(p.num_seqs), unsigned(m_tiles));
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(a);
+// Grid: x = query head, y = sequence, z = query tile of block_m rows.
+dim3 grid_for(const PrefillAttentionParams& p, int block_m) {
+  const int m_tiles = (p.max_query_len + block_m - 1) / block_m;
+  if (m_tiles > 65535) fail("max_query_len " + std::to_string(p.max_query_len) + " too large");
+  return dim3(unsigned(p.num_q_heads), unsigned(p.num_seqs), unsigned(m_tiles));
+}
+
+template <int kHeadDim, int kWarps>
+void launch_mma(const PrefillAttentionParams& p, cudaStream_t stream) {
+  using T = Tile<kHeadDim, kWarps>;
+  auto kernel = prefill_attention_kernel<kHeadDim, kWarps>;
+  static std::atomic<uint64_t> configured{0};
+  allow_shared_memory(kernel, T::kSmemBytes, configured);
+  kernel<<<grid_for(p, T::kBlockM), T::kThreads, T::kSmemBytes, stream>>>(kernel_args(p));
   CUDA_CHECK_LAUNCH();
+}
+
+template <int kHeadDim>
+void launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
+  using T = WgTile<kHeadDim>;
+  auto kernel = prefill_attention_wgmma_kernel<kHeadDim>;
+  static std::atomic<uint64_t> configured{0};
+  allow_shared_memory(kernel, T::kSmemBytes, configured);
+  kernel<<<grid_for(p, T::kBlockM), T::kThreads, T::kSmemBytes, stream>>>(kernel_args(p));
+  CUDA_CHECK_LAUNCH();
+}
+
+// The wgmma kernel runs where its sm_90a code exists: a compute capability 9.0 device and a
+// build that contains sm_90a machine code for it (binaryVersion 90; a build for other
+// architectures compiles the kernel empty).
+bool wgmma_runs_here() {
+  static std::atomic<uint64_t> known{0}, yes{0};
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit && (known.load(std::memory_order_relaxed) & bit)) {
+    return (yes.load(std::memory_order_relaxed) & bit) != 0;
+  }
+  int major = 0, minor = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  bool ok = major == 9 && minor == 0;
+  if (ok) {
+    cudaFuncAttributes attr{};
+    ok = cudaFuncGetAttributes(&attr, prefill_attention_wgmma_kernel<128>) == cudaSuccess &&
+         attr.binaryVersion == 90;
+    (void)cudaGetLastError();  // a kernel without code for this device is not an error here
+  }
+  if (bit) {
+    if (ok) yes.fetch_or(bit, std::memory_order_relaxed);
+    known.fetch_or(bit, std::memory_order_relaxed);
+  }
+  return ok;
 }
 
 }  // namespace
 
+bool prefill_attention_wgmma_available() {
+  return wgmma_runs_here();
+}
+
 void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
   validate(p);
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
+  PrefillKernel kernel = p.kernel;
+  if (kernel == PrefillKernel::kAuto) {
+    // ARBOR_PREFILL_KERNEL=mma picks the mma.sync kernel for before/after measurements.
+    static const bool mma_forced = [] {
+      const char* v = std::getenv("ARBOR_PREFILL_KERNEL");
+      return v && std::string(v) == "mma";
+    }();
+    kernel = !mma_forced && wgmma_runs_here() ? PrefillKernel::kWgmma : PrefillKernel::kMmaSync;
+  }
+  if (kernel == PrefillKernel::kWgmma) {
+    if (!wgmma_runs_here()) {
+      fail("the wgmma kernel needs a compute capability 9.0 GPU and a build for sm_90a");
+    }
+    if (p.head_dim == 64) return launch_wgmma<64>(p, stream);
+    return launch_wgmma<128>(p, stream);
+  }
   // 16 query rows per warp; ARBOR_PREFILL_WARPS=4 or 8 (64 or 128 rows per block) picks the
   // tile for measurements, default 8.
   static const int warps = [] {
@@ -503,11 +820,11 @@ void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
     return v && std::string(v) == "4" ? 4 : 8;
   }();
   if (warps == 4) {
-    if (p.head_dim == 64) return launch<64, 4>(p, stream);
-    return launch<128, 4>(p, stream);
+    if (p.head_dim == 64) return launch_mma<64, 4>(p, stream);
+    return launch_mma<128, 4>(p, stream);
   }
-  if (p.head_dim == 64) return launch<64, 8>(p, stream);
-  launch<128, 8>(p, stream);
+  if (p.head_dim == 64) return launch_mma<64, 8>(p, stream);
+  launch_mma<128, 8>(p, stream);
 }
 
 }  // namespace arbor::cuda

@@ -17,6 +17,11 @@
 
 namespace arbor::cuda {
 
+// Which kernel runs: kAuto takes wgmma (Hopper warpgroup MMAs) where it can run and the
+// mma.sync kernel elsewhere (ARBOR_PREFILL_KERNEL=mma in the environment forces mma.sync, for
+// before/after measurements); the others pick one (tests), kWgmma throwing where it cannot.
+enum class PrefillKernel { kAuto, kMmaSync, kWgmma };
+
 struct PrefillAttentionParams {
   const bf16* q = nullptr;                // [num_tokens][num_q_heads][head_dim]
   const bf16* k_cache = nullptr;          // [num_blocks][num_kv_heads][block_size][head_dim]
@@ -42,7 +47,12 @@ struct PrefillAttentionParams {
   bf16* out = nullptr;       // [num_tokens][num_q_heads][head_dim]
   float* lse = nullptr;      // optional [num_tokens][num_q_heads], natural log
   float* out_f32 = nullptr;  // optional fp32 copy of out (partials for tree attention)
+
+  PrefillKernel kernel = PrefillKernel::kAuto;
 };
+
+// True when PrefillKernel::kWgmma can run on the current device.
+bool prefill_attention_wgmma_available();
 
 // No workspace. Throws std::invalid_argument for unsupported shapes.
 void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream);

@@ -149,7 +149,8 @@ struct Result {
 
 // Runs the CUDA kernel with NaN-poisoned outputs and returns them as floats.
 // extra_query_len raises max_query_len above the true maximum (it is only an upper bound).
-Result run_gpu(const Batch& b, float scale, bool want_lse, int extra_query_len = 0) {
+Result run_gpu(const Batch& b, float scale, bool want_lse, arbor::cuda::PrefillKernel kernel,
+               int extra_query_len = 0) {
   const int n_tokens = b.num_tokens();
   const size_t out_elems = size_t(n_tokens) * b.num_q_heads * b.shape.head_dim;
   auto q = upload_bf16(b.q);
@@ -181,6 +182,7 @@ Result run_gpu(const Batch& b, float scale, bool want_lse, int extra_query_len =
   p.scale = scale;
   p.out = out.data();
   p.lse = want_lse ? lse.data() : nullptr;
+  p.kernel = kernel;
   arbor::cuda::prefill_attention(p, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -263,7 +265,20 @@ void compare(const Batch& b, const Result& got, const std::vector<float>& ref_ou
   }
 }
 
-// Builds the batch, runs both backends and compares. Returns the GPU result.
+// Both kernels where the device runs both: mma.sync everywhere, wgmma on sm_90a.
+std::vector<arbor::cuda::PrefillKernel> kernels_here() {
+  std::vector<arbor::cuda::PrefillKernel> k = {arbor::cuda::PrefillKernel::kMmaSync};
+  if (arbor::cuda::prefill_attention_wgmma_available())
+    k.push_back(arbor::cuda::PrefillKernel::kWgmma);
+  return k;
+}
+
+const char* name(arbor::cuda::PrefillKernel k) {
+  return k == arbor::cuda::PrefillKernel::kWgmma ? "wgmma" : "mma.sync";
+}
+
+// Builds the batch, runs the CPU reference and every kernel of this device and compares.
+// Returns the last GPU result.
 Result check_case(const std::vector<SeqSpec>& seqs, const Config& c, bool with_lse, uint64_t seed,
                   float q_range = 4.0f) {
   INFO(describe(seqs, c) << ", lse " << with_lse << ", q range ±" << q_range);
@@ -274,8 +289,12 @@ Result check_case(const std::vector<SeqSpec>& seqs, const Config& c, bool with_l
   arbor::cpu::paged_attention(b.q.data(), c.num_q_heads, b.shape, b.k_cache.data(),
                               b.v_cache.data(), b.view(), scale, ref_out.data(),
                               with_lse ? ref_lse.data() : nullptr);
-  Result got = run_gpu(b, scale, with_lse);
-  compare(b, got, ref_out, ref_lse);
+  Result got;
+  for (const auto kernel : kernels_here()) {
+    INFO("kernel " << name(kernel));
+    got = run_gpu(b, scale, with_lse, kernel);
+    compare(b, got, ref_out, ref_lse);
+  }
   return got;
 }
 
@@ -328,15 +347,21 @@ TEST_CASE("prefill_attention handles ragged batches of prefill chunks and decode
       {129, 65},    // chunk crossing a tile boundary by one
   };
   for (const Config& c : {Config{64, 8, 2, 16}, Config{128, 8, 2, 32}, Config{128, 16, 2, 16}}) {
-    const Result first = check_case(seqs, c, /*with_lse=*/true, 301 + uint64_t(c.head_dim));
-    // Same inputs again: a race (missing barrier, stage overwritten early) shows up as results
-    // that differ from run to run. This time with a loose max_query_len: the extra query
-    // tiles of the grid must exit without writing.
+    check_case(seqs, c, /*with_lse=*/true, 301 + uint64_t(c.head_dim));
+    // Same inputs again, twice per kernel: a race (missing barrier, stage overwritten early)
+    // shows up as results that differ from run to run. The second run has a loose
+    // max_query_len: the extra query tiles of the grid must exit without writing.
     const Batch b = make_batch(seqs, c, 4.0f, 301 + uint64_t(c.head_dim));
-    const Result second = run_gpu(b, 1.0f / std::sqrt(float(c.head_dim)), true, 200);
-    INFO(describe(seqs, c));
-    CHECK(std::memcmp(first.out.data(), second.out.data(), first.out.size() * sizeof(float)) == 0);
-    CHECK(std::memcmp(first.lse.data(), second.lse.data(), first.lse.size() * sizeof(float)) == 0);
+    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+    for (const auto kernel : kernels_here()) {
+      INFO(describe(seqs, c) << ", kernel " << name(kernel));
+      const Result first = run_gpu(b, scale, true, kernel);
+      const Result second = run_gpu(b, scale, true, kernel, 200);
+      CHECK(std::memcmp(first.out.data(), second.out.data(), first.out.size() * sizeof(float)) ==
+            0);
+      CHECK(std::memcmp(first.lse.data(), second.lse.data(), first.lse.size() * sizeof(float)) ==
+            0);
+    }
   }
 }
 
