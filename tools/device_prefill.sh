@@ -13,9 +13,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 date -u
 echo "== GPU tests [prefill_attention],[cp]"
 timeout 120 "$b/bin/arbor_gpu_tests" "[prefill_attention],[cp]" 2>&1 | tee "$OUT/prefill_tests.log" | tail -25
+for ab in ${AB_ENV:-}; do  # e.g. AB_ENV="X=1 Y=0": each setting alone, tests and kernels
+  echo "== GPU tests [prefill_attention] with $ab"
+  env "$ab" timeout 120 "$b/bin/arbor_gpu_tests" "[prefill_attention]" 2>&1 | tail -3
+done
 echo "== prefill attention kernels"
 timeout 120 "$b/bin/arbor_bench_prefill_attention" --lens 1024,2048,4096,8192,16384 2>&1 |
   tee "$OUT/prefill_bench.log"
+for ab in ${AB_ENV:-}; do
+  echo "== prefill attention kernels with $ab"
+  env "$ab" timeout 120 "$b/bin/arbor_bench_prefill_attention" --lens 1024,2048,4096,8192,16384 \
+    2>&1 | grep -v "^mma.sync" | tee -a "$OUT/prefill_bench_ab.log"
+done
 echo "== 8B prefill step end to end (dummy weights): wgmma, then mma.sync; 8k twice"
 for run in "wgmma 8192" "mma 8192" "wgmma 2048" "mma 2048" "wgmma 8192" "mma 8192"; do
   read -r k n <<<"$run"

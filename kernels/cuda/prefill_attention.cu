@@ -402,15 +402,21 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 // The wgmma kernel (Hopper, sm_90a): the same algorithm on warpgroup MMAs.
 //
 // One block = 2 warpgroups = 128 query rows of one head, 64 per warpgroup; keys in tiles of
-// 128, gathered through the block table by all 256 threads with cp.async into two stages of
-// 128B-swizzled shared memory (kernels/cuda/wgmma.cuh). Per key tile each warpgroup issues
-// S = Q·Kᵀ as head_dim / 16 wgmma m64n128k16 with both operands in shared memory, applies
-// the mask and the online softmax to S in registers (each thread holds 2 rows × 32 keys,
-// the same fragment as mma.sync: rows g and g + 8 of its warp's 16), packs P to bf16 in
-// place as the A operand of O += P·V (8 wgmma m64n{head_dim}k16 with V as the MN-major B,
-// read from shared memory as the cache stores it). The next tile's gather is in flight
-// during both products. mma.sync above issues 16×8×16 per instruction through a warp, and
-// at 8k tokens ran at 28% of the H200's bf16 peak; wgmma issues 64×128×16 per warpgroup.
+// 128, gathered through the block table by all 256 threads with cp.async into three stages
+// of 128B-swizzled shared memory (kernels/cuda/wgmma.cuh), each tile requested two tiles
+// before it is used. Per key tile each warpgroup issues S = Q·Kᵀ as head_dim / 16 wgmma
+// m64n128k16 with both operands in shared memory, applies the mask and the online softmax
+// to S in registers (each thread holds 2 rows × 32 keys, the same fragment as mma.sync:
+// rows g and g + 8 of its warp's 16), packs P to bf16 as the A operand of O += P·V (8 wgmma
+// m64n{head_dim}k16 with V as the MN-major B, read from shared memory as the cache stores
+// it). The two warpgroups take turns on the tensor cores (named barriers), so one's softmax
+// runs while the other's products do. H200, 8k-token prompt, 32/8 heads (bench/RESULTS.md):
+// mma.sync 282 TFLOP/s, this kernel 372.
+//
+// Tried and dropped (in-run A/B at 8k, TFLOP/s): tile j's S issued together with tile
+// j-1's P·V, the softmax under that P·V (3 stages, tiles one ahead), 354 against 363 for
+// two stages without it; 64-row blocks of one warpgroup, two per SM, 299 against 364;
+// skipping the O rescale when no maximum of a warp moved, 372 against 376 without.
 
 template <int kHeadDim>
 struct WgTile {
@@ -421,19 +427,30 @@ struct WgTile {
   static constexpr int kChunks = kHeadDim / 8;      // 16-byte chunks per row
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // K or V of one tile
-  // Q, two stages of (K, V), and 1 KiB to align the tiles to the swizzle's 1024 bytes.
-  static constexpr size_t kSmemBytes = 1024 + size_t(kQBytes) + 4 * size_t(kKvBytes);
+  static constexpr int kStages = 3;
+  // Q, the stages of (K, V), and 1 KiB to align the tiles to the swizzle's 1024 bytes.
+  static constexpr size_t kSmemBytes =
+      1024 + size_t(kQBytes) + 2 * size_t(kStages) * size_t(kKvBytes);
 };
+
+// Named barriers (0 is __syncthreads) for the warpgroups' ping-pong.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 template <int kHeadDim>
 __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
     prefill_attention_wgmma_kernel(const KernelArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = WgTile<kHeadDim>;
+  constexpr int kStages = T::kStages;
   constexpr int kBlockM = T::kBlockM;
   constexpr int kBlockNw = T::kBlockN;
   constexpr int kChunks = T::kChunks;
-  constexpr int kSGroups = kBlockNw / 8;  // 8-key column groups of S per thread: 16
+  constexpr int kSGroups = kBlockNw / 8;  // 8-key column groups of S per thread
   constexpr int kOGroups = kHeadDim / 8;  // 8-dim column groups of O per thread
 
   const int head = blockIdx.x;
@@ -520,35 +537,40 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   // This warpgroup's 64 Q rows in each 64-dim slab.
   const uint32_t q_rows = sq + uint32_t(wg * 64 * 128);
 
-  for (int j = 0; j < n_kv_tiles; ++j) {
-    const int stage = j & 1;
-    if (j + 1 < n_kv_tiles) {
-      load_kv(j + 1, stage ^ 1);  // released by the barrier that ended tile j - 1
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    wgmma::fence_shared_for_async_proxy();
-    __syncthreads();
-    const uint32_t k_tile = skv + uint32_t(2 * stage * T::kKvBytes);
-    const uint32_t v_tile = k_tile + T::kKvBytes;
-
-    // ---- S = Q·Kᵀ: 16 head dims per step; a slab holds 4 steps, 32 bytes apart.
-    wgmma::fence();
+  auto k_stage = [&](int stage) { return skv + uint32_t(2 * stage * T::kKvBytes); };
+  // S = Q·Kᵀ for the tile in `stage`: 16 head dims per step; a slab holds 4 steps, 32 bytes
+  // apart. Issued, not waited for.
+  auto issue_s = [&](int stage) {
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       const uint32_t step = uint32_t((kk % 4) * 32);
       const uint64_t dq =
           wgmma::descriptor(q_rows + uint32_t((kk / 4) * kBlockM * 128) + step, 16, 1024);
       const uint64_t dk =
-          wgmma::descriptor(k_tile + uint32_t((kk / 4) * kBlockNw * 128) + step, 16, 1024);
+          wgmma::descriptor(k_stage(stage) + uint32_t((kk / 4) * kBlockNw * 128) + step, 16, 1024);
       wgmma::m64n128k16_ss(s, dq, dk, kk > 0);
     }
     wgmma::commit();
-    wgmma::wait<0>();
-
-    // ---- Causal mask. s[4n + e] is key j·128 + 8n + 2t + (e & 1) of row row0 (e < 2) or
-    // row0 + 8 (e ≥ 2).
+  };
+  // O += P·V for the tile in `stage`: 16 keys per step, 16 rows of 128 bytes apart.
+  auto issue_pv = [&](const uint32_t(&pf)[kBlockNw / 16][4], int stage) {
+    const uint32_t v_tile = k_stage(stage) + T::kKvBytes;
+#pragma unroll
+    for (int kk = 0; kk < kBlockNw / 16; ++kk) {
+      const uint64_t dv = wgmma::descriptor(v_tile + uint32_t(kk * 16 * 128), kBlockNw * 128, 1024);
+      if constexpr (kHeadDim == 128) {
+        wgmma::m64n128k16_rs_mn(o, pf[kk], dv);
+      } else {
+        wgmma::m64n64k16_rs_mn(o, pf[kk], dv);
+      }
+    }
+    wgmma::commit();
+  };
+  // Mask and online softmax of tile j's S (as in the mma.sync kernel: a row lives in the 4
+  // lanes of a quad); leaves P = exp2(scaled S - max) in s, in fp32. Returns, per row, the
+  // factor O must be scaled by before this tile's P·V is added.
+  auto softmax = [&](int j, float(&alpha)[2]) {
+    // s[4n + e] is key j·128 + 8n + 2t + (e & 1) of row row0 (e < 2) or row0 + 8 (e ≥ 2).
     if (j >= first_masked) {
 #pragma unroll
       for (int n = 0; n < kSGroups; ++n) {
@@ -559,8 +581,6 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
         }
       }
     }
-
-    // ---- Online softmax (as in the mma.sync kernel: a row lives in the 4 lanes of a quad).
     float scaled_max[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -572,46 +592,76 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       scaled_max[h] = mx == -INFINITY ? 0.0f : mx * scale_log2;
-      const float alpha = fast_exp2(row_max[h] * scale_log2 - scaled_max[h]);
+      alpha[h] = fast_exp2(row_max[h] * scale_log2 - scaled_max[h]);
       row_max[h] = mx;
-      row_sum[h] *= alpha;
-#pragma unroll
-      for (int d = 0; d < kOGroups; ++d) {
-        o[4 * d + 2 * h] *= alpha;
-        o[4 * d + 2 * h + 1] *= alpha;
-      }
+      row_sum[h] *= alpha[h];
     }
-    // P packed to bf16: keys 16kk..16kk+15 are S groups 2kk and 2kk+1, i.e. the A fragment
-    // of step kk (wgmma.cuh).
-    uint32_t p[kBlockNw / 16][4];
+#pragma unroll
+    for (int i = 0; i < kSGroups * 4; ++i) {
+      s[i] = fast_exp2(fmaf(s[i], scale_log2, -scaled_max[(i >> 1) & 1]));
+      row_sum[(i >> 1) & 1] += s[i];
+    }
+  };
+  // P (in s) packed to bf16: keys 16kk..16kk+15 are S groups 2kk and 2kk+1, i.e. the A
+  // fragment of step kk (wgmma.cuh).
+  auto pack_p = [&](uint32_t(&pf)[kBlockNw / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < kBlockNw / 16; ++kk) {
-      float e8[8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        e8[i] = fast_exp2(fmaf(s[8 * kk + i], scale_log2, -scaled_max[(i >> 1) & 1]));
-        row_sum[(i >> 1) & 1] += e8[i];
-      }
-      p[kk][0] = pack_bf16x2(e8[0], e8[1]);
-      p[kk][1] = pack_bf16x2(e8[2], e8[3]);
-      p[kk][2] = pack_bf16x2(e8[4], e8[5]);
-      p[kk][3] = pack_bf16x2(e8[6], e8[7]);
+      for (int i = 0; i < 4; ++i) pf[kk][i] = pack_bf16x2(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
     }
+  };
+  auto rescale_o = [&](const float(&alpha)[2]) {
+#pragma unroll
+    for (int d = 0; d < kOGroups; ++d) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        o[4 * d + 2 * h] *= alpha[h];
+        o[4 * d + 2 * h + 1] *= alpha[h];
+      }
+    }
+  };
 
-    // ---- O += P·V: 16 keys per step, 16 rows of 128 bytes apart.
-    wgmma::fence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockNw / 16; ++kk) {
-      const uint64_t dv = wgmma::descriptor(v_tile + uint32_t(kk * 16 * 128), kBlockNw * 128, 1024);
-      if constexpr (kHeadDim == 128) {
-        wgmma::m64n128k16_rs_mn(o, p[kk], dv);
+  uint32_t pf[kBlockNw / 16][4];
+  float alpha[2];
+  {
+    // Three stages, each tile requested two tiles ahead: tile j+2 refills the stage of tile
+    // j-1, which every thread finished in iteration j-1 (the barrier at the top of iteration
+    // j says so), so one barrier per tile suffices and a gather has two tiles of compute to
+    // land in instead of one.
+    if (n_kv_tiles > 1) load_kv(1, 1);
+    for (int j = 0; j < n_kv_tiles; ++j) {
+      const int stage = j % kStages;
+      if (j + 1 < n_kv_tiles) {
+        cp_async_wait<1>();  // tile j (and Q) landed; tile j+1 may still be in flight
       } else {
-        wgmma::m64n64k16_rs_mn(o, p[kk], dv);
+        cp_async_wait<0>();
       }
+      wgmma::fence_shared_for_async_proxy();
+      __syncthreads();
+      if (j + 2 < n_kv_tiles) load_kv(j + 2, (j + 2) % kStages);
+      // Ping-pong: warpgroup 1 issues its S only once warpgroup 0's S is done, and its P·V
+      // after warpgroup 0's, so that on the tensor cores one warpgroup's product runs
+      // while the other computes its softmax, instead of both products at once and then
+      // both softmaxes with the tensor cores idle.
+      if (wg == 1) named_barrier_sync(1, T::kThreads);
+      wgmma::fence_operands(s);
+      wgmma::fence();
+      issue_s(stage);
+      wgmma::wait<0>();
+      if (wg == 0) named_barrier_arrive(1, T::kThreads);
+      wgmma::fence_operands(s);
+      softmax(j, alpha);
+      pack_p(pf);
+      rescale_o(alpha);
+      if (wg == 1) named_barrier_sync(2, T::kThreads);
+      wgmma::fence_operands(o);
+      wgmma::fence();
+      issue_pv(pf, stage);
+      if (wg == 0) named_barrier_arrive(2, T::kThreads);
+      wgmma::wait<0>();
+      wgmma::fence_operands(o);
     }
-    wgmma::commit();
-    wgmma::wait<0>();
-    __syncthreads();  // everyone is done with this stage before it is refilled
   }
 
   // ---- Epilogue: as in the mma.sync kernel.

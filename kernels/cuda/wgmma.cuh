@@ -49,6 +49,17 @@ template <int N>
 __device__ __forceinline__ void wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// The asm statements above name no registers, so the compiler may move ordinary reads and
+// writes of accumulator or fragment registers across them (a read of D hoisted above the
+// wait that makes it valid). An empty asm that "modifies" each register pins those accesses
+// on their side of it; called around fence() and after each wait() on every register array
+// an in-flight wgmma reads or writes.
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
 // Shared memory written through the generic proxy (ordinary stores, cp.async) becomes
 // visible to wgmma, which reads through the async proxy, after this fence in each writing
 // thread and a barrier.
