@@ -143,12 +143,81 @@ struct KernelArgs {
   float* out_f32;
 };
 
+// ---------------------------------------------------------------------------------------------
+// Shared by both kernels.
+
+// Query row i of a sequence sits at position ctx - n_query + i and sees positions [0, pos],
+// which are local keys [0, visible_keys(pos)) of this rank (all of them, pos + 1, without
+// context parallelism).
+__device__ __forceinline__ int visible_keys(const KernelArgs& a, int pos) {
+  return local_kv_len(max(0, pos + 1), a.cp_size, a.cp_rank, a.block_size);
+}
+
+// One block's query tile: rows [m_start, m_start + rows) of a sequence's new tokens and the
+// keys they need, in tiles of block_n.
+struct QueryTile {
+  int q_begin;       // the sequence's first query token in the batch
+  int m_start;       // the tile's first row among the sequence's queries
+  int rows;          // real rows (a sequence's last tile may be partial)
+  int pos_first;     // position of the tile's first row
+  int kv_len;        // local keys the tile needs
+  int n_kv_tiles;    // key tiles covering them
+  int first_masked;  // key tiles [0, first_masked) are visible to every row: no mask needed
+};
+
+// False when the tile lies past the sequence's queries (the grid is sized for the longest).
+__device__ __forceinline__ bool query_tile(const KernelArgs& a, int seq, int m_tile, int block_m,
+                                           int block_n, QueryTile& t) {
+  t.q_begin = a.query_start[seq];
+  const int n_query = a.query_start[seq + 1] - t.q_begin;
+  t.m_start = m_tile * block_m;
+  if (t.m_start >= n_query) return false;
+  t.pos_first = a.context_lens[seq] - n_query + t.m_start;
+  t.rows = min(block_m, n_query - t.m_start);
+  t.kv_len = visible_keys(a, t.pos_first + t.rows - 1);
+  t.n_kv_tiles = (t.kv_len + block_n - 1) / block_n;
+  t.first_masked = visible_keys(a, t.pos_first) / block_n;
+  return true;
+}
+
+// Epilogue of one query row held by a quad of lanes (lane t4 of 4 holds dims 8d + 2·t4 and
+// 8d + 2·t4 + 1 of each 8-dim group d, given by o(d) as a float2, and a partial sum of the
+// row's exps): finish the sum across the quad, normalize, store bf16 (and fp32) pairs and
+// the LSE. Every lane calls it (the shuffles); only lanes with `write` store.
+template <int kHeadDim, typename Values>
+__device__ __forceinline__ void store_row(const KernelArgs& a, bool write, size_t token, int head,
+                                          int t4, float row_max, float partial_sum, Values o) {
+  float sum = partial_sum;
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  if (!write) return;
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  const size_t out_row_stride = size_t(a.num_q_heads) * kHeadDim;
+  const size_t first = token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
+#pragma unroll
+  for (int d = 0; d < kHeadDim / 8; ++d) {
+    const float2 v = o(d);
+    *reinterpret_cast<__nv_bfloat162*>(a.out + first + d * 8) =
+        __floats2bfloat162_rn(v.x * inv, v.y * inv);
+  }
+  if (a.out_f32) {
+#pragma unroll
+    for (int d = 0; d < kHeadDim / 8; ++d) {
+      const float2 v = o(d);
+      *reinterpret_cast<float2*>(a.out_f32 + first + d * 8) = make_float2(v.x * inv, v.y * inv);
+    }
+  }
+  if (a.lse && t4 == 0) {
+    // Natural-log LSE of the scaled scores: max·scale + ln(sum of exp(scaled - max·scale)).
+    a.lse[token * a.num_q_heads + head] = sum > 0.0f ? row_max * a.scale + logf(sum) : -INFINITY;
+  }
+}
+
 template <int kHeadDim, int kWarps>
 __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 ? 1 : 2)
     prefill_attention_kernel(const KernelArgs a) {
   using T = Tile<kHeadDim, kWarps>;
   constexpr int kBlockM = T::kBlockM;
-  constexpr int kChunks = T::kChunks;
   constexpr int kKSteps = kHeadDim / 16;  // k16 steps of Q·Kᵀ
   constexpr int kNTiles = kBlockN / 8;    // n8 tiles of S
   constexpr int kDTiles = kHeadDim / 8;   // n8 tiles of O
@@ -156,24 +225,9 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   const int head = blockIdx.x;
   const int seq = blockIdx.y;
   const int m_tile = gridDim.z - 1 - blockIdx.z;  // heaviest tiles launch first
-
-  const int q_begin = a.query_start[seq];
-  const int n_query = a.query_start[seq + 1] - q_begin;
-  const int m_start = m_tile * kBlockM;
-  if (m_start >= n_query) return;
-  const int ctx = a.context_lens[seq];
-  // Query row i of the sequence sits at position ctx - n_query + i and sees positions
-  // [0, pos], which are local keys [0, visible(pos)) of this rank (all of them, visible =
-  // pos + 1, without context parallelism).
-  auto visible = [&](int pos) {
-    return local_kv_len(max(0, pos + 1), a.cp_size, a.cp_rank, a.block_size);
-  };
-  const int pos_first = ctx - n_query + m_start;     // tile's first row
-  const int rows = min(kBlockM, n_query - m_start);  // real rows
-  const int kv_len = visible(pos_first + rows - 1);  // keys needed
-  const int n_kv_tiles = (kv_len + kBlockN - 1) / kBlockN;
-  // Key tiles [0, first_masked) are visible to every row: no mask needed.
-  const int first_masked = visible(pos_first) / kBlockN;
+  QueryTile t;
+  if (!query_tile(a, seq, m_tile, kBlockM, kBlockN, t)) return;
+  const int n_kv_tiles = t.n_kv_tiles;
 
   const int kv_head = head / a.group;
   const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
@@ -188,15 +242,17 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   const int warp = tid / 32;
   const int lane = tid % 32;
 
+  constexpr int kChunks = T::kChunks;
   // ---- Q tile → shared (rows past the query are zero-filled).
   {
     const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
-    const bf16* q_base = a.q + size_t(q_begin + m_start) * q_row_stride + size_t(head) * kHeadDim;
+    const bf16* q_base =
+        a.q + size_t(t.q_begin + t.m_start) * q_row_stride + size_t(head) * kHeadDim;
 #pragma unroll
     for (int i = 0; i < kBlockM * kChunks / T::kThreads; ++i) {
       const int c = tid + i * T::kThreads;
       const int r = c / kChunks, ch = c % kChunks;
-      const bool valid = r < rows;
+      const bool valid = r < t.rows;
       const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
       cp_async_16(sq_addr + 2 * swizzled<kHeadDim>(r, ch), src, valid);
     }
@@ -206,6 +262,7 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   // ---- K/V tile j → stage `stage`, gathered row by row through the block table. Rows past
   // kv_len are zero-filled (never read: the cache there may hold anything, even NaN, and a
   // NaN V row would poison P·V even with P = 0).
+  const int kv_len = t.kv_len;
   const size_t head_offset = size_t(kv_head) * a.block_size * kHeadDim;
   const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
   auto load_kv = [&](int j, int stage) {
@@ -254,8 +311,9 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   // Each lane holds rows g = lane/4 and g+8 of its warp's 16, columns 2t, 2t+1 (t = lane%4)
   // of every n8 tile: o[d][0..1] row g, o[d][2..3] row g+8.
   const int g = lane >> 2, t4 = lane & 3;
-  const int pos_row0 = pos_first + warp * 16 + g;  // position of row g (row g+8: +8)
-  const int visible_row[2] = {visible(pos_row0), visible(pos_row0 + 8)};  // keys each row sees
+  const int pos_row0 = t.pos_first + warp * 16 + g;  // position of row g (row g+8: +8)
+  const int visible_row[2] = {visible_keys(a, pos_row0),
+                              visible_keys(a, pos_row0 + 8)};  // keys each row sees
   float o[kDTiles][4];
 #pragma unroll
   for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
@@ -297,7 +355,7 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 
     // ---- Causal mask: keys the row does not see → -inf. s[n][e] is key
     // j·64 + 8n + 2t + (e & 1) for row g (e < 2) or g+8 (e ≥ 2).
-    if (j >= first_masked) {
+    if (j >= t.first_masked) {
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) {
 #pragma unroll
@@ -365,36 +423,13 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
     __syncthreads();  // everyone is done with this stage before it is refilled
   }
 
-  // ---- Epilogue: finish the row sums across the quad, normalize, store bf16 pairs.
-  const size_t out_row_stride = size_t(a.num_q_heads) * kHeadDim;
+  // ---- Epilogue.
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float sum = row_sum[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const int r = warp * 16 + g + 8 * h;  // row within the tile
-    if (r >= rows) continue;
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const size_t token = size_t(q_begin + m_start + r);
-    bf16* dst = a.out + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
-#pragma unroll
-    for (int d = 0; d < kDTiles; ++d) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + d * 8) =
-          __floats2bfloat162_rn(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
-    }
-    if (a.out_f32) {
-      float* dst_f32 = a.out_f32 + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
-#pragma unroll
-      for (int d = 0; d < kDTiles; ++d) {
-        *reinterpret_cast<float2*>(dst_f32 + d * 8) =
-            make_float2(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
-      }
-    }
-    if (a.lse && t4 == 0) {
-      // Natural-log LSE of the scaled scores: max·scale + ln(sum of exp(scaled - max·scale)).
-      a.lse[token * a.num_q_heads + head] =
-          sum > 0.0f ? row_max[h] * a.scale + logf(sum) : -INFINITY;
-    }
+    store_row<kHeadDim>(a, r < t.rows, size_t(t.q_begin + t.m_start + r), head, t4, row_max[h],
+                        row_sum[h],
+                        [&](int d) { return make_float2(o[d][2 * h], o[d][2 * h + 1]); });
   }
 }
 
@@ -449,27 +484,15 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   constexpr int kStages = T::kStages;
   constexpr int kBlockM = T::kBlockM;
   constexpr int kBlockNw = T::kBlockN;
-  constexpr int kChunks = T::kChunks;
   constexpr int kSGroups = kBlockNw / 8;  // 8-key column groups of S per thread
   constexpr int kOGroups = kHeadDim / 8;  // 8-dim column groups of O per thread
 
   const int head = blockIdx.x;
   const int seq = blockIdx.y;
   const int m_tile = gridDim.z - 1 - blockIdx.z;  // heaviest tiles launch first
-
-  const int q_begin = a.query_start[seq];
-  const int n_query = a.query_start[seq + 1] - q_begin;
-  const int m_start = m_tile * kBlockM;
-  if (m_start >= n_query) return;
-  const int ctx = a.context_lens[seq];
-  auto visible = [&](int pos) {
-    return local_kv_len(max(0, pos + 1), a.cp_size, a.cp_rank, a.block_size);
-  };
-  const int pos_first = ctx - n_query + m_start;
-  const int rows = min(kBlockM, n_query - m_start);
-  const int kv_len = visible(pos_first + rows - 1);
-  const int n_kv_tiles = (kv_len + kBlockNw - 1) / kBlockNw;
-  const int first_masked = visible(pos_first) / kBlockNw;
+  QueryTile t;
+  if (!query_tile(a, seq, m_tile, kBlockM, kBlockNw, t)) return;
+  const int n_kv_tiles = t.n_kv_tiles;
 
   const int kv_head = head / a.group;
   const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
@@ -482,14 +505,16 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   const int warp = tid / 32, lane = tid % 32;
   const int wg = warp / 4;  // warpgroup: query rows [64 wg, 64 wg + 64) of the tile
 
+  constexpr int kChunks = T::kChunks;
   {
     const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
-    const bf16* q_base = a.q + size_t(q_begin + m_start) * q_row_stride + size_t(head) * kHeadDim;
+    const bf16* q_base =
+        a.q + size_t(t.q_begin + t.m_start) * q_row_stride + size_t(head) * kHeadDim;
 #pragma unroll
     for (int i = 0; i < kBlockM * kChunks / T::kThreads; ++i) {
       const int c = tid + i * T::kThreads;
       const int r = c / kChunks, ch = c % kChunks;
-      const bool valid = r < rows;
+      const bool valid = r < t.rows;
       const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
       cp_async_16(sq + wgmma::swizzled_offset(kBlockM, r, ch), src, valid);
     }
@@ -497,6 +522,8 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   }
 
   // Rows past kv_len are zero-filled, never read from the cache (see the mma.sync kernel).
+  // (Both kernels' loads as one shared helper measured 4% slower, in-run, on both.)
+  const int kv_len = t.kv_len;
   const size_t head_offset = size_t(kv_head) * a.block_size * kHeadDim;
   const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
   auto load_kv = [&](int j, int stage) {
@@ -524,7 +551,8 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
 
   const int g = lane >> 2, t4 = lane & 3;
   const int row0 = wg * 64 + (warp % 4) * 16 + g;  // this thread's rows: row0 and row0 + 8
-  const int visible_row[2] = {visible(pos_first + row0), visible(pos_first + row0 + 8)};
+  const int visible_row[2] = {visible_keys(a, t.pos_first + row0),
+                              visible_keys(a, t.pos_first + row0 + 8)};
   float o[kOGroups * 4];
 #pragma unroll
   for (int i = 0; i < kOGroups * 4; ++i) o[i] = 0.0f;
@@ -571,7 +599,7 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   // factor O must be scaled by before this tile's P·V is added.
   auto softmax = [&](int j, float(&alpha)[2]) {
     // s[4n + e] is key j·128 + 8n + 2t + (e & 1) of row row0 (e < 2) or row0 + 8 (e ≥ 2).
-    if (j >= first_masked) {
+    if (j >= t.first_masked) {
 #pragma unroll
       for (int n = 0; n < kSGroups; ++n) {
 #pragma unroll
@@ -665,35 +693,13 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
     }
   }
 
-  // ---- Epilogue: as in the mma.sync kernel.
-  const size_t out_row_stride = size_t(a.num_q_heads) * kHeadDim;
+  // ---- Epilogue.
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float sum = row_sum[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const int r = row0 + 8 * h;
-    if (r >= rows) continue;
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const size_t token = size_t(q_begin + m_start + r);
-    bf16* dst = a.out + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
-#pragma unroll
-    for (int d = 0; d < kOGroups; ++d) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + d * 8) =
-          __floats2bfloat162_rn(o[4 * d + 2 * h] * inv, o[4 * d + 2 * h + 1] * inv);
-    }
-    if (a.out_f32) {
-      float* dst_f32 = a.out_f32 + token * out_row_stride + size_t(head) * kHeadDim + 2 * t4;
-#pragma unroll
-      for (int d = 0; d < kOGroups; ++d) {
-        *reinterpret_cast<float2*>(dst_f32 + d * 8) =
-            make_float2(o[4 * d + 2 * h] * inv, o[4 * d + 2 * h + 1] * inv);
-      }
-    }
-    if (a.lse && t4 == 0) {
-      a.lse[token * a.num_q_heads + head] =
-          sum > 0.0f ? row_max[h] * a.scale + logf(sum) : -INFINITY;
-    }
+    store_row<kHeadDim>(a, r < t.rows, size_t(t.q_begin + t.m_start + r), head, t4, row_max[h],
+                        row_sum[h],
+                        [&](int d) { return make_float2(o[4 * d + 2 * h], o[4 * d + 2 * h + 1]); });
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
