@@ -20,6 +20,7 @@
 // matrix (8 consecutive rows, one logical chunk) hit 8 different bank groups.
 #include "kernels/cuda/prefill_attention.h"
 
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -221,6 +222,7 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   constexpr int kKSteps = kHeadDim / 16;  // k16 steps of Q·Kᵀ
   constexpr int kNTiles = kBlockN / 8;    // n8 tiles of S
   constexpr int kDTiles = kHeadDim / 8;   // n8 tiles of O
+  constexpr int kChunks = T::kChunks;
 
   const int head = blockIdx.x;
   const int seq = blockIdx.y;
@@ -242,7 +244,6 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   const int warp = tid / 32;
   const int lane = tid % 32;
 
-  constexpr int kChunks = T::kChunks;
   // ---- Q tile → shared (rows past the query are zero-filled).
   {
     const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
@@ -486,6 +487,7 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   constexpr int kBlockNw = T::kBlockN;
   constexpr int kSGroups = kBlockNw / 8;  // 8-key column groups of S per thread
   constexpr int kOGroups = kHeadDim / 8;  // 8-dim column groups of O per thread
+  constexpr int kChunks = T::kChunks;
 
   const int head = blockIdx.x;
   const int seq = blockIdx.y;
@@ -505,7 +507,6 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   const int warp = tid / 32, lane = tid % 32;
   const int wg = warp / 4;  // warpgroup: query rows [64 wg, 64 wg + 64) of the tile
 
-  constexpr int kChunks = T::kChunks;
   {
     const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
     const bf16* q_base =
@@ -652,45 +653,43 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
 
   uint32_t pf[kBlockNw / 16][4];
   float alpha[2];
-  {
-    // Three stages, each tile requested two tiles ahead: tile j+2 refills the stage of tile
-    // j-1, which every thread finished in iteration j-1 (the barrier at the top of iteration
-    // j says so), so one barrier per tile suffices and a gather has two tiles of compute to
-    // land in instead of one.
-    if (n_kv_tiles > 1) load_kv(1, 1);
-    for (int j = 0; j < n_kv_tiles; ++j) {
-      const int stage = j % kStages;
-      if (j + 1 < n_kv_tiles) {
-        cp_async_wait<1>();  // tile j (and Q) landed; tile j+1 may still be in flight
-      } else {
-        cp_async_wait<0>();
-      }
-      wgmma::fence_shared_for_async_proxy();
-      __syncthreads();
-      if (j + 2 < n_kv_tiles) load_kv(j + 2, (j + 2) % kStages);
-      // Ping-pong: warpgroup 1 issues its S only after warpgroup 0 has issued its own, and
-      // its P·V after warpgroup 0's, so the tensor cores run warpgroup 0's product first
-      // and one warpgroup's softmax overlaps the other's product, instead of both products
-      // finishing together and both softmaxes leaving the tensor cores idle. (Waiting for
-      // warpgroup 0's S to complete instead: 377-380 against 382-384 TFLOP/s at 8k.)
-      if (wg == 1) named_barrier_sync(1, T::kThreads);
-      wgmma::fence_operands(s);
-      wgmma::fence();
-      issue_s(stage);
-      if (wg == 0) named_barrier_arrive(1, T::kThreads);
-      wgmma::wait<0>();
-      wgmma::fence_operands(s);
-      softmax(j, alpha);
-      pack_p(pf);
-      rescale_o(alpha);
-      if (wg == 1) named_barrier_sync(2, T::kThreads);
-      wgmma::fence_operands(o);
-      wgmma::fence();
-      issue_pv(pf, stage);
-      if (wg == 0) named_barrier_arrive(2, T::kThreads);
-      wgmma::wait<0>();
-      wgmma::fence_operands(o);
+  // Three stages, each tile requested two tiles ahead: tile j+2 refills the stage of tile
+  // j-1, which every thread finished in iteration j-1 (the barrier at the top of iteration j
+  // says so), so one barrier per tile suffices and a gather has two tiles of compute to land
+  // in instead of one.
+  if (n_kv_tiles > 1) load_kv(1, 1);
+  for (int j = 0; j < n_kv_tiles; ++j) {
+    const int stage = j % kStages;
+    if (j + 1 < n_kv_tiles) {
+      cp_async_wait<1>();  // tile j (and Q) landed; tile j+1 may still be in flight
+    } else {
+      cp_async_wait<0>();
     }
+    wgmma::fence_shared_for_async_proxy();
+    __syncthreads();
+    if (j + 2 < n_kv_tiles) load_kv(j + 2, (j + 2) % kStages);
+    // Ping-pong: warpgroup 1 issues its S only after warpgroup 0 has issued its own, and
+    // its P·V after warpgroup 0's, so the tensor cores run warpgroup 0's product first
+    // and one warpgroup's softmax overlaps the other's product, instead of both products
+    // finishing together and both softmaxes leaving the tensor cores idle. (Waiting for
+    // warpgroup 0's S to complete instead: 377-380 against 382-384 TFLOP/s at 8k.)
+    if (wg == 1) named_barrier_sync(1, T::kThreads);
+    wgmma::fence_operands(s);
+    wgmma::fence();
+    issue_s(stage);
+    if (wg == 0) named_barrier_arrive(1, T::kThreads);
+    wgmma::wait<0>();
+    wgmma::fence_operands(s);
+    softmax(j, alpha);
+    pack_p(pf);
+    rescale_o(alpha);
+    if (wg == 1) named_barrier_sync(2, T::kThreads);
+    wgmma::fence_operands(o);
+    wgmma::fence();
+    issue_pv(pf, stage);
+    if (wg == 0) named_barrier_arrive(2, T::kThreads);
+    wgmma::wait<0>();
+    wgmma::fence_operands(o);
   }
 
   // ---- Epilogue.
@@ -748,19 +747,36 @@ void validate(const PrefillAttentionParams& p) {
   }
 }
 
-// Raises a kernel's dynamic shared-memory limit once per device (the attribute belongs to the
-// function on the current device). One `configured` mask per kernel instantiation.
+// A yes/no fact about a device, worked out on first use and remembered (devices 0-63;
+// others work it out every time). Racing first uses both work it out, with the same answer.
+class PerDeviceFlag {
+ public:
+  template <typename Compute>
+  bool get(int device, Compute compute) {
+    if (device < 0 || device >= kDevices) return compute();
+    int state = state_[device].load(std::memory_order_relaxed);  // 0 unknown, 1 no, 2 yes
+    if (state == 0) {
+      state = compute() ? 2 : 1;
+      state_[device].store(state, std::memory_order_relaxed);
+    }
+    return state == 2;
+  }
+
+ private:
+  static constexpr int kDevices = 64;
+  std::array<std::atomic<int>, kDevices> state_{};
+};
+
+// Raises a kernel's dynamic shared-memory limit on `device` once (the attribute belongs to
+// the function on the current device). One `configured` per kernel instantiation.
 template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<uint64_t>& configured) {
+void allow_shared_memory(Kernel kernel, size_t bytes, int device, PerDeviceFlag& configured) {
   if (bytes <= 48 * 1024) return;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (!bit || !(configured.load(std::memory_order_relaxed) & bit)) {
+  configured.get(device, [&] {
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    configured.fetch_or(bit, std::memory_order_relaxed);
-  }
+    return true;
+  });
 }
 
 KernelArgs kernel_args(const PrefillAttentionParams& p) {
@@ -798,21 +814,21 @@ dim3 grid_for(const PrefillAttentionParams& p, int block_m) {
 }
 
 template <int kHeadDim, int kWarps>
-void launch_mma(const PrefillAttentionParams& p, cudaStream_t stream) {
+void launch_mma(const PrefillAttentionParams& p, int device, cudaStream_t stream) {
   using T = Tile<kHeadDim, kWarps>;
   auto kernel = prefill_attention_kernel<kHeadDim, kWarps>;
-  static std::atomic<uint64_t> configured{0};
-  allow_shared_memory(kernel, T::kSmemBytes, configured);
+  static PerDeviceFlag configured;
+  allow_shared_memory(kernel, T::kSmemBytes, device, configured);
   kernel<<<grid_for(p, T::kBlockM), T::kThreads, T::kSmemBytes, stream>>>(kernel_args(p));
   CUDA_CHECK_LAUNCH();
 }
 
 template <int kHeadDim>
-void launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
+void launch_wgmma(const PrefillAttentionParams& p, int device, cudaStream_t stream) {
   using T = WgTile<kHeadDim>;
   auto kernel = prefill_attention_wgmma_kernel<kHeadDim>;
-  static std::atomic<uint64_t> configured{0};
-  allow_shared_memory(kernel, T::kSmemBytes, configured);
+  static PerDeviceFlag configured;
+  allow_shared_memory(kernel, T::kSmemBytes, device, configured);
   kernel<<<grid_for(p, T::kBlockM), T::kThreads, T::kSmemBytes, stream>>>(kernel_args(p));
   CUDA_CHECK_LAUNCH();
 }
@@ -820,40 +836,38 @@ void launch_wgmma(const PrefillAttentionParams& p, cudaStream_t stream) {
 // The wgmma kernel runs where its sm_90a code exists: a compute capability 9.0 device and a
 // build that contains sm_90a machine code for it (binaryVersion 90; a build for other
 // architectures compiles the kernel empty).
-bool wgmma_runs_here() {
-  static std::atomic<uint64_t> known{0}, yes{0};
+bool wgmma_runs_on(int device) {
+  static PerDeviceFlag runs;
+  return runs.get(device, [device] {
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    if (major != 9 || minor != 0) return false;
+    cudaFuncAttributes attr{};
+    const bool ok =
+        cudaFuncGetAttributes(&attr, prefill_attention_wgmma_kernel<128>) == cudaSuccess &&
+        attr.binaryVersion == 90;
+    (void)cudaGetLastError();  // a kernel without code for this device is not an error here
+    return ok;
+  });
+}
+
+int current_device() {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bit && (known.load(std::memory_order_relaxed) & bit)) {
-    return (yes.load(std::memory_order_relaxed) & bit) != 0;
-  }
-  int major = 0, minor = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  bool ok = major == 9 && minor == 0;
-  if (ok) {
-    cudaFuncAttributes attr{};
-    ok = cudaFuncGetAttributes(&attr, prefill_attention_wgmma_kernel<128>) == cudaSuccess &&
-         attr.binaryVersion == 90;
-    (void)cudaGetLastError();  // a kernel without code for this device is not an error here
-  }
-  if (bit) {
-    if (ok) yes.fetch_or(bit, std::memory_order_relaxed);
-    known.fetch_or(bit, std::memory_order_relaxed);
-  }
-  return ok;
+  return device;
 }
 
 }  // namespace
 
 bool prefill_attention_wgmma_available() {
-  return wgmma_runs_here();
+  return wgmma_runs_on(current_device());
 }
 
 void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
   validate(p);
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
+  const int device = current_device();
   PrefillKernel kernel = p.kernel;
   if (kernel == PrefillKernel::kAuto) {
     // ARBOR_PREFILL_KERNEL=mma picks the mma.sync kernel for before/after measurements.
@@ -861,14 +875,13 @@ void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
       const char* v = std::getenv("ARBOR_PREFILL_KERNEL");
       return v && std::string(v) == "mma";
     }();
-    kernel = !mma_forced && wgmma_runs_here() ? PrefillKernel::kWgmma : PrefillKernel::kMmaSync;
+    kernel = !mma_forced && wgmma_runs_on(device) ? PrefillKernel::kWgmma : PrefillKernel::kMmaSync;
+  } else if (kernel == PrefillKernel::kWgmma && !wgmma_runs_on(device)) {
+    fail("the wgmma kernel needs a compute capability 9.0 GPU and a build for sm_90a");
   }
   if (kernel == PrefillKernel::kWgmma) {
-    if (!wgmma_runs_here()) {
-      fail("the wgmma kernel needs a compute capability 9.0 GPU and a build for sm_90a");
-    }
-    if (p.head_dim == 64) return launch_wgmma<64>(p, stream);
-    return launch_wgmma<128>(p, stream);
+    if (p.head_dim == 64) return launch_wgmma<64>(p, device, stream);
+    return launch_wgmma<128>(p, device, stream);
   }
   // 16 query rows per warp; ARBOR_PREFILL_WARPS=4 or 8 (64 or 128 rows per block) picks the
   // tile for measurements, default 8.
@@ -877,11 +890,11 @@ void prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream) {
     return v && std::string(v) == "4" ? 4 : 8;
   }();
   if (warps == 4) {
-    if (p.head_dim == 64) return launch_mma<64, 4>(p, stream);
-    return launch_mma<128, 4>(p, stream);
+    if (p.head_dim == 64) return launch_mma<64, 4>(p, device, stream);
+    return launch_mma<128, 4>(p, device, stream);
   }
-  if (p.head_dim == 64) return launch_mma<64, 8>(p, stream);
-  launch_mma<128, 8>(p, stream);
+  if (p.head_dim == 64) return launch_mma<64, 8>(p, device, stream);
+  launch_mma<128, 8>(p, device, stream);
 }
 
 }  // namespace arbor::cuda

@@ -74,8 +74,8 @@ __device__ __forceinline__ void fence_shared_for_async_proxy() {
 // A[16w + g + 8][2q..], A[16w + g][2q + 8..], A[16w + g + 8][2q + 8..]: the D layout of two
 // 8-column groups, so an fp32 accumulator packs into the next product's A without shuffles.
 
-// D (64 x 128) = A (64 x 16, shared, K-major) · B (16 x 128, shared, K-major) + (accumulate ? D :
-// 0).
+// D (64 x 128) = A (64 x 16, shared, K-major) · B (16 x 128, shared, K-major), plus D when
+// `accumulate`.
 __device__ __forceinline__ void m64n128k16_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
                                               bool accumulate) {
   asm volatile(
