@@ -1,5 +1,6 @@
-// Prefill attention on tensor cores, FlashAttention-2 style (see prefill_attention.h for the
-// contract).
+// Prefill attention on tensor cores (see prefill_attention.h for the contract), two kernels:
+// on Hopper (sm_90a) the wgmma kernel further below; elsewhere, and for comparisons, this
+// one, FlashAttention-2 style on mma.sync.
 //
 // One thread block computes one tile of kBlockM = 16·kWarps query rows of one sequence for
 // one query head; each warp owns 16 consecutive rows. The block walks the sequence's keys
