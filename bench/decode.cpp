@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   int steps = 64, warmup = 8;
   bool graphs = true;
   bool gemv = true;
+  bool gemm_autotune = true;
   int prefill_tokens = 8192;
   std::string peer;
   app.add_option("--model", model, "folder with config.json");
@@ -41,6 +42,8 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed decode steps first");
   app.add_option("--graphs", graphs, "capture decode steps in CUDA graphs (1/0)");
   app.add_option("--gemv", gemv, "steps of <= 2 tokens use the gemv kernel, else cuBLASLt (1/0)");
+  app.add_option("--gemm-autotune", gemm_autotune,
+                 "prefill products keep the fastest cuBLASLt candidate, else its first (1/0)");
   app.add_option("--prefill-tokens", prefill_tokens,
                  "also time one prefill step of this many prompt tokens (0: skip)");
   app.add_option("--peer", peer,
@@ -80,6 +83,7 @@ int main(int argc, char** argv) {
   o.max_batch_tokens = 8192;
   o.cuda_graphs = graphs;
   o.small_batch_gemv = gemv;
+  o.gemm_autotune = gemm_autotune;
   const int block_size = o.block_size;
   auto runner = arbor::make_cuda_runner(model, o);
   const arbor::LlamaConfig& c = runner->config();
@@ -91,9 +95,11 @@ int main(int argc, char** argv) {
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
-  std::printf("# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s\n",
-              date, runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
-              graphs ? "on" : "off", gemv ? "on" : "off");
+  std::printf(
+      "# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s, gemm "
+      "autotune %s\n",
+      date, runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
+      graphs ? "on" : "off", gemv ? "on" : "off", gemm_autotune ? "on" : "off");
   std::printf("# measured read bandwidth %.0f GB/s; weights %.2f GB\n", read_bw * 1e-9,
               weight_bytes * 1e-9);
   if (!peer_impl.empty()) std::printf("# peer: %s\n", peer_impl.c_str());
@@ -127,7 +133,7 @@ int main(int argc, char** argv) {
     const double flops = 2.0 * matmul_params * n +
                          2.0 * 2.0 * c.num_layers * c.num_heads * c.head_dim * double(n) * n / 2.0;
     std::printf(
-        "# prefill of %d tokens: %.2f ms, %.0f tok/s, %.0f TFLOP/s (%.0f%% of 989 dense bf16)\n", n,
+        "# prefill of %d tokens: %.2f ms, %.0f tok/s, %.0f TFLOP/s (%.1f%% of 989 dense bf16)\n", n,
         t * 1e3, n / t, flops / t * 1e-12, 100.0 * flops / t / 989e12);
   }
 

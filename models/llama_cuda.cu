@@ -147,6 +147,7 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   if (!(opt_.gpu_memory_utilization > 0.0f && opt_.gpu_memory_utilization <= 1.0f))
     throw std::invalid_argument("gpu_memory_utilization must be in (0, 1]");
   gemm_.set_small_m_gemv(opt_.small_batch_gemv);
+  gemm_.set_autotune(opt_.gemm_autotune);
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, opt_.device));
   device_name_ = prop.name;

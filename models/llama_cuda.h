@@ -28,6 +28,9 @@ struct CudaRunnerOptions {
   uint64_t dummy_seed = 0;
   bool cuda_graphs = true;       // capture decode steps per batch-size bucket
   bool small_batch_gemv = true;  // steps of <= 2 tokens use the gemv kernel (kernels/cuda/gemv.h)
+  // Prefill-sized products time cuBLASLt's candidate algorithms once per shape and keep the
+  // fastest (kernels/cuda/gemm.h); off: the heuristic's first choice, bitwise reproducible.
+  bool gemm_autotune = true;
   int device = 0;
   // Context parallelism: this runner is one rank; cp.comm must be a device communicator on
   // `device` (nccl or local-gpu). block_size is then this rank's block size and the engine

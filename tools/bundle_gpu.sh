@@ -10,7 +10,7 @@ rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/lib"
 for exe in server/arbor tests/arbor_gpu_tests bench/arbor_bench_attention \
   bench/arbor_bench_prefill_attention bench/arbor_bench_decode bench/arbor_bench_serve_offline \
-  bench/arbor_bench_tree bench/arbor_bench_gemv; do
+  bench/arbor_bench_tree bench/arbor_bench_gemv bench/arbor_bench_gemm; do
   [[ -x "$build/$exe" ]] && cp "$build/$exe" "$bundle/bin/"
 done
 for exe in "$bundle"/bin/*; do

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemv.h"
 
 namespace arbor::cuda {
@@ -60,6 +61,7 @@ struct Gemm::Plan {
   cublasLtMatrixLayout_t d = nullptr;  // out (also C; beta = 0)
   cublasLtMatmulAlgo_t algo{};
   size_t workspace_bytes = 0;
+  int rank = 0;  // in the heuristic's list
 
   Plan() = default;
   Plan(const Plan&) = delete;
@@ -81,11 +83,9 @@ Gemm::~Gemm() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-const Gemm::Plan& Gemm::plan(const Key& key) {
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return *it->second;
-
-  const auto [m, n, k, f32_out, alignment] = key;
+std::unique_ptr<Gemm::Plan> Gemm::make_plan(const Key& key) const {
+  const int m = std::get<0>(key), n = std::get<1>(key), k = std::get<2>(key);
+  const bool f32_out = std::get<3>(key);
   auto p = std::make_unique<Plan>();  // frees whatever was created if a step below throws
   CUBLASLT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
@@ -97,7 +97,13 @@ const Gemm::Plan& Gemm::plan(const Key& key) {
   CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
   CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p->d, f32_out ? CUDA_R_32F : CUDA_R_16BF, uint64_t(n),
                                             uint64_t(m), n));
+  return p;
+}
 
+std::vector<Gemm::Candidate> Gemm::candidates(const Plan& p, const Key& key, int count) const {
+  const int m = std::get<0>(key), n = std::get<1>(key), k = std::get<2>(key);
+  const bool f32_out = std::get<3>(key);
+  const int alignment = std::get<4>(key);
   PreferenceGuard pref;
   CUBLASLT_CHECK(cublasLtMatmulPreferenceCreate(&pref.pref));
   const uint64_t max_workspace = workspace_.bytes();
@@ -120,23 +126,160 @@ const Gemm::Plan& Gemm::plan(const Key& key) {
                                                       CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                                                       &reduction_mask, sizeof(reduction_mask)));
 
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
   int returned = 0;
-  CUBLASLT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p->op, p->a, p->b, p->d, p->d, pref.pref,
-                                                1, &result, &returned));
-  if (returned == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
-    throw CudaError(
-        "cuBLASLt has no bf16 algorithm for out[" + std::to_string(m) + "][" + std::to_string(n) +
-        "] = x[" + std::to_string(m) + "][" + std::to_string(k) + "] w^T (" +
-        (f32_out ? "fp32" : "bf16") + " output, " + std::to_string(alignment) +
-        "-byte aligned pointers): " +
-        cublasLtGetStatusName(returned == 0 ? CUBLAS_STATUS_NOT_SUPPORTED : result.state));
+  CUBLASLT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.d, p.d, pref.pref,
+                                                std::clamp(count, 1, kAutotuneCandidates), results,
+                                                &returned));
+  std::vector<Candidate> out;
+  for (int i = 0; i < returned; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS)
+      out.push_back({results[i].algo, results[i].workspaceSize});
+  if (out.empty()) {
+    throw CudaError("cuBLASLt has no bf16 algorithm for out[" + std::to_string(m) + "][" +
+                    std::to_string(n) + "] = x[" + std::to_string(m) + "][" + std::to_string(k) +
+                    "] w^T (" + (f32_out ? "fp32" : "bf16") + " output, " +
+                    std::to_string(alignment) + "-byte aligned pointers)");
   }
-  p->algo = result.algo;
-  p->workspace_bytes = result.workspaceSize;
+  return out;
+}
+
+namespace {
+
+std::string describe_algorithm(const cublasLtMatmulAlgo_t& algo) {
+  auto config = [&algo](cublasLtMatmulAlgoConfigAttributes_t attr) {
+    uint32_t v = 0;
+    size_t written = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written) !=
+        CUBLAS_STATUS_SUCCESS)
+      return std::string("?");
+    return std::to_string(v);
+  };
+  return "id " + config(CUBLASLT_ALGO_CONFIG_ID) + " tile " + config(CUBLASLT_ALGO_CONFIG_TILE_ID) +
+         " stages " + config(CUBLASLT_ALGO_CONFIG_STAGES_ID) + " splitk " +
+         config(CUBLASLT_ALGO_CONFIG_SPLITK_NUM) + " cluster " +
+         config(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
+}
+
+}  // namespace
+
+std::vector<Gemm::AlgorithmTiming> Gemm::time_candidates(const Plan& p,
+                                                         const std::vector<Candidate>& algos,
+                                                         const Operands& operands, int iters) {
+  const float alpha = 1.0f, beta = 0.0f;
+  auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle_, p.op, &alpha, operands.w, p.a, operands.x, p.b, &beta,
+                          operands.out, p.d, operands.out, p.d, &algo, workspace_.get(),
+                          workspace_.bytes(), operands.stream);
+  };
+  Event start, stop;
+  std::vector<AlgorithmTiming> timings;
+  for (size_t i = 0; i < algos.size(); ++i) {
+    AlgorithmTiming t;
+    t.rank = int(i);
+    t.algorithm = describe_algorithm(algos[i].algo);
+    // An algorithm the heuristic offered but that fails to launch is skipped, not fatal: the
+    // first choice is always there to fall back on.
+    if (launch(algos[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+    start.record(operands.stream);
+    bool ok = true;
+    for (int it = 0; it < iters && ok; ++it) ok = launch(algos[i].algo) == CUBLAS_STATUS_SUCCESS;
+    stop.record(operands.stream);
+    const float ms = stop.elapsed_ms_since(start);
+    if (!ok) continue;
+    t.us = 1e3 * double(ms) / iters;
+    timings.push_back(std::move(t));
+  }
+  return timings;
+}
+
+std::vector<Gemm::AlgorithmTiming> Gemm::time_algorithms(const bf16* x, const bf16* w, int m, int n,
+                                                         int k, bf16* out, int count, int iters,
+                                                         cudaStream_t stream) {
+  if (m <= 0 || n <= 0 || k <= 0 || !x || !w || !out || iters <= 0)
+    throw std::invalid_argument("Gemm::time_algorithms: bad shape, pointer or iteration count");
+  const int alignment = std::min({alignment_of(x), alignment_of(w), alignment_of(out)});
+  const Key key{m, n, k, false, alignment};
+  const auto p = make_plan(key);
+  return time_candidates(*p, candidates(*p, key, count), Operands{x, w, out, stream}, iters);
+}
+
+std::vector<Gemm::PlanInfo> Gemm::plans() const {
+  std::vector<PlanInfo> out;
+  for (const auto& entry : plans_) {
+    const Key& key = entry.first;
+    out.push_back({std::get<0>(key), std::get<1>(key), std::get<2>(key), std::get<3>(key),
+                   entry.second->rank, describe_algorithm(entry.second->algo)});
+  }
+  return out;
+}
+
+int Gemm::autotune_bucket(int m) {
+  int bucket = kAutotuneMinRows;
+  while (bucket <= m / 2) bucket *= 2;
+  return bucket;
+}
+
+const Gemm::Plan& Gemm::plan(const Key& key, const Operands& operands) {
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+
+  auto p = make_plan(key);
+  const auto [m, n, k, f32_out, alignment] = key;
+  if (!autotune_ || m < kAutotuneMinRows) {
+    set_algorithm(*p, candidates(*p, key, 1)[0], 0);
+  } else {
+    const TuneKey bucket{autotune_bucket(m), n, k, f32_out, alignment};
+    auto tuned = tuned_.find(bucket);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(operands.stream, &capture));
+    if (tuned == tuned_.end() && capture == cudaStreamCaptureStatusNone) {
+      tuned = tuned_.emplace(bucket, tune(*p, key, operands)).first;
+    }
+    // The bucket's algorithm, where cuBLASLt accepts it for this m (tile shapes do not depend
+    // on m, but an algorithm may need more workspace for another m); otherwise, and while
+    // capturing before the bucket was tuned, the heuristic's first choice.
+    if (tuned != tuned_.end() && accepts(*p, tuned->second.first)) {
+      set_algorithm(*p, tuned->second.first, tuned->second.second);
+    } else {
+      set_algorithm(*p, candidates(*p, key, 1)[0], 0);
+    }
+  }
   const Plan& ref = *p;
   plans_.emplace(key, std::move(p));
   return ref;
+}
+
+std::pair<Gemm::Candidate, int> Gemm::tune(const Plan& p, const Key& key,
+                                           const Operands& operands) {
+  const auto algos = candidates(p, key, kAutotuneCandidates);
+  if (algos.size() == 1) return {algos[0], 0};
+  // Three products per candidate after its warm-up: at most ~100 ms for the largest prefill
+  // product of an 8B model, once per bucket of m (autotune_bucket) and shape.
+  const auto timings = time_candidates(p, algos, operands, 3);
+  const auto first = std::find_if(timings.begin(), timings.end(),
+                                  [](const AlgorithmTiming& t) { return t.rank == 0; });
+  const auto best = std::min_element(
+      timings.begin(), timings.end(),
+      [](const AlgorithmTiming& a, const AlgorithmTiming& b) { return a.us < b.us; });
+  size_t chosen = 0;
+  if (best != timings.end() &&
+      (first == timings.end() || best->us < first->us * (1.0 - kAutotuneMargin)))
+    chosen = size_t(best->rank);
+  return {algos[chosen], int(chosen)};
+}
+
+bool Gemm::accepts(const Plan& p, const Candidate& c) const {
+  cublasLtMatmulHeuristicResult_t result{};
+  return cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &c.algo, &result) ==
+             CUBLAS_STATUS_SUCCESS &&
+         result.state == CUBLAS_STATUS_SUCCESS && result.workspaceSize <= workspace_.bytes();
+}
+
+void Gemm::set_algorithm(Plan& p, const Candidate& c, int rank) {
+  p.algo = c.algo;
+  p.workspace_bytes = c.workspace_bytes;
+  p.rank = rank;
 }
 
 void Gemm::run_impl(const bf16* x, const bf16* w, int m, int n, int k, void* out, bool f32_out,
@@ -150,7 +293,7 @@ void Gemm::run_impl(const bf16* x, const bf16* w, int m, int n, int k, void* out
   const int alignment = std::min({alignment_of(x), alignment_of(w), alignment_of(out)});
   if (alignment < 2) throw std::invalid_argument("Gemm::run: pointer at an odd address");
 
-  const Plan& p = plan(Key{m, n, k, f32_out, alignment});
+  const Plan& p = plan(Key{m, n, k, f32_out, alignment}, Operands{x, w, out, stream});
   const float alpha = 1.0f, beta = 0.0f;
   CUBLASLT_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, out, p.d, out, p.d,
                                 &p.algo, workspace_.get(), workspace_.bytes(), stream));

@@ -209,3 +209,115 @@ TEST_CASE("gemv refuses what it does not support", "[gpu][gemm][gemv]") {
   CHECK_THROWS_AS(gemv(p, p, 5, 8, 64, p, nullptr), std::invalid_argument);
   CHECK_THROWS_AS(gemv(p, p, 1, 0, 64, p, nullptr), std::invalid_argument);
 }
+
+TEST_CASE("Gemm autotunes prefill shapes and keeps a correct algorithm", "[gpu][gemm]") {
+  const int m = Gemm::kAutotuneMinRows * 2, n = 1024, k = 512;
+  const Problem p = make_problem(m, n, k, 500);
+  auto d_x = to_device_bf16(p.x);
+  auto d_w = to_device_bf16(p.w);
+  Stream stream;
+
+  Gemm tuned;  // autotuning is the default
+  check_result(p, run_gemm(tuned, d_x, d_w, m, n, k, false, stream.get()), false);
+  REQUIRE(tuned.plans().size() == 1);
+  const Gemm::PlanInfo info = tuned.plans()[0];
+  INFO("kept candidate " << info.rank << ": " << info.algorithm);
+  CHECK(info.m == m);
+  CHECK(info.rank >= 0);
+  CHECK(info.rank < Gemm::kAutotuneCandidates);
+  // The kept algorithm is what later calls run: same result, bit for bit.
+  const auto again = run_gemm(tuned, d_x, d_w, m, n, k, false, stream.get());
+  require_mostly_equal("tuned plan, run again", again,
+                       run_gemm(tuned, d_x, d_w, m, n, k, false, stream.get()), 0.0);
+
+  // Every candidate the heuristic offers is timed, in its order; the last one timed leaves a
+  // correct product in out.
+  DeviceArray<bf16> out(size_t(m) * n);
+  poison(out);
+  const auto timings = tuned.time_algorithms(d_x.data(), d_w.data(), m, n, k, out.data(),
+                                             Gemm::kAutotuneCandidates, 2, stream.get());
+  REQUIRE(!timings.empty());
+  CHECK(timings.size() <= size_t(Gemm::kAutotuneCandidates));
+  CHECK(timings[0].rank == 0);
+  for (size_t i = 0; i < timings.size(); ++i) {
+    INFO("candidate " << timings[i].rank << ": " << timings[i].algorithm);
+    CHECK(timings[i].us > 0);
+    if (i > 0) CHECK(timings[i].rank > timings[i - 1].rank);
+  }
+  stream.sync();
+  check_result(p, from_device_bf16(out), false);
+  CHECK_THROWS_AS(
+      tuned.time_algorithms(d_x.data(), d_w.data(), m, n, k, out.data(), 4, 0, stream.get()),
+      std::invalid_argument);
+
+  // Another m of the same bucket (2048-4095) reuses the tuned algorithm; one of another
+  // bucket is tuned on its own.
+  CHECK(tuned.num_tuned() == 1);
+  const Problem same_bucket = make_problem(m + 64, n, k, 502);
+  auto bx = to_device_bf16(same_bucket.x), bw = to_device_bf16(same_bucket.w);
+  check_result(same_bucket, run_gemm(tuned, bx, bw, m + 64, n, k, false, stream.get()), false);
+  CHECK(tuned.num_tuned() == 1);
+  for (const auto& plan : tuned.plans())
+    if (plan.m == m + 64) CHECK(plan.algorithm == info.algorithm);
+  const Problem other_bucket = make_problem(Gemm::kAutotuneMinRows + 5, n, k, 503);
+  auto ox = to_device_bf16(other_bucket.x), ow = to_device_bf16(other_bucket.w);
+  check_result(other_bucket, run_gemm(tuned, ox, ow, other_bucket.m, n, k, false, stream.get()),
+               false);
+  CHECK(tuned.num_tuned() == 2);
+
+  Gemm untuned;
+  untuned.set_autotune(false);
+  check_result(p, run_gemm(untuned, d_x, d_w, m, n, k, false, stream.get()), false);
+  REQUIRE(untuned.plans().size() == 1);
+  CHECK(untuned.plans()[0].rank == 0);
+
+  // Below kAutotuneMinRows nothing is timed.
+  const Problem small = make_problem(Gemm::kAutotuneMinRows - 1, 256, 128, 501);
+  auto sx = to_device_bf16(small.x), sw = to_device_bf16(small.w);
+  check_result(small, run_gemm(tuned, sx, sw, small.m, 256, 128, false, stream.get()), false);
+  for (const auto& plan : tuned.plans())
+    if (plan.m == small.m) CHECK(plan.rank == 0);
+  CHECK(tuned.num_tuned() == 2);
+  CHECK(untuned.num_tuned() == 0);
+}
+
+TEST_CASE("Gemm makes a prefill plan inside graph capture without timing", "[gpu][gemm]") {
+  // Timing needs synchronization, which capture forbids: a plan first made while capturing,
+  // in a bucket not tuned yet, takes the heuristic's choice, and the captured product is
+  // correct.
+  const int m = Gemm::kAutotuneMinRows, n = 512, k = 256;
+  const Problem p = make_problem(m, n, k, 600);
+  auto d_x = to_device_bf16(p.x);
+  auto d_w = to_device_bf16(p.w);
+  DeviceArray<bf16> out(size_t(m) * n);
+  poison(out);
+  Stream stream;
+  Gemm gemm;
+  arbor::cuda::Graph graph;
+  graph.capture(stream.get(),
+                [&] { gemm.run(d_x.data(), d_w.data(), m, n, k, out.data(), stream.get()); });
+  REQUIRE(gemm.plans().size() == 1);
+  CHECK(gemm.plans()[0].rank == 0);
+  CHECK(gemm.num_tuned() == 0);
+  graph.launch(stream.get());
+  stream.sync();
+  check_result(p, from_device_bf16(out), false);
+
+  // Once a bucket is tuned (outside capture), a plan made while capturing reuses its choice.
+  Gemm tuned_first;
+  const Problem q = make_problem(m + 32, n, k, 601);
+  auto q_x = to_device_bf16(q.x), q_w = to_device_bf16(q.w);
+  check_result(q, run_gemm(tuned_first, q_x, q_w, m + 32, n, k, false, stream.get()), false);
+  REQUIRE(tuned_first.num_tuned() == 1);
+  const std::string tuned_algorithm = tuned_first.plans()[0].algorithm;
+  poison(out);
+  arbor::cuda::Graph graph2;
+  graph2.capture(stream.get(), [&] {
+    tuned_first.run(d_x.data(), d_w.data(), m, n, k, out.data(), stream.get());
+  });
+  REQUIRE(tuned_first.plans().size() == 2);
+  for (const auto& plan : tuned_first.plans()) CHECK(plan.algorithm == tuned_algorithm);
+  graph2.launch(stream.get());
+  stream.sync();
+  check_result(p, from_device_bf16(out), false);
+}
