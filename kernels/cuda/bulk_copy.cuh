@@ -63,4 +63,18 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
       : "memory");
 }
 
+// One arrival (release: this thread's earlier writes are visible to whoever waits on the
+// phase this arrival completes).
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];" ::"r"(shared_address(bar))
+               : "memory");
+}
+
+// This thread's arrival, made when all of its earlier cp.async copies have landed (without
+// waiting for them here); the barrier's expected count must include it (.noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(shared_address(bar))
+               : "memory");
+}
+
 }  // namespace arbor::cuda

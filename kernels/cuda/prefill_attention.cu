@@ -29,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/wgmma.cuh"
 #include "kernels/paged_kv.h"
@@ -465,9 +466,11 @@ struct WgTile {
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // K or V of one tile
   static constexpr int kStages = 3;
-  // Q, the stages of (K, V), and 1 KiB to align the tiles to the swizzle's 1024 bytes.
+  // Q, the stages of (K, V), their full and empty mbarriers, and 1 KiB to align the tiles to
+  // the swizzle's 1024 bytes.
+  static constexpr size_t kBarrierBytes = 2 * kStages * sizeof(uint64_t);
   static constexpr size_t kSmemBytes =
-      1024 + size_t(kQBytes) + 2 * size_t(kStages) * size_t(kKvBytes);
+      1024 + size_t(kQBytes) + 2 * size_t(kStages) * size_t(kKvBytes) + kBarrierBytes;
 };
 
 // Named barriers (0 is __syncthreads) for the warpgroups' ping-pong.
@@ -508,6 +511,23 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   const int warp = tid / 32, lane = tid % 32;
   const int wg = warp / 4;  // warpgroup: query rows [64 wg, 64 wg + 64) of the tile
 
+  // Stage s holds tiles s, s + kStages, ...: full[s] completes when every thread's copies of
+  // its tile have landed (each thread arrives through cp.async, without waiting), empty[s]
+  // when every thread is done reading it. No block-wide barrier per tile: a warpgroup waits
+  // only for the data it reads and, before refilling a stage, for both warpgroups to have
+  // left it, so the two stay half a tile apart as the ping-pong below wants.
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw + (sq - smem_addr(smem_raw)) + T::kQBytes +
+                                               2 * kStages * T::kKvBytes);
+  uint64_t* empty = full + kStages;
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(&full[st], T::kThreads);
+      mbar_init(&empty[st], T::kThreads);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
   {
     const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
     const bf16* q_base =
@@ -520,7 +540,7 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
       const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
       cp_async_16(sq + wgmma::swizzled_offset(kBlockM, r, ch), src, valid);
     }
-    cp_async_commit();
+    // (Q lands with the first key tile: that tile's arrival counts every earlier copy.)
   }
 
   // Rows past kv_len are zero-filled, never read from the cache (see the mma.sync kernel).
@@ -528,7 +548,10 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   const int kv_len = t.kv_len;
   const size_t head_offset = size_t(kv_head) * a.block_size * kHeadDim;
   const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
-  auto load_kv = [&](int j, int stage) {
+  // Tile j into stage j % kStages, once every thread has left that stage's previous tile.
+  auto load_kv = [&](int j) {
+    const int stage = j % kStages;
+    if (j >= kStages) mbar_wait(&empty[stage], uint32_t(j / kStages - 1) & 1u);
     const uint32_t k_dst = skv + uint32_t(2 * stage * T::kKvBytes);
     const uint32_t v_dst = k_dst + T::kKvBytes;
 #pragma unroll
@@ -547,9 +570,9 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
       cp_async_16(k_dst + o, a.k_cache + off, valid);
       cp_async_16(v_dst + o, a.v_cache + off, valid);
     }
-    cp_async_commit();
+    cp_async_mbar_arrive_noinc(&full[stage]);
   };
-  if (n_kv_tiles > 0) load_kv(0, 0);
+  if (n_kv_tiles > 0) load_kv(0);
 
   const int g = lane >> 2, t4 = lane & 3;
   const int row0 = wg * 64 + (warp % 4) * 16 + g;  // this thread's rows: row0 and row0 + 8
@@ -655,42 +678,48 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   uint32_t pf[kBlockNw / 16][4];
   float alpha[2];
   // Three stages, each tile requested two tiles ahead: tile j+2 refills the stage of tile
-  // j-1, which every thread finished in iteration j-1 (the barrier at the top of iteration j
-  // says so), so one barrier per tile suffices and a gather has two tiles of compute to land
-  // in instead of one.
-  if (n_kv_tiles > 1) load_kv(1, 1);
+  // j-1, requested once this warpgroup's softmax of tile j is done (by then the other
+  // warpgroup, half a tile behind, has normally left tile j-1, so the wait is short), which
+  // leaves a gather about two tiles of compute to land in.
+  if (n_kv_tiles > 1) load_kv(1);
+  // Turns: warpgroup w waits on named barrier 1 + w, which the other warpgroup arrives at
+  // after each of its issues; warpgroup 0 has the first turn, warpgroup 1 the last.
+  const int my_barrier = 1 + wg, other_barrier = 2 - wg;
+  auto take_turn = [&] { named_barrier_sync(my_barrier, T::kThreads); };
+  auto pass_turn = [&] { named_barrier_arrive(other_barrier, T::kThreads); };
+  if (wg == 1 && n_kv_tiles > 0) pass_turn();
   for (int j = 0; j < n_kv_tiles; ++j) {
     const int stage = j % kStages;
-    if (j + 1 < n_kv_tiles) {
-      cp_async_wait<1>();  // tile j (and Q) landed; tile j+1 may still be in flight
-    } else {
-      cp_async_wait<0>();
-    }
+    mbar_wait(&full[stage], uint32_t(j / kStages) & 1u);
+    // The tile was written by other threads' cp.async (the generic proxy); the wgmmas read it
+    // through the async proxy.
     wgmma::fence_shared_for_async_proxy();
-    __syncthreads();
-    if (j + 2 < n_kv_tiles) load_kv(j + 2, (j + 2) % kStages);
-    // Ping-pong: warpgroup 1 issues its S only after warpgroup 0 has issued its own, and
-    // its P·V after warpgroup 0's, so the tensor cores run warpgroup 0's product first
-    // and one warpgroup's softmax overlaps the other's product, instead of both products
-    // finishing together and both softmaxes leaving the tensor cores idle. (Waiting for
-    // warpgroup 0's S to complete instead: 377-380 against 382-384 TFLOP/s at 8k.)
-    if (wg == 1) named_barrier_sync(1, T::kThreads);
+    // Ping-pong: the warpgroups take strict turns issuing their products — warpgroup 0's S,
+    // warpgroup 1's S, warpgroup 0's P·V, warpgroup 1's P·V, ... — so one's softmax overlaps
+    // the other's products, instead of both products finishing together and both softmaxes
+    // leaving the tensor cores idle. (Turns as the other warpgroup's *issue*, not its
+    // completion: 382-384 against 377-380 TFLOP/s at 8k. Strict turns, each warpgroup
+    // waiting on its own barrier that the other arrives at, keep either from arriving twice
+    // before the other has synced, which the per-tile block barrier ensured before.)
+    take_turn();
     wgmma::fence_operands(s);
     wgmma::fence();
     issue_s(stage);
-    if (wg == 0) named_barrier_arrive(1, T::kThreads);
+    pass_turn();
     wgmma::wait<0>();
     wgmma::fence_operands(s);
     softmax(j, alpha);
     pack_p(pf);
     rescale_o(alpha);
-    if (wg == 1) named_barrier_sync(2, T::kThreads);
+    if (j + 2 < n_kv_tiles) load_kv(j + 2);
+    take_turn();
     wgmma::fence_operands(o);
     wgmma::fence();
     issue_pv(pf, stage);
-    if (wg == 0) named_barrier_arrive(2, T::kThreads);
+    if (wg == 0 || j + 1 < n_kv_tiles) pass_turn();  // every arrival is waited for
     wgmma::wait<0>();
     wgmma::fence_operands(o);
+    mbar_arrive(&empty[stage]);
   }
 
   // ---- Epilogue.
