@@ -442,14 +442,15 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 // One block = 2 warpgroups = 128 query rows of one head, 64 per warpgroup; keys in tiles of
 // 128, gathered through the block table by all 256 threads with cp.async into three stages
 // of 128B-swizzled shared memory (kernels/cuda/wgmma.cuh), each tile requested two tiles
-// before it is used. Per key tile each warpgroup issues S = Q·Kᵀ as head_dim / 16 wgmma
-// m64n128k16 with both operands in shared memory, applies the mask and the online softmax
-// to S in registers (each thread holds 2 rows × 32 keys, the same fragment as mma.sync:
-// rows g and g + 8 of its warp's 16), packs P to bf16 as the A operand of O += P·V (8 wgmma
-// m64n{head_dim}k16 with V as the MN-major B, read from shared memory as the cache stores
-// it). The two warpgroups take turns on the tensor cores (named barriers), so one's softmax
-// runs while the other's products do. H200, 8k-token prompt, 32/8 heads (bench/RESULTS.md):
-// mma.sync 282 TFLOP/s, this kernel 372.
+// before it is used; per-stage mbarriers say when a tile has landed and when both
+// warpgroups have left a stage (no block-wide barrier per tile). Per key tile each warpgroup issues
+// S = Q·Kᵀ as head_dim / 16 wgmma m64n128k16 with both operands in shared memory, applies the mask
+// and the online softmax to S in registers (each thread holds 2 rows × 32 keys, the same fragment
+// as mma.sync: rows g and g + 8 of its warp's 16), packs P to bf16 as the A operand of O += P·V (8
+// wgmma m64n{head_dim}k16 with V as the MN-major B, read from shared memory as the cache stores
+// it). The two warpgroups take strict turns on the tensor cores (named barriers), so one's
+// softmax runs while the other's products do. H200, 8k-token prompt, 32/8 heads
+// (bench/RESULTS.md): mma.sync 282-285 TFLOP/s, this kernel 382-386.
 //
 // Tried and dropped (in-run A/B at 8k, TFLOP/s): tile j's S issued together with tile
 // j-1's P·V, the softmax under that P·V (3 stages, tiles one ahead), 354 against 363 for
@@ -545,30 +546,42 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
 
   // Rows past kv_len are zero-filled, never read from the cache (see the mma.sync kernel).
   // (Both kernels' loads as one shared helper measured 4% slower, in-run, on both.)
+  // Thread tid copies 16-byte chunk kv_chunk of rows kv_row0 + kRowStep·i of each tile, so
+  // its shared-memory offsets are one swizzled offset plus a multiple of the row step (the
+  // swizzle depends on row % 8, and kRowStep is a multiple of 8), and only the block-table
+  // entry and the row within the block change per row. Tiles wholly inside the sequence
+  // skip the per-row bounds checks.
   const int kv_len = t.kv_len;
-  const size_t head_offset = size_t(kv_head) * a.block_size * kHeadDim;
+  constexpr int kRowStep = T::kThreads / kChunks;
+  constexpr int kRowsPerThread = kBlockNw / kRowStep;
+  static_assert(kRowStep % 8 == 0 && kBlockNw % kRowStep == 0);
+  const int kv_row0 = tid / kChunks, kv_chunk = tid % kChunks;
+  const uint32_t kv_smem0 = wgmma::swizzled_offset(kBlockNw, kv_row0, kv_chunk);
+  const size_t chunk_offset = size_t(kv_head) * a.block_size * kHeadDim + kv_chunk * 8;
+  const bf16* k_src0 = a.k_cache + chunk_offset;
+  const bf16* v_src0 = a.v_cache + chunk_offset;
   const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
+  // Keys below this have a cache row: within the sequence and the block table.
+  const int gather_keys = min(kv_len, a.max_blocks_per_seq * a.block_size);
   // Tile j into stage j % kStages, once every thread has left that stage's previous tile.
   auto load_kv = [&](int j) {
     const int stage = j % kStages;
     if (j >= kStages) mbar_wait(&empty[stage], uint32_t(j / kStages - 1) & 1u);
-    const uint32_t k_dst = skv + uint32_t(2 * stage * T::kKvBytes);
+    const uint32_t k_dst = skv + uint32_t(2 * stage * T::kKvBytes) + kv_smem0;
     const uint32_t v_dst = k_dst + T::kKvBytes;
+    const int key0 = j * kBlockNw + kv_row0;
+    const bool whole = (j + 1) * kBlockNw <= gather_keys;
 #pragma unroll
-    for (int i = 0; i < kBlockNw * kChunks / T::kThreads; ++i) {
-      const int c = tid + i * T::kThreads;
-      const int r = c / kChunks, ch = c % kChunks;
-      const int key = j * kBlockNw + r;
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int key = key0 + i * kRowStep;
       const int blk = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
-      const bool valid = key < kv_len && blk < a.max_blocks_per_seq;
+      const bool valid = whole || key < gather_keys;
       size_t off = 0;
-      if (valid) {
-        off = size_t(table[blk]) * block_stride + head_offset +
-              size_t(key - blk * a.block_size) * kHeadDim + ch * 8;
-      }
-      const uint32_t o = wgmma::swizzled_offset(kBlockNw, r, ch);
-      cp_async_16(k_dst + o, a.k_cache + off, valid);
-      cp_async_16(v_dst + o, a.v_cache + off, valid);
+      if (valid)
+        off = size_t(table[blk]) * block_stride + size_t(key - blk * a.block_size) * kHeadDim;
+      const uint32_t o = uint32_t(i * kRowStep * 128);
+      cp_async_16(k_dst + o, valid ? k_src0 + off : a.k_cache, valid);
+      cp_async_16(v_dst + o, valid ? v_src0 + off : a.v_cache, valid);
     }
     cp_async_mbar_arrive_noinc(&full[stage]);
   };
