@@ -690,49 +690,68 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
 
   uint32_t pf[kBlockNw / 16][4];
   float alpha[2];
-  // Three stages, each tile requested two tiles ahead: tile j+2 refills the stage of tile
-  // j-1, requested once this warpgroup's softmax of tile j is done (by then the other
-  // warpgroup, half a tile behind, has normally left tile j-1, so the wait is short), which
-  // leaves a gather about two tiles of compute to land in.
+  // Three stages. S of tile j is issued together with P·V of tile j-1, and the softmax of
+  // tile j runs while that P·V does (FA3's intra-warpgroup overlap), so a warpgroup's tile
+  // j-1 stays in use until its softmax of tile j is done; tile j+1 is requested right after
+  // the issue, into the stage of tile j-2.
   if (n_kv_tiles > 1) load_kv(1);
   // Turns: warpgroup w waits on named barrier 1 + w, which the other warpgroup arrives at
-  // after each of its issues; warpgroup 0 has the first turn, warpgroup 1 the last.
+  // after each of its issues; warpgroup 0 has the first turn, warpgroup 1 the last. Each
+  // warpgroup has n_kv_tiles + 1 turns: S of tile 0, then S(j) with P·V(j-1), then the last
+  // P·V.
   const int my_barrier = 1 + wg, other_barrier = 2 - wg;
   auto take_turn = [&] { named_barrier_sync(my_barrier, T::kThreads); };
   auto pass_turn = [&] { named_barrier_arrive(other_barrier, T::kThreads); };
-  if (wg == 1 && n_kv_tiles > 0) pass_turn();
-  for (int j = 0; j < n_kv_tiles; ++j) {
-    const int stage = j % kStages;
-    mbar_wait(&full[stage], uint32_t(j / kStages) & 1u);
-    // The tile was written by other threads' cp.async (the generic proxy); the wgmmas read it
-    // through the async proxy.
+  // The tile was written by other threads' cp.async (the generic proxy); the wgmmas read it
+  // through the async proxy.
+  auto wait_tile = [&](int j) {
+    mbar_wait(&full[j % kStages], uint32_t(j / kStages) & 1u);
     wgmma::fence_shared_for_async_proxy();
-    // Ping-pong: the warpgroups take strict turns issuing their products — warpgroup 0's S,
-    // warpgroup 1's S, warpgroup 0's P·V, warpgroup 1's P·V, ... — so one's softmax overlaps
-    // the other's products, instead of both products finishing together and both softmaxes
-    // leaving the tensor cores idle. (Turns as the other warpgroup's *issue*, not its
-    // completion: 382-384 against 377-380 TFLOP/s at 8k. Strict turns, each warpgroup
-    // waiting on its own barrier that the other arrives at, keep either from arriving twice
-    // before the other has synced, which the per-tile block barrier ensured before.)
+  };
+  if (n_kv_tiles > 0) {
+    if (wg == 1) pass_turn();
+    wait_tile(0);
     take_turn();
     wgmma::fence_operands(s);
     wgmma::fence();
-    issue_s(stage);
+    issue_s(0);
     pass_turn();
     wgmma::wait<0>();
     wgmma::fence_operands(s);
-    softmax(j, alpha);
+    softmax(0, alpha);  // O is still zero: nothing to rescale
     pack_p(pf);
+  }
+  for (int j = 1; j < n_kv_tiles; ++j) {
+    const int stage = j % kStages, prev = (j - 1) % kStages;
+    wait_tile(j);
+    take_turn();
+    wgmma::fence_operands(s);
+    wgmma::fence_operands(o);
+    wgmma::fence();
+    issue_s(stage);
+    issue_pv(pf, prev);
+    pass_turn();
+    if (j + 1 < n_kv_tiles) load_kv(j + 1);
+    wgmma::wait<1>();  // S of tile j is done; P·V of tile j-1 may still run
+    wgmma::fence_operands(s);
+    softmax(j, alpha);
+    wgmma::wait<0>();
+    wgmma::fence_operands(o);
+    wgmma::fence_operands(pf);  // read by that P·V until here
+    mbar_arrive(&empty[prev]);
     rescale_o(alpha);
-    if (j + 2 < n_kv_tiles) load_kv(j + 2);
+    pack_p(pf);  // only now: the P·V just waited for was reading the previous P
+  }
+  if (n_kv_tiles > 0) {
+    const int last = (n_kv_tiles - 1) % kStages;
     take_turn();
     wgmma::fence_operands(o);
     wgmma::fence();
-    issue_pv(pf, stage);
-    if (wg == 0 || j + 1 < n_kv_tiles) pass_turn();  // every arrival is waited for
+    issue_pv(pf, last);
+    if (wg == 0) pass_turn();  // every arrival is waited for
     wgmma::wait<0>();
     wgmma::fence_operands(o);
-    mbar_arrive(&empty[stage]);
+    mbar_arrive(&empty[last]);
   }
 
   // ---- Epilogue.

@@ -59,6 +59,16 @@ __device__ __forceinline__ void fence_operands(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
+// The same for a register A operand (packed bf16 pairs, [steps][4]): kept in its registers
+// until here, so nothing else is placed in them while a wgmma reading them is in flight.
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
+  }
+}
 
 // Shared memory written through the generic proxy (ordinary stores, cp.async) becomes
 // visible to wgmma, which reads through the async proxy, after this fence in each writing
