@@ -450,12 +450,14 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 // wgmma m64n{head_dim}k16 with V as the MN-major B, read from shared memory as the cache stores
 // it). The two warpgroups take strict turns on the tensor cores (named barriers), so one's
 // softmax runs while the other's products do. H200, 8k-token prompt, 32/8 heads
-// (bench/RESULTS.md): mma.sync 282-285 TFLOP/s, this kernel 382-386.
+// (bench/RESULTS.md): mma.sync 282-285 TFLOP/s, this kernel 419-422.
 //
-// Tried and dropped (in-run A/B at 8k, TFLOP/s): tile j's S issued together with tile
-// j-1's P·V, the softmax under that P·V (3 stages, tiles one ahead), 354 against 363 for
-// two stages without it; 64-row blocks of one warpgroup, two per SM, 299 against 364;
-// skipping the O rescale when no maximum of a warp moved, 372 against 376 without.
+// Each warpgroup's S of tile j is issued with its P·V of tile j-1, and the softmax of tile j
+// runs under that P·V. (Tried first with a block barrier per tile and no ping-pong, that
+// lost: 354 against 363 TFLOP/s at 8k; with the mbarriers and strict turns it gains 8.5%.)
+// Tried and dropped (in-run A/B at 8k, TFLOP/s): 64-row blocks of one warpgroup, two per
+// SM, 299 against 364; skipping the O rescale when no maximum of a warp moved, 372 against
+// 376 without.
 
 template <int kHeadDim>
 struct WgTile {
