@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include "bench/bandwidth.h"
+#include "bench/peer.h"
 #include "kernels/cuda/bf16.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/decode_attention.h"
@@ -92,27 +93,13 @@ std::map<PeerKey, PeerResult> run_peer(const Options& o) {
                           std::to_string(o.hkv) + " --head-dim " + std::to_string(o.head_dim) +
                           " --iters " + std::to_string(o.iters) + " --layers " +
                           std::to_string(o.layers);
-  std::fprintf(stderr, "peer: %s\n", cmd.c_str());
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) {
-    std::fprintf(stderr, "peer: cannot start the command\n");
-    return results;
-  }
-  char line[4096];
-  while (std::fgets(line, sizeof line, pipe)) {
-    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("backend")) {
-      std::fprintf(stderr, "peer: %s", line);  // not a result line: pass it through
-      continue;
-    }
+  arbor::bench::run_peer_command(cmd, "backend", [&results](const nlohmann::json& j) {
     PeerResult r;
     if (j.contains("us") && j["us"].is_number()) r.us = j["us"].get<double>();
     if (j.contains("error")) r.note = j["error"].get<std::string>();
     if (j.contains("gqa") && j["gqa"] == "expanded") r.note = "kv heads expanded";
     results[{j.value("batch", 0), j.value("context", 0), j.value("backend", "")}] = r;
-  }
-  const int rc = pclose(pipe);
-  if (rc != 0) std::fprintf(stderr, "peer: exited with status %d\n", rc);
+  });
   return results;
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bench/int_list.h"
+#include "bench/peer.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
@@ -54,26 +55,12 @@ std::map<PeerKey, double> run_peer(const std::string& peer, const std::vector<in
       list += std::to_string(s.k);
     }
   const std::string cmd = peer + " --shapes " + list + " --iters " + std::to_string(iters);
-  std::fprintf(stderr, "peer: %s\n", cmd.c_str());
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) {
-    std::fprintf(stderr, "peer: cannot start the command\n");
-    return results;
-  }
-  char line[4096];
-  while (std::fgets(line, sizeof line, pipe)) {
-    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("m")) {
-      std::fprintf(stderr, "peer: %s", line);  // not a result line: pass it through
-      continue;
-    }
+  arbor::bench::run_peer_command(cmd, "m", [&results](const nlohmann::json& j) {
     if (j.contains("us") && j["us"].is_number())
       results[{j.value("m", 0), j.value("n", 0), j.value("k", 0)}] = j["us"].get<double>();
     else
-      std::fprintf(stderr, "peer: %s", line);
-  }
-  const int rc = pclose(pipe);
-  if (rc != 0) std::fprintf(stderr, "peer: exited with status %d\n", rc);
+      std::fprintf(stderr, "peer: %s\n", j.dump().c_str());  // the shape could not run
+  });
   return results;
 }
 
