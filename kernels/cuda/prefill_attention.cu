@@ -441,15 +441,15 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 //
 // One block = 2 warpgroups = 128 query rows of one head, 64 per warpgroup; keys in tiles of
 // 128, gathered through the block table by all 256 threads with cp.async into three stages
-// of 128B-swizzled shared memory (kernels/cuda/wgmma.cuh), each tile requested two tiles
-// before it is used; per-stage mbarriers say when a tile has landed and when both
-// warpgroups have left a stage (no block-wide barrier per tile). Per key tile each warpgroup issues
-// S = Q·Kᵀ as head_dim / 16 wgmma m64n128k16 with both operands in shared memory, applies the mask
-// and the online softmax to S in registers (each thread holds 2 rows × 32 keys, the same fragment
-// as mma.sync: rows g and g + 8 of its warp's 16), packs P to bf16 as the A operand of O += P·V (8
-// wgmma m64n{head_dim}k16 with V as the MN-major B, read from shared memory as the cache stores
-// it). The two warpgroups take strict turns on the tensor cores (named barriers), so one's
-// softmax runs while the other's products do. H200, 8k-token prompt, 32/8 heads
+// of 128B-swizzled shared memory (kernels/cuda/wgmma.cuh), tile j+1 requested while tile j
+// is computed; per-stage mbarriers say when a tile has landed and when both warpgroups have
+// left a stage (no block-wide barrier per tile). Per key tile each warpgroup issues S = Q·Kᵀ
+// as head_dim / 16 wgmma m64n128k16 with both operands in shared memory, applies the mask
+// and the online softmax to S in registers (each thread holds 2 rows × 32 keys, the same
+// fragment as mma.sync: rows g and g + 8 of its warp's 16), packs P to bf16 as the A operand
+// of O += P·V (8 wgmma m64n{head_dim}k16 with V as the MN-major B, read from shared memory
+// as the cache stores it). The two warpgroups take strict turns on the tensor cores (named
+// barriers), so one's softmax runs while the other's products do. H200, 8k-token prompt, 32/8 heads
 // (bench/RESULTS.md): mma.sync 282-285 TFLOP/s, this kernel 419-422.
 //
 // Each warpgroup's S of tile j is issued with its P·V of tile j-1, and the softmax of tile j
