@@ -439,18 +439,18 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 // ---------------------------------------------------------------------------------------------
 // The wgmma kernel (Hopper, sm_90a): the same algorithm on warpgroup MMAs.
 //
-// One block = 2 warpgroups = 128 query rows of one head, 64 per warpgroup; keys in tiles of
-// 128, gathered through the block table by all 256 threads with cp.async into three stages
-// of 128B-swizzled shared memory (kernels/cuda/wgmma.cuh), tile j+1 requested while tile j
-// is computed; per-stage mbarriers say when a tile has landed and when both warpgroups have
-// left a stage (no block-wide barrier per tile). Per key tile each warpgroup issues S = Q·Kᵀ
-// as head_dim / 16 wgmma m64n128k16 with both operands in shared memory, applies the mask
-// and the online softmax to S in registers (each thread holds 2 rows × 32 keys, the same
-// fragment as mma.sync: rows g and g + 8 of its warp's 16), packs P to bf16 as the A operand
-// of O += P·V (8 wgmma m64n{head_dim}k16 with V as the MN-major B, read from shared memory
+// One block = 128 query rows of one head: two consumer warpgroups of 64 rows each, and a
+// producer warpgroup that gathers the keys, in tiles of 128, through the block table with
+// cp.async into three stages of 128B-swizzled shared memory (kernels/cuda/wgmma.cuh), each
+// tile as soon as its stage is free; per-stage mbarriers say when a tile has landed and
+// when both consumers have left a stage (no block-wide barrier per tile). Per key tile each
+// warpgroup issues S = Q·Kᵀ as head_dim / 16 wgmma m64n128k16 with both operands in shared memory,
+// applies the mask and the online softmax to S in registers (each thread holds 2 rows × 32 keys,
+// the same fragment as mma.sync: rows g and g + 8 of its warp's 16), packs P to bf16 as the A
+// operand of O += P·V (8 wgmma m64n{head_dim}k16 with V as the MN-major B, read from shared memory
 // as the cache stores it). The two warpgroups take strict turns on the tensor cores (named
 // barriers), so one's softmax runs while the other's products do. H200, 8k-token prompt, 32/8 heads
-// (bench/RESULTS.md): mma.sync 282-285 TFLOP/s, this kernel 419-422.
+// (bench/RESULTS.md): mma.sync 282-285 TFLOP/s, this kernel 519-525.
 //
 // Each warpgroup's S of tile j is issued with its P·V of tile j-1, and the softmax of tile j
 // runs under that P·V. (Tried first with a block barrier per tile and no ping-pong, that
@@ -461,11 +461,21 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 
 template <int kHeadDim>
 struct WgTile {
-  static constexpr int kWarpGroups = 2;
-  static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int kBlockM = 64 * kWarpGroups;  // query rows per block
-  static constexpr int kBlockN = 128;               // keys per tile
-  static constexpr int kChunks = kHeadDim / 8;      // 16-byte chunks per row
+  static constexpr int kConsumerGroups = 2;  // warpgroups 0 and 1: the MMAs and the softmax
+  static constexpr int kConsumerThreads = 128 * kConsumerGroups;
+  static constexpr int kProducerThreads = 128;  // warpgroup 2: the gathers
+  static constexpr int kThreads = kConsumerThreads + kProducerThreads;
+  // Registers per thread once the producer has handed its spare ones to the consumers
+  // (setmaxnreg): the block holds 168 per thread from launch (384 threads in 64 Ki). The
+  // producer needs more than a copy loop seems to: with 40 (consumers 232) the kernel ran at
+  // 492 against 522 TFLOP/s at 8k, and with 24 slower still; the consumers use about 200.
+  static constexpr int kProducerRegisters = 72;
+  static constexpr int kConsumerRegisters = 216;
+  static_assert(kProducerThreads * kProducerRegisters + kConsumerThreads * kConsumerRegisters <=
+                kThreads * 168);
+  static constexpr int kBlockM = 64 * kConsumerGroups;  // query rows per block
+  static constexpr int kBlockN = 128;                   // keys per tile
+  static constexpr int kChunks = kHeadDim / 8;          // 16-byte chunks per row
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // K or V of one tile
   static constexpr int kStages = 3;
@@ -475,6 +485,19 @@ struct WgTile {
   static constexpr size_t kSmemBytes =
       1024 + size_t(kQBytes) + 2 * size_t(kStages) * size_t(kKvBytes) + kBarrierBytes;
 };
+
+// Warpgroup register reallocation (sm_90a): every thread of the warpgroup executes it.
+template <uint32_t kRegisters>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
+}
+template <uint32_t kRegisters>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
 
 // Named barriers (0 is __syncthreads) for the warpgroups' ping-pong.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
@@ -512,82 +535,123 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
-  const int wg = warp / 4;  // warpgroup: query rows [64 wg, 64 wg + 64) of the tile
+  const int wg = warp / 4;  // 0, 1: query rows [64 wg, 64 wg + 64) of the tile; 2: producer
 
-  // Stage s holds tiles s, s + kStages, ...: full[s] completes when every thread's copies of
-  // its tile have landed (each thread arrives through cp.async, without waiting), empty[s]
-  // when every thread is done reading it. No block-wide barrier per tile: a warpgroup waits
-  // only for the data it reads and, before refilling a stage, for both warpgroups to have
-  // left it, so the two stay half a tile apart as the ping-pong below wants.
+  // Stage s holds tiles s, s + kStages, ...: full[s] completes when every producer thread's
+  // copies of its tile have landed (each arrives through cp.async, without waiting), empty[s]
+  // when every consumer thread is done reading it. No block-wide barrier per tile: a consumer
+  // warpgroup waits only for the data it reads, and the producer, before refilling a stage,
+  // for both consumer warpgroups to have left it.
   uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw + (sq - smem_addr(smem_raw)) + T::kQBytes +
                                                2 * kStages * T::kKvBytes);
   uint64_t* empty = full + kStages;
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
-      mbar_init(&full[st], T::kThreads);
-      mbar_init(&empty[st], T::kThreads);
+      mbar_init(&full[st], T::kProducerThreads);
+      mbar_init(&empty[st], T::kConsumerThreads);
     }
     fence_mbar_init();
   }
   __syncthreads();
 
-  {
-    const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
-    const bf16* q_base =
-        a.q + size_t(t.q_begin + t.m_start) * q_row_stride + size_t(head) * kHeadDim;
+  // ---- The producer warpgroup: Q, then every key tile as soon as its stage is free (up to
+  // kStages tiles ahead of the consumers). Its registers go to the consumers.
+  if (wg == T::kConsumerGroups) {
+    setmaxnreg_dec<T::kProducerRegisters>();
+    const int ptid = tid - T::kConsumerThreads;
+    {
+      const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
+      const bf16* q_base =
+          a.q + size_t(t.q_begin + t.m_start) * q_row_stride + size_t(head) * kHeadDim;
 #pragma unroll
-    for (int i = 0; i < kBlockM * kChunks / T::kThreads; ++i) {
-      const int c = tid + i * T::kThreads;
-      const int r = c / kChunks, ch = c % kChunks;
-      const bool valid = r < t.rows;
-      const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
-      cp_async_16(sq + wgmma::swizzled_offset(kBlockM, r, ch), src, valid);
+      for (int i = 0; i < kBlockM * kChunks / T::kProducerThreads; ++i) {
+        const int c = ptid + i * T::kProducerThreads;
+        const int r = c / kChunks, ch = c % kChunks;
+        const bool valid = r < t.rows;
+        const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
+        cp_async_16(sq + wgmma::swizzled_offset(kBlockM, r, ch), src, valid);
+      }
+      // (Q lands with the first key tile: that tile's arrival counts every earlier copy.)
     }
-    // (Q lands with the first key tile: that tile's arrival counts every earlier copy.)
-  }
 
-  // Rows past kv_len are zero-filled, never read from the cache (see the mma.sync kernel).
-  // (Both kernels' loads as one shared helper measured 4% slower, in-run, on both.)
-  // Thread tid copies 16-byte chunk kv_chunk of rows kv_row0 + kRowStep·i of each tile, so
-  // its shared-memory offsets are one swizzled offset plus a multiple of the row step (the
-  // swizzle depends on row % 8, and kRowStep is a multiple of 8), and only the block-table
-  // entry and the row within the block change per row. Tiles wholly inside the sequence
-  // skip the per-row bounds checks.
-  const int kv_len = t.kv_len;
-  constexpr int kRowStep = T::kThreads / kChunks;
-  constexpr int kRowsPerThread = kBlockNw / kRowStep;
-  static_assert(kRowStep % 8 == 0 && kBlockNw % kRowStep == 0);
-  const int kv_row0 = tid / kChunks, kv_chunk = tid % kChunks;
-  const uint32_t kv_smem0 = wgmma::swizzled_offset(kBlockNw, kv_row0, kv_chunk);
-  const size_t chunk_offset = size_t(kv_head) * a.block_size * kHeadDim + kv_chunk * 8;
-  const bf16* k_src0 = a.k_cache + chunk_offset;
-  const bf16* v_src0 = a.v_cache + chunk_offset;
-  const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
-  // Keys below this have a cache row: within the sequence and the block table.
-  const int gather_keys = min(kv_len, a.max_blocks_per_seq * a.block_size);
-  // Tile j into stage j % kStages, once every thread has left that stage's previous tile.
-  auto load_kv = [&](int j) {
-    const int stage = j % kStages;
-    if (j >= kStages) mbar_wait(&empty[stage], uint32_t(j / kStages - 1) & 1u);
-    const uint32_t k_dst = skv + uint32_t(2 * stage * T::kKvBytes) + kv_smem0;
-    const uint32_t v_dst = k_dst + T::kKvBytes;
-    const int key0 = j * kBlockNw + kv_row0;
-    const bool whole = (j + 1) * kBlockNw <= gather_keys;
+    // Rows past kv_len are zero-filled, never read from the cache (see the mma.sync kernel).
+    // (Both kernels' loads as one shared helper measured 4% slower, in-run, on both.)
+    // Producer thread ptid copies chunk kv_chunk of rows kv_row0 + kRowStep·i of each tile, so
+    // its shared-memory offsets are one swizzled offset plus a multiple of the row step (the
+    // swizzle depends on row % 8, and kRowStep is a multiple of 8), and only the block-table
+    // entry and the row within the block change per row. Tiles wholly inside the sequence
+    // skip the per-row bounds checks.
+    const int kv_len = t.kv_len;
+    constexpr int kRowStep = T::kProducerThreads / kChunks;
+    constexpr int kRowsPerThread = kBlockNw / kRowStep;
+    static_assert(kRowStep % 8 == 0 && kBlockNw % kRowStep == 0);
+    const int kv_row0 = ptid / kChunks, kv_chunk = ptid % kChunks;
+    const uint32_t kv_smem0 = wgmma::swizzled_offset(kBlockNw, kv_row0, kv_chunk);
+    const size_t chunk_offset = size_t(kv_head) * a.block_size * kHeadDim + kv_chunk * 8;
+    const bf16* k_src0 = a.k_cache + chunk_offset;
+    const bf16* v_src0 = a.v_cache + chunk_offset;
+    const size_t block_stride = size_t(a.num_kv_heads) * a.block_size * kHeadDim;
+    // Keys below this have a cache row: within the sequence and the block table.
+    const int gather_keys = min(kv_len, a.max_blocks_per_seq * a.block_size);
+    // Tile j into stage j % kStages, once every consumer has left that stage's previous tile;
+    // row_offset(i) gives row kv_row0 + kRowStep·i's offset in the cache (rows with a cache row).
+    auto load_kv = [&](int j, auto row_offset) {
+      const int stage = j % kStages;
+      if (j >= kStages) mbar_wait(&empty[stage], uint32_t(j / kStages - 1) & 1u);
+      const uint32_t k_dst = skv + uint32_t(2 * stage * T::kKvBytes) + kv_smem0;
+      const uint32_t v_dst = k_dst + T::kKvBytes;
+      const int key0 = j * kBlockNw + kv_row0;
+      const bool whole = (j + 1) * kBlockNw <= gather_keys;
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      const int key = key0 + i * kRowStep;
-      const int blk = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
-      const bool valid = whole || key < gather_keys;
-      size_t off = 0;
-      if (valid)
-        off = size_t(table[blk]) * block_stride + size_t(key - blk * a.block_size) * kHeadDim;
-      const uint32_t o = uint32_t(i * kRowStep * 128);
-      cp_async_16(k_dst + o, valid ? k_src0 + off : a.k_cache, valid);
-      cp_async_16(v_dst + o, valid ? v_src0 + off : a.v_cache, valid);
+      for (int i = 0; i < kRowsPerThread; ++i) {
+        const bool valid = whole || key0 + i * kRowStep < gather_keys;
+        const size_t off = row_offset(i);
+        const uint32_t o = uint32_t(i * kRowStep * 128);
+        cp_async_16(k_dst + o, valid ? k_src0 + off : a.k_cache, valid);
+        cp_async_16(v_dst + o, valid ? v_src0 + off : a.v_cache, valid);
+      }
+      cp_async_mbar_arrive_noinc(&full[stage]);
+    };
+    if (a.block_shift >= 3) {
+      // Cache blocks of 8 or more tokens (a power of two): a tile spans at most 16 of them,
+      // and lane l of each producer warp reads the tile's l-th block-table entry once, the
+      // next tile's before waiting for a free stage, so the table's latency is off the path;
+      // each row's entry comes by shuffle. (Read per row, 16 loads per thread per tile, the
+      // producer fell behind: 396-401 TFLOP/s at 8k against 420 for the kernel before it, in
+      // which the consumers gathered; by shuffle 487-492, with 40 producer registers.)
+      const int shift = a.block_shift;
+      const int table_len = min(a.max_blocks_per_seq, (gather_keys + a.block_size - 1) >> shift);
+      auto tile_entry = [&](int j) {
+        const int blk = ((j * kBlockNw) >> shift) + lane;
+        return lane < 16 && blk < table_len ? table[blk] : 0;
+      };
+      int32_t entry = n_kv_tiles > 0 ? tile_entry(0) : 0;
+      for (int j = 0; j < n_kv_tiles; ++j) {
+        const int32_t next = j + 1 < n_kv_tiles ? tile_entry(j + 1) : 0;
+        const int key0 = j * kBlockNw + kv_row0, blk0 = (j * kBlockNw) >> shift;
+        load_kv(j, [&](int i) {
+          const int key = key0 + i * kRowStep;
+          const int32_t e = __shfl_sync(0xffffffffu, entry, (key >> shift) - blk0);
+          return size_t(e) * block_stride + size_t(key & (a.block_size - 1)) * kHeadDim;
+        });
+        entry = next;
+      }
+    } else {
+      for (int j = 0; j < n_kv_tiles; ++j) {
+        const int key0 = j * kBlockNw + kv_row0;
+        const bool whole = (j + 1) * kBlockNw <= gather_keys;
+        load_kv(j, [&](int i) {
+          const int key = key0 + i * kRowStep;
+          if (!whole && key >= gather_keys) return size_t(0);
+          const int blk = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
+          return size_t(table[blk]) * block_stride + size_t(key - blk * a.block_size) * kHeadDim;
+        });
+      }
     }
-    cp_async_mbar_arrive_noinc(&full[stage]);
-  };
-  if (n_kv_tiles > 0) load_kv(0);
+    cp_async_wait_all();  // no copy of this thread in flight when it exits
+    return;
+  }
+  setmaxnreg_inc<T::kConsumerRegisters>();
 
   const int g = lane >> 2, t4 = lane & 3;
   const int row0 = wg * 64 + (warp % 4) * 16 + g;  // this thread's rows: row0 and row0 + 8
@@ -692,19 +756,17 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
 
   uint32_t pf[kBlockNw / 16][4];
   float alpha[2];
-  // Three stages. S of tile j is issued together with P·V of tile j-1, and the softmax of
-  // tile j runs while that P·V does (FA3's intra-warpgroup overlap), so a warpgroup's tile
-  // j-1 stays in use until its softmax of tile j is done; tile j+1 is requested right after
-  // the issue, into the stage of tile j-2.
-  if (n_kv_tiles > 1) load_kv(1);
+  // S of tile j is issued together with P·V of tile j-1, and the softmax of tile j runs
+  // while that P·V does (FA3's intra-warpgroup overlap), so a warpgroup's tile j-1 stays in
+  // use until its softmax of tile j is done.
   // Turns: warpgroup w waits on named barrier 1 + w, which the other warpgroup arrives at
   // after each of its issues; warpgroup 0 has the first turn, warpgroup 1 the last. Each
   // warpgroup has n_kv_tiles + 1 turns: S of tile 0, then S(j) with P·V(j-1), then the last
   // P·V.
   const int my_barrier = 1 + wg, other_barrier = 2 - wg;
-  auto take_turn = [&] { named_barrier_sync(my_barrier, T::kThreads); };
-  auto pass_turn = [&] { named_barrier_arrive(other_barrier, T::kThreads); };
-  // The tile was written by other threads' cp.async (the generic proxy); the wgmmas read it
+  auto take_turn = [&] { named_barrier_sync(my_barrier, T::kConsumerThreads); };
+  auto pass_turn = [&] { named_barrier_arrive(other_barrier, T::kConsumerThreads); };
+  // The tile was written by the producer's cp.async (the generic proxy); the wgmmas read it
   // through the async proxy.
   auto wait_tile = [&](int j) {
     mbar_wait(&full[j % kStages], uint32_t(j / kStages) & 1u);
@@ -733,7 +795,6 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
     issue_s(stage);
     issue_pv(pf, prev);
     pass_turn();
-    if (j + 1 < n_kv_tiles) load_kv(j + 1);
     wgmma::wait<1>();  // S of tile j is done; P·V of tile j-1 may still run
     wgmma::fence_operands(s);
     softmax(j, alpha);

@@ -332,6 +332,12 @@ TEST_CASE("prefill_attention handles a chunk after a cached prefix", "[gpu][pref
   // Cache blocks larger than the 64-key tile, and a block size that is not a power of two.
   check_case({{1337, 201}}, {128, 4, 2, 128}, /*with_lse=*/true, 204);
   check_case({{1337, 201}}, {64, 4, 1, 24}, /*with_lse=*/false, 205);
+  // The wgmma kernel reads the block table once per tile for blocks of 8 or more tokens (a
+  // power of two) and per row otherwise: 16 blocks per 128-key tile, blocks of 4 tokens, and
+  // tiles that start inside a block.
+  check_case({{1337, 201}}, {128, 8, 1, 8}, /*with_lse=*/true, 206);
+  check_case({{1337, 201}}, {64, 4, 2, 4}, /*with_lse=*/false, 207);
+  check_case({{1337, 201}}, {128, 4, 1, 256}, /*with_lse=*/true, 208);
 }
 
 TEST_CASE("prefill_attention handles ragged batches of prefill chunks and decode tokens",
