@@ -450,7 +450,7 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
 // operand of O += P·V (8 wgmma m64n{head_dim}k16 with V as the MN-major B, read from shared memory
 // as the cache stores it). The two warpgroups take strict turns on the tensor cores (named
 // barriers), so one's softmax runs while the other's products do. H200, 8k-token prompt, 32/8 heads
-// (bench/RESULTS.md): mma.sync 282-285 TFLOP/s, this kernel 519-525.
+// (bench/RESULTS.md): mma.sync 281-285 TFLOP/s, this kernel 516-525.
 //
 // Each warpgroup's S of tile j is issued with its P·V of tile j-1, and the softmax of tile j
 // runs under that P·V. (Tried first with a block barrier per tile and no ping-pong, that
