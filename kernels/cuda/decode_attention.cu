@@ -41,6 +41,7 @@
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/load.cuh"
+#include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/pdl.h"
 #include "kernels/paged_kv.h"
 
@@ -368,7 +369,8 @@ __device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_
 // A sum over head dims or tokens may run in any order as long as both operands agree, so the
 // fragments are filled straight from 16-byte loads of global memory, no shared memory:
 //  - K: lane (g, t) = (lane / 4, lane % 4) loads dims [32p + 8t, +8) of tokens g and g + 8;
-//    words x, y of chunk p are k-step 2p's (a0, a2) / (a1, a3), words z, w k-step 2p + 1's.
+//    words x, y of chunk p are k-step 2p's (a0, a2) for token g and (a1, a3) for token g + 8,
+//    words z, w those of k-step 2p + 1.
 //    Q, as the B operand, is loaded the same way for head g (a B column).
 //  - V: lane (g, t) loads dims [64h + 8g, +8) of tokens 2t, 2t + 1, 2t + 8, 2t + 9; m-tile
 //    4h + j takes rows g and g + 8 to be dims 64h + 8g + 2j and + 1, and one byte_perm per
@@ -378,27 +380,6 @@ __device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_
 //    two products each, so O is as accurate as with fp32 P (error ~2^-17 instead of 2^-9).
 // The online softmax runs on the 4 scores a lane holds (tokens g, g + 8 of heads 2t, 2t + 1):
 // a max over the 8 lanes of a column (3 shuffles per head) instead of sums over 16 lanes.
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                               uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// The transpose of an 8 x 8 bf16 matrix held one register per lane (row lane / 4, columns
-// 2 (lane % 4) and + 1), in the same layout.
-__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
-  uint32_t y;
-  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
 __device__ __forceinline__ uint32_t word(const uint4& u, int i) {
   return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
 }
@@ -451,8 +432,8 @@ __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* ta
     float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // S[token g or g + 8][head 2t or 2t + 1]
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
-      mma_bf16_16816(s, kr[0][p].x, kr[1][p].x, kr[0][p].y, kr[1][p].y, qb[p].x, qb[p].y);
-      mma_bf16_16816(s, kr[0][p].z, kr[1][p].z, kr[0][p].w, kr[1][p].w, qb[p].z, qb[p].w);
+      mma_bf16_16816(s, {kr[0][p].x, kr[1][p].x, kr[0][p].y, kr[1][p].y}, qb[p].x, qb[p].y);
+      mma_bf16_16816(s, {kr[0][p].z, kr[1][p].z, kr[0][p].w, kr[1][p].w}, qb[p].z, qb[p].w);
     }
     float pr[4];
 #pragma unroll
@@ -492,8 +473,8 @@ __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* ta
         const uint32_t x2 = word(vr[h][2], j), x3 = word(vr[h][3], j);
         const uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
         const uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
-        mma_bf16_16816(o[4 * h + j], a0, a1, a2, a3, bh0, bh1);
-        mma_bf16_16816(o[4 * h + j], a0, a1, a2, a3, bl0, bl1);
+        mma_bf16_16816(o[4 * h + j], {a0, a1, a2, a3}, bh0, bh1);
+        mma_bf16_16816(o[4 * h + j], {a0, a1, a2, a3}, bl0, bl1);
       }
     }
   }
