@@ -413,7 +413,7 @@ __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* ta
     const bf16* kp = a.k_cache + base + k_lane;
     const bf16* vp = a.v_cache + base + v_lane;
     const bool k_valid[2] = {t0 + g < end, t0 + g + 8 < end};
-    const int v_token[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
+    constexpr int kVRow[4] = {0, 1, 8, 9};  // tokens 2t + kVRow[i]
     uint4 kr[2][4], vr[2][4];
 #pragma unroll
     for (int r = 0; r < 2; ++r)
@@ -422,8 +422,8 @@ __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* ta
         kr[r][p] = k_valid[r] ? load_stream16(kp + r * 8 * D + 32 * p) : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const bool valid = t0 + v_token[i] < end;  // rows past the end: p = 0 times zero
-      const int off = (v_token[i] - 2 * t) * D;
+      const bool valid = t0 + 2 * t + kVRow[i] < end;  // rows past the end: p = 0 times zero
+      const int off = kVRow[i] * D;
 #pragma unroll
       for (int h = 0; h < 2; ++h)
         vr[h][i] = valid ? load_stream16(vp + off + 64 * h) : make_uint4(0, 0, 0, 0);
@@ -567,7 +567,7 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
       if (h < G) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const float(&x)[4][4] = *reinterpret_cast<const float(*)[4][4]>(&om[4 * half]);
+          const float(*x)[4] = om + 4 * half;  // m-tiles 4 half + j: dims 64 half + 8g + 2j, + 1
           float4* dst = reinterpret_cast<float4*>(&s_o[warp][h][64 * half + 8 * g]);
           dst[0] = make_float4(x[0][e], x[0][e + 2], x[1][e], x[1][e + 2]);
           dst[1] = make_float4(x[2][e], x[2][e + 2], x[3][e], x[3][e + 2]);
@@ -838,12 +838,11 @@ void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   if (args.prologue_tiles > 0) {
     one_block ? launch_variant<D, G, true, true>(args, grid, stream)
               : launch_variant<D, G, true, false>(args, grid, stream);
-  } else if constexpr (D == 128 && G >= 4) {
-    if (args.block_shift >= 4 && mma_enabled())
-      return launch_variant<D, G, false, true, true>(args, grid, stream);
-    one_block ? launch_variant<D, G, false, true>(args, grid, stream)
-              : launch_variant<D, G, false, false>(args, grid, stream);
   } else {
+    if constexpr (D == 128 && G >= 4) {
+      if (args.block_shift >= 4 && mma_enabled())
+        return launch_variant<D, G, false, true, true>(args, grid, stream);
+    }
     one_block ? launch_variant<D, G, false, true>(args, grid, stream)
               : launch_variant<D, G, false, false>(args, grid, stream);
   }

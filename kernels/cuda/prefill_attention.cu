@@ -164,6 +164,24 @@ __device__ __forceinline__ bool query_tile(const KernelArgs& a, int seq, int m_t
   return true;
 }
 
+// Copies a tile's kRows query rows of `head` (16-byte chunks, thread `thread` of kThreadCount)
+// to shared-memory byte addresses dst(row, chunk); rows past the query are zero-filled.
+// Completes with the calling thread's next cp.async commit or mbarrier arrival.
+template <int kHeadDim, int kRows, int kThreadCount, typename Dst>
+__device__ __forceinline__ void copy_q_tile(const KernelArgs& a, const QueryTile& t, int head,
+                                            int thread, Dst dst) {
+  constexpr int kChunks = kHeadDim / 8;
+  const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
+  const bf16* q_base = a.q + size_t(t.q_begin + t.m_start) * q_row_stride + size_t(head) * kHeadDim;
+#pragma unroll
+  for (int i = 0; i < kRows * kChunks / kThreadCount; ++i) {
+    const int c = thread + i * kThreadCount;
+    const int r = c / kChunks, ch = c % kChunks;
+    const bool valid = r < t.rows;
+    cp_async_16(dst(r, ch), valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q, valid);
+  }
+}
+
 // Epilogue of one query row held by a quad of lanes (lane t4 of 4 holds dims 8d + 2·t4 and
 // 8d + 2·t4 + 1 of each 8-dim group d, given by o(d) as a float2, and a partial sum of the
 // row's exps): finish the sum across the quad, normalize, store bf16 (and fp32) pairs and
@@ -228,20 +246,9 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   const int lane = tid % 32;
 
   // ---- Q tile → shared (rows past the query are zero-filled).
-  {
-    const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
-    const bf16* q_base =
-        a.q + size_t(t.q_begin + t.m_start) * q_row_stride + size_t(head) * kHeadDim;
-#pragma unroll
-    for (int i = 0; i < kBlockM * kChunks / T::kThreads; ++i) {
-      const int c = tid + i * T::kThreads;
-      const int r = c / kChunks, ch = c % kChunks;
-      const bool valid = r < t.rows;
-      const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
-      cp_async_16(sq_addr + 2 * swizzled<kHeadDim>(r, ch), src, valid);
-    }
-    cp_async_commit();
-  }
+  copy_q_tile<kHeadDim, kBlockM, T::kThreads>(
+      a, t, head, tid, [&](int r, int ch) { return sq_addr + 2 * swizzled<kHeadDim>(r, ch); });
+  cp_async_commit();
 
   // ---- K/V tile j → stage `stage`, gathered row by row through the block table. Rows past
   // kv_len are zero-filled (never read: the cache there may hold anything, even NaN, and a
@@ -476,9 +483,6 @@ template <uint32_t kRegisters>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
 }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
 
 // Named barriers (0 is __syncthreads) for the warpgroups' ping-pong.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
@@ -540,20 +544,10 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   if (wg == T::kConsumerGroups) {
     setmaxnreg_dec<T::kProducerRegisters>();
     const int ptid = tid - T::kConsumerThreads;
-    {
-      const size_t q_row_stride = size_t(a.num_q_heads) * kHeadDim;
-      const bf16* q_base =
-          a.q + size_t(t.q_begin + t.m_start) * q_row_stride + size_t(head) * kHeadDim;
-#pragma unroll
-      for (int i = 0; i < kBlockM * kChunks / T::kProducerThreads; ++i) {
-        const int c = ptid + i * T::kProducerThreads;
-        const int r = c / kChunks, ch = c % kChunks;
-        const bool valid = r < t.rows;
-        const bf16* src = valid ? q_base + size_t(r) * q_row_stride + ch * 8 : a.q;
-        cp_async_16(sq + wgmma::swizzled_offset(kBlockM, r, ch), src, valid);
-      }
-      // (Q lands with the first key tile: that tile's arrival counts every earlier copy.)
-    }
+    // (Q lands with the first key tile: that tile's arrival counts every earlier copy.)
+    copy_q_tile<kHeadDim, kBlockM, T::kProducerThreads>(a, t, head, ptid, [&](int r, int ch) {
+      return sq + wgmma::swizzled_offset(kBlockM, r, ch);
+    });
 
     // Rows past kv_len are zero-filled, never read from the cache (see the mma.sync kernel).
     // (Both kernels' loads as one shared helper measured 4% slower, in-run, on both.)
@@ -575,7 +569,7 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
     // Keys below this have a cache row: within the sequence and the block table.
     const int gather_keys = min(kv_len, a.max_blocks_per_seq * a.block_size);
     // Tile j into stage j % kStages, once every consumer has left that stage's previous tile;
-    // row_offset(i) gives row kv_row0 + kRowStep·i's offset in the cache (rows with a cache row).
+    // row_offset(key, valid) gives `key`'s row offset in the cache (any value when !valid).
     auto load_kv = [&](int j, auto row_offset) {
       const int stage = j % kStages;
       if (j >= kStages) mbar_wait(&empty[stage], uint32_t(j / kStages - 1) & 1u);
@@ -585,8 +579,9 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
       const bool whole = (j + 1) * kBlockNw <= gather_keys;
 #pragma unroll
       for (int i = 0; i < kRowsPerThread; ++i) {
-        const bool valid = whole || key0 + i * kRowStep < gather_keys;
-        const size_t off = row_offset(i);
+        const int key = key0 + i * kRowStep;
+        const bool valid = whole || key < gather_keys;
+        const size_t off = row_offset(key, valid);
         const uint32_t o = uint32_t(i * kRowStep * 128);
         cp_async_16(k_dst + o, valid ? k_src0 + off : a.k_cache, valid);
         cp_async_16(v_dst + o, valid ? v_src0 + off : a.v_cache, valid);
@@ -609,9 +604,8 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
       int32_t entry = n_kv_tiles > 0 ? tile_entry(0) : 0;
       for (int j = 0; j < n_kv_tiles; ++j) {
         const int32_t next = j + 1 < n_kv_tiles ? tile_entry(j + 1) : 0;
-        const int key0 = j * kBlockNw + kv_row0, blk0 = (j * kBlockNw) >> shift;
-        load_kv(j, [&](int i) {
-          const int key = key0 + i * kRowStep;
+        const int blk0 = (j * kBlockNw) >> shift;
+        load_kv(j, [&](int key, bool) {
           const int32_t e = __shfl_sync(0xffffffffu, entry, (key >> shift) - blk0);
           return size_t(e) * block_stride + size_t(key & (a.block_size - 1)) * kHeadDim;
         });
@@ -619,17 +613,15 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
       }
     } else {
       for (int j = 0; j < n_kv_tiles; ++j) {
-        const int key0 = j * kBlockNw + kv_row0;
-        const bool whole = (j + 1) * kBlockNw <= gather_keys;
-        load_kv(j, [&](int i) {
-          const int key = key0 + i * kRowStep;
-          if (!whole && key >= gather_keys) return size_t(0);
+        load_kv(j, [&](int key, bool valid) {
+          if (!valid) return size_t(0);
           const int blk = a.block_shift >= 0 ? key >> a.block_shift : key / a.block_size;
           return size_t(table[blk]) * block_stride + size_t(key - blk * a.block_size) * kHeadDim;
         });
       }
     }
-    cp_async_wait_all();  // no copy of this thread in flight when it exits
+    cp_async_commit();  // no copy of this thread in flight when it exits
+    cp_async_wait<0>();
     return;
   }
   setmaxnreg_inc<T::kConsumerRegisters>();
