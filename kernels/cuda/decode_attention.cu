@@ -23,14 +23,17 @@
 //      (running max per head, base 2), accumulated in fp32. For head dim 128 with GQA 4 or 8
 //      and cache blocks of 16 tokens or more (Llama-3 shapes), the kernel without a prologue
 //      runs these steps on tensor cores instead (mma_steps; H200: up to 14% faster at long
-//      contexts, 93-97% of read bandwidth from batch 8 x 32k on, bench/RESULTS.md).
+//      contexts, 93-97% of read bandwidth from batch 8 x 32k on, bench/RESULTS.md), and with
+//      overlap_previous_kernel each warp requests its first step before the wait.
 //   4. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
 //      uses one split writes its output directly; otherwise each split writes its partial
-//      (m, l, unnormalized o) to the workspace, fences, and bumps an atomic counter per
-//      (sequence, kv head). The block that arrives last merges all partials, writes the
-//      output and resets the counter to zero, so the next launch (or graph replay) starts
-//      from zero without a memset.
+//      (m, l, unnormalized o) to the workspace and bumps an atomic counter per (sequence,
+//      kv head) with acquire-release order. The block that arrives last merges all
+//      partials, writes the output and resets the counter to zero, so the next launch (or
+//      graph replay) starts from zero without a memset.
 #include "kernels/cuda/decode_attention.h"
+
+#include <cuda/atomic>
 
 #include <algorithm>
 #include <cmath>
@@ -384,99 +387,122 @@ __device__ __forceinline__ uint32_t word(const uint4& u, int i) {
   return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
 }
 
-// Tokens [from, end) of a split (from a multiple of 16) for one warp: 16-token steps at
-// from + 16 · warp, every kWarps · 16 tokens. Leaves lane (g, t)'s share of the warp's state
-// for heads 2t and 2t + 1: m (the same in the 8 lanes of a t), l summed over its tokens,
+// K and V of one warp step in registers: lane (g, t)'s rows, as described above.
+struct MmaStep {
+  uint4 k[2][4];  // tokens g and g + 8, dims 32p + 8t .. + 8
+  uint4 v[2][4];  // dims 64h + 8g .. + 8 of tokens 2t + {0, 1, 8, 9}
+};
+
+// Loads the warp step of 16 tokens from t0 (a multiple of 16: 16 tokens lie in one cache
+// block of 16 or more); rows past `end` are zero (for V, p = 0 multiplies them).
+__device__ __forceinline__ void mma_load_step(const KernelArgs& a, const int32_t* table, int kvh,
+                                              int lane, int t0, int end, MmaStep& st) {
+  constexpr int D = 128;
+  const int g = lane / 4, t = lane % 4;
+  const int shift = a.block_shift;
+  const int64_t base = int64_t(__ldg(table + (t0 >> shift))) * ((a.num_kv_heads * D) << shift) +
+                       (t0 & ((1 << shift) - 1)) * D + ((kvh * D) << shift);
+  const bf16* kp = a.k_cache + base + g * D + 8 * t;
+  const bf16* vp = a.v_cache + base + 2 * t * D + 8 * g;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const bool valid = t0 + g + 8 * r < end;
+#pragma unroll
+    for (int p = 0; p < 4; ++p)
+      st.k[r][p] = valid ? load_stream16(kp + r * 8 * D + 32 * p) : make_uint4(0, 0, 0, 0);
+  }
+  constexpr int kVRow[4] = {0, 1, 8, 9};  // tokens 2t + kVRow[i]
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const bool valid = t0 + 2 * t + kVRow[i] < end;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      st.v[h][i] = valid ? load_stream16(vp + kVRow[i] * D + 64 * h) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Folds the step from t0 into lane (g, t)'s share of the warp's state for heads 2t and
+// 2t + 1: m (the same in the 8 lanes of a t), l summed over its tokens,
 // o[4h + j][e + 2i] = O[head 2t + e][dim 64h + 8g + 2j + i].
+__device__ __forceinline__ void mma_step(const MmaStep& st, const uint4 (&qb)[4], int t0, int end,
+                                         int lane, float scale_log2, float (&m)[2], float (&l)[2],
+                                         float (&o)[8][4]) {
+  const int g = lane / 4;
+  const bool k_valid[2] = {t0 + g < end, t0 + g + 8 < end};
+  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // S[token g or g + 8][head 2t or 2t + 1]
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    mma_bf16_16816(s, {st.k[0][p].x, st.k[1][p].x, st.k[0][p].y, st.k[1][p].y}, qb[p].x, qb[p].y);
+    mma_bf16_16816(s, {st.k[0][p].z, st.k[1][p].z, st.k[0][p].w, st.k[1][p].w}, qb[p].z, qb[p].w);
+  }
+  float pr[4];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {  // head 2t + e: s[e] (token g), s[e + 2] (token g + 8)
+    const float s0 = k_valid[0] ? s[e] * scale_log2 : -INFINITY;
+    const float s1 = k_valid[1] ? s[e + 2] * scale_log2 : -INFINITY;
+    float mx = fmaxf(s0, s1);
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+    const float m_new = fmaxf(m[e], mx);  // finite: token t0 is in range
+    const float alpha = fast_exp2(m[e] - m_new);
+    m[e] = m_new;
+    pr[e] = fast_exp2(s0 - m_new);
+    pr[e + 2] = fast_exp2(s1 - m_new);
+    l[e] = l[e] * alpha + pr[e] + pr[e + 2];
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt) {
+      o[mt][e] *= alpha;
+      o[mt][e + 2] *= alpha;
+    }
+  }
+  // P as hi + lo bf16 pairs (heads 2t, 2t + 1) of tokens g and g + 8, then transposed into
+  // the B fragments (tokens 2t, 2t + 1 and 2t + 8, 2t + 9 of head g).
+  const uint32_t hi0 = pack_bf16x2(pr[0], pr[1]), hi1 = pack_bf16x2(pr[2], pr[3]);
+  const uint32_t lo0 =
+      pack_bf16x2(pr[0] - __uint_as_float(hi0 << 16), pr[1] - __uint_as_float(hi0 & 0xffff0000u));
+  const uint32_t lo1 =
+      pack_bf16x2(pr[2] - __uint_as_float(hi1 << 16), pr[3] - __uint_as_float(hi1 & 0xffff0000u));
+  const uint32_t bh0 = movmatrix_trans(hi0), bh1 = movmatrix_trans(hi1);
+  const uint32_t bl0 = movmatrix_trans(lo0), bl1 = movmatrix_trans(lo1);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t x0 = word(st.v[h][0], j), x1 = word(st.v[h][1], j);
+      const uint32_t x2 = word(st.v[h][2], j), x3 = word(st.v[h][3], j);
+      const uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
+      const uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
+      mma_bf16_16816(o[4 * h + j], {a0, a1, a2, a3}, bh0, bh1);
+      mma_bf16_16816(o[4 * h + j], {a0, a1, a2, a3}, bl0, bl1);
+    }
+  }
+}
+
+// Tokens [from, end) of a split (from a multiple of 16) for one warp: 16-token steps at
+// from + 16 · warp, every kWarps · 16 tokens, the first one already in `first` when
+// `preloaded` (requested before griddepcontrol.wait). Leaves the lane's state as mma_step.
 template <int G>
 __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* table, int kvh,
                                           int warp, int lane, int from, int end, size_t q_row0,
-                                          float (&m)[2], float (&l)[2], float (&o)[8][4]) {
+                                          bool preloaded, MmaStep& first, float (&m)[2],
+                                          float (&l)[2], float (&o)[8][4]) {
   constexpr int D = 128;
   const int g = lane / 4, t = lane % 4;
+  const int t_first = from + warp * 16;
+  if (t_first >= end) return;
   uint4 qb[4];  // head g, dims 32p + 8t .. + 8 (zero for the padding heads)
 #pragma unroll
   for (int p = 0; p < 4; ++p) {
     qb[p] = g < G ? __ldcg(reinterpret_cast<const uint4*>(a.q + (q_row0 + g) * D + 32 * p + 8 * t))
                   : make_uint4(0, 0, 0, 0);
   }
-  const int shift = a.block_shift;
-  const int offset_mask = (1 << shift) - 1;
-  const int block_stride = (a.num_kv_heads * D) << shift;
-  const int head_offset = (kvh * D) << shift;
-  const int k_lane = g * D + 8 * t;      // token g, dims 8t (+ 32p); token g + 8 at + 8D
-  const int v_lane = 2 * t * D + 8 * g;  // token 2t, dims 8g (+ 64h)
-  for (int t0 = from + warp * 16; t0 < end; t0 += kWarps * 16) {
-    // 16 tokens from a multiple of 16 lie in one cache block (block size >= 16).
-    const int64_t base =
-        int64_t(__ldg(table + (t0 >> shift))) * block_stride + (t0 & offset_mask) * D + head_offset;
-    const bf16* kp = a.k_cache + base + k_lane;
-    const bf16* vp = a.v_cache + base + v_lane;
-    const bool k_valid[2] = {t0 + g < end, t0 + g + 8 < end};
-    constexpr int kVRow[4] = {0, 1, 8, 9};  // tokens 2t + kVRow[i]
-    uint4 kr[2][4], vr[2][4];
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-      for (int p = 0; p < 4; ++p)
-        kr[r][p] = k_valid[r] ? load_stream16(kp + r * 8 * D + 32 * p) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const bool valid = t0 + 2 * t + kVRow[i] < end;  // rows past the end: p = 0 times zero
-      const int off = kVRow[i] * D;
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        vr[h][i] = valid ? load_stream16(vp + off + 64 * h) : make_uint4(0, 0, 0, 0);
-    }
-
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // S[token g or g + 8][head 2t or 2t + 1]
-#pragma unroll
-    for (int p = 0; p < 4; ++p) {
-      mma_bf16_16816(s, {kr[0][p].x, kr[1][p].x, kr[0][p].y, kr[1][p].y}, qb[p].x, qb[p].y);
-      mma_bf16_16816(s, {kr[0][p].z, kr[1][p].z, kr[0][p].w, kr[1][p].w}, qb[p].z, qb[p].w);
-    }
-    float pr[4];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {  // head 2t + e: s[e] (token g), s[e + 2] (token g + 8)
-      const float s0 = k_valid[0] ? s[e] * a.scale_log2 : -INFINITY;
-      const float s1 = k_valid[1] ? s[e + 2] * a.scale_log2 : -INFINITY;
-      float mx = fmaxf(s0, s1);
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-      const float m_new = fmaxf(m[e], mx);  // finite: token t0 is in range
-      const float alpha = fast_exp2(m[e] - m_new);
-      m[e] = m_new;
-      pr[e] = fast_exp2(s0 - m_new);
-      pr[e + 2] = fast_exp2(s1 - m_new);
-      l[e] = l[e] * alpha + pr[e] + pr[e + 2];
-#pragma unroll
-      for (int mt = 0; mt < 8; ++mt) {
-        o[mt][e] *= alpha;
-        o[mt][e + 2] *= alpha;
-      }
-    }
-    // P as hi + lo bf16 pairs (heads 2t, 2t + 1) of tokens g and g + 8, then transposed into
-    // the B fragments (tokens 2t, 2t + 1 and 2t + 8, 2t + 9 of head g).
-    const uint32_t hi0 = pack_bf16x2(pr[0], pr[1]), hi1 = pack_bf16x2(pr[2], pr[3]);
-    const uint32_t lo0 =
-        pack_bf16x2(pr[0] - __uint_as_float(hi0 << 16), pr[1] - __uint_as_float(hi0 & 0xffff0000u));
-    const uint32_t lo1 =
-        pack_bf16x2(pr[2] - __uint_as_float(hi1 << 16), pr[3] - __uint_as_float(hi1 & 0xffff0000u));
-    const uint32_t bh0 = movmatrix_trans(hi0), bh1 = movmatrix_trans(hi1);
-    const uint32_t bl0 = movmatrix_trans(lo0), bl1 = movmatrix_trans(lo1);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t x0 = word(vr[h][0], j), x1 = word(vr[h][1], j);
-        const uint32_t x2 = word(vr[h][2], j), x3 = word(vr[h][3], j);
-        const uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
-        const uint32_t a2 = __byte_perm(x2, x3, 0x5410), a3 = __byte_perm(x2, x3, 0x7632);
-        mma_bf16_16816(o[4 * h + j], {a0, a1, a2, a3}, bh0, bh1);
-        mma_bf16_16816(o[4 * h + j], {a0, a1, a2, a3}, bl0, bl1);
-      }
-    }
+  if (!preloaded) mma_load_step(a, table, kvh, lane, t_first, end, first);
+  mma_step(first, qb, t_first, end, lane, a.scale_log2, m, l, o);
+  for (int t0 = t_first + kWarps * 16; t0 < end; t0 += kWarps * 16) {
+    MmaStep st;
+    mma_load_step(a, table, kvh, lane, t0, end, st);
+    mma_step(st, qb, t0, end, lane, a.scale_log2, m, l, o);
   }
 }
 
@@ -484,7 +510,9 @@ __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* ta
 // loop alone, with the register budget to itself (one kernel with both paths cost the
 // H200 2% at long contexts: the loop recomputed indices it could no longer keep).
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma>
-__global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
+// The tensor-core steps fit in 128 registers at GQA 8 too, for 4 resident blocks per SM (their
+// loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22% longer).
+__global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4 && !kPrologue), "mma_steps: D 128, G 4 or 8");
   using T = Tile<D, G>;
@@ -545,6 +573,21 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
       request_tiles<D, G>(a, table, kvh, begin, end, prologue_tiles, tiles, full, lane);
   }
 
+  // With the overlap guarantee every row but each sequence's last is final before the wait:
+  // a warp whose first step does not hold that row requests it now, so that its loads are in
+  // flight while the previous kernel finishes (H200, per layer in a graph: batch 1 x 32k
+  // 39.3 -> 37.8 us, batch 8 x 1k 13.1 -> 11.9, batch 32 x 4k 143.2 -> 140.6;
+  // bench/RESULTS.md).
+  [[maybe_unused]] MmaStep mma_first;
+  [[maybe_unused]] bool mma_preloaded = false;
+  if constexpr (kMma) {
+    const int t_first = begin + warp * 16;
+    if (a.overlap_previous_kernel && t_first < end && t_first + 16 < len) {
+      mma_load_step(a, table, kvh, lane, t_first, end, mma_first);
+      mma_preloaded = true;
+    }
+  }
+
   if (a.overlap_previous_kernel) {
     pdl_wait();
     pdl_launch_dependents();
@@ -555,7 +598,8 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
   float(*s_l)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4 + kWarps * G * 4);
   if constexpr (kMma) {
     float mm[2] = {-INFINITY, -INFINITY}, lm[2] = {0.0f, 0.0f}, om[8][4] = {};
-    mma_steps<G>(a, table, kvh, warp, lane, begin, end, out_row0, mm, lm, om);
+    mma_steps<G>(a, table, kvh, warp, lane, begin, end, out_row0, mma_preloaded, mma_first, mm, lm,
+                 om);
     // l over the warp's tokens; then the warp's (m, l, o) of heads 2t, 2t + 1 to shared memory.
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -705,18 +749,23 @@ __global__ void __launch_bounds__(kThreads, Tile<D, G>::kBlocksPerSm)
   }
   if (n_used == 1) return;
 
-  // Publish this split's partial, then count it. The last of the n_used arrivals merges.
-  __threadfence();
+  // Publish this split's partial, then count it; the last of the n_used arrivals merges. One
+  // acquire-release atomic by thread 0 between two barriers (which carry the ordering to the
+  // block's other threads) orders the block's partial before its count and, in the last
+  // block, the other splits' partials before the merge's loads. It replaces a sequentially
+  // consistent fence by every thread on each side, each of which waited for a round trip
+  // through a memory system the other blocks keep saturated (H200, per layer in a graph:
+  // batch 1 x 1k 6.4 -> 5.9 us, x 4k 12.2 -> 11.4, batch 8 x 1k 12.6 -> 11.9).
   __syncthreads();
   if (threadIdx.x == 0) {
-    const int arrived = atomicAdd(a.counters + pair, 1) + 1;
+    ::cuda::atomic_ref<int, ::cuda::thread_scope_device> counter(a.counters[pair]);
+    const int arrived = counter.fetch_add(1, ::cuda::memory_order_acq_rel) + 1;
     s_is_last = arrived == n_used;
     // Every split has arrived, so nobody else touches the counter in this launch.
-    if (arrived == n_used) atomicExch(a.counters + pair, 0);
+    if (arrived == n_used) counter.store(0, ::cuda::memory_order_relaxed);
   }
   __syncthreads();
   if (!s_is_last) return;
-  __threadfence();
 
   // Merge the n_used partials (.cg loads: read from L2, where the other SMs wrote them).
   for (int e = threadIdx.x; e < kChunks; e += kThreads) {
