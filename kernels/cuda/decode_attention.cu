@@ -27,10 +27,11 @@
 //      overlap_previous_kernel each warp requests its first step before the wait.
 //   4. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
 //      uses one split writes its output directly; otherwise each split writes its partial
-//      (m, l, unnormalized o) to the workspace and bumps an atomic counter per (sequence,
-//      kv head) with acquire-release order. The block that arrives last merges all
-//      partials, writes the output and resets the counter to zero, so the next launch (or
-//      graph replay) starts from zero without a memset.
+//      (m, l, unnormalized o) to the workspace, and the last block to arrive on an atomic
+//      counter (acquire-release) merges them; with 40 splits or more, in two levels: per
+//      group of 8 consecutive splits, then over the groups. Each last block resets its
+//      counter to zero, so the next launch (or graph replay) starts from zero without a
+//      memset.
 #include "kernels/cuda/decode_attention.h"
 
 #include <cuda/atomic>
@@ -62,6 +63,12 @@ constexpr int kMinTokensPerSplit = 128;
 // of 4 took 4-5% off batch-1 decode attention (H100: 8.61 -> 8.27 us at 1k, 57.5 -> 55.8 at
 // 32k); 16 helped batch 1 as much but cost batch 8 up to 6% (bench/RESULTS.md).
 constexpr int kMergeUnroll = 8;
+// Splits merged together first, by the last of them to finish (a two-level merge, see the
+// end of the kernel): as many as one round of the merge loop has in flight; and the fewest
+// used splits that take the two levels (below, one merge of all partials is faster: it
+// saves an atomic round trip that costs about as much as 3 rounds of merge loads, H200).
+constexpr int kMergeGroup = kMergeUnroll;
+constexpr int kTwoLevelMinSplits = 5 * kMergeUnroll;
 // Shared memory for a split streamed whole into the prologue (plan_decode_attention).
 constexpr int kMaxPrologueBytes = 64 * 1024;
 // Shared memory of one Hopper SM, and what a resident block costs beyond its dynamic part
@@ -129,11 +136,14 @@ struct KernelArgs {
   bf16* out;
   float* out_f32;  // may be null
   float* lse;      // may be null
-  // Workspace (used only when num_splits > 1), indexed by pair = seq * num_kv_heads + kvh:
-  float* ws_o;    // [pair][num_splits][G][D], unnormalized partial outputs
-  float* ws_m;    // [pair][num_splits][G], running max (base 2, scaled scores)
-  float* ws_l;    // [pair][num_splits][G], sum of exp2(score - m)
-  int* counters;  // [pair], arrivals of finished splits; zero between launches
+  // Workspace (used only when num_splits > 1), indexed by pair = seq * num_kv_heads + kvh;
+  // a pair's parts are its splits' partials, then its groups' (see the merge):
+  float* ws_o;    // [pair][parts_per_pair][G][D], unnormalized partial outputs
+  float* ws_m;    // [pair][parts_per_pair][G], running max (base 2, scaled scores)
+  float* ws_l;    // [pair][parts_per_pair][G], sum of exp2(score - m)
+  int* counters;  // [pair][counters_per_pair], arrivals (see the merge); zero between launches
+  int counters_per_pair;  // 1 + groups of kMergeGroup splits
+  int parts_per_pair;     // num_splits + groups: partials per pair in ws_o, ws_m, ws_l
   int num_kv_heads;
   int max_blocks_per_seq;
   int block_shift;  // log2(block_size)
@@ -506,6 +516,64 @@ __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* ta
   }
 }
 
+// Counts this block's arrival on `counter` and tells whether it is the last of `expected`,
+// resetting the counter to zero then (so the next launch or graph replay starts from zero
+// without a memset). Called by every thread of the block after its writes to the workspace.
+// One acquire-release atomic by thread 0 between two barriers (which carry the ordering to
+// the block's other threads) orders the block's writes before its count and, in the last
+// block, the other blocks' writes before its loads. It replaces a sequentially consistent
+// fence by every thread on each side, each of which waited for a round trip through a memory
+// system the other blocks keep saturated (H200, per layer in a graph, with the first-step
+// preload of the tensor-core steps: batch 1 x 1k 6.2 -> 5.9 us, x 4k 11.7 -> 11.4, batch 8 x
+// 1k 13.5 -> 12.0).
+__device__ __forceinline__ bool arrive_last(int* counter, int expected) {
+  __shared__ int s_is_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ::cuda::atomic_ref<int, ::cuda::thread_scope_device> c(*counter);
+    const int arrived = c.fetch_add(1, ::cuda::memory_order_acq_rel) + 1;
+    s_is_last = arrived == expected;
+    // Everyone has arrived, so nobody else touches the counter in this launch.
+    if (arrived == expected) c.store(0, ::cuda::memory_order_relaxed);
+  }
+  __syncthreads();
+  return s_is_last;
+}
+
+// Merges the `count` partials of the workspace from part `first` into the output (final) or
+// into part `dst`. .cg loads: read from L2, where the other SMs wrote them.
+template <int D, int G>
+__device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first, int count,
+                                               bool final, size_t out_row0, size_t dst) {
+  constexpr int kChunks = G * D / 4;
+  for (int e = threadIdx.x; e < kChunks; e += kThreads) {
+    const int h = e / (D / 4), d = e % (D / 4) * 4;
+    float mm = -INFINITY, lm = 0.0f;
+    float4 om = make_float4(0, 0, 0, 0);
+#pragma unroll kMergeUnroll
+    for (int i = 0; i < count; ++i) {
+      const size_t part = first + i;
+      const float ms = __ldcg(a.ws_m + part * G + h);  // finite: every part has tokens
+      const float ls = __ldcg(a.ws_l + part * G + h);
+      const float4 os = __ldcg(reinterpret_cast<const float4*>(a.ws_o + (part * G + h) * D + d));
+      const float m_new = fmaxf(mm, ms);
+      const float c_old = fast_exp2(mm - m_new), c_new = fast_exp2(ms - m_new);
+      lm = lm * c_old + ls * c_new;
+      om = scale_add(om, c_old, os, c_new);
+      mm = m_new;
+    }
+    if (final) {
+      write_final<D>(a, out_row0 + h, d, om, lm, mm);
+    } else {
+      *reinterpret_cast<float4*>(a.ws_o + (dst * G + h) * D + d) = om;
+      if (d == 0) {
+        a.ws_m[dst * G + h] = mm;
+        a.ws_l[dst * G + h] = lm;
+      }
+    }
+  }
+}
+
 // kPrologue: the variant for plans with a prologue; without, the kernel is the register
 // loop alone, with the register budget to itself (one kernel with both paths cost the
 // H200 2% at long contexts: the loop recomputed indices it could no longer keep).
@@ -519,7 +587,6 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ int s_is_last;
 
   // Without the overlap guarantee nothing is read before the previous kernel completes.
   if (!a.overlap_previous_kernel) {
@@ -575,9 +642,9 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
 
   // With the overlap guarantee every row but each sequence's last is final before the wait:
   // a warp whose first step does not hold that row requests it now, so that its loads are in
-  // flight while the previous kernel finishes (H200, per layer in a graph: batch 1 x 32k
-  // 39.3 -> 37.8 us, batch 8 x 1k 13.1 -> 11.9, batch 32 x 4k 143.2 -> 140.6;
-  // bench/RESULTS.md).
+  // flight while the previous kernel finishes (H200, per layer in a graph, with the
+  // acquire-release arrival in arrive_last: batch 1 x 32k 40.1 -> 38.4 us, batch 32 x 4k
+  // 130.6 -> 128.3; bench/RESULTS.md).
   [[maybe_unused]] MmaStep mma_first;
   [[maybe_unused]] bool mma_preloaded = false;
   if constexpr (kMma) {
@@ -739,7 +806,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     if (n_used == 1) {
       write_final<D>(a, out_row0 + h, d, ob, lb, mb);
     } else {
-      const size_t part = pair * a.num_splits + split;
+      const size_t part = pair * a.parts_per_pair + split;
       *reinterpret_cast<float4*>(a.ws_o + (part * G + h) * D + d) = ob;
       if (d == 0) {
         a.ws_m[part * G + h] = mb;
@@ -749,43 +816,40 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   }
   if (n_used == 1) return;
 
-  // Publish this split's partial, then count it; the last of the n_used arrivals merges. One
-  // acquire-release atomic by thread 0 between two barriers (which carry the ordering to the
-  // block's other threads) orders the block's partial before its count and, in the last
-  // block, the other splits' partials before the merge's loads. It replaces a sequentially
-  // consistent fence by every thread on each side, each of which waited for a round trip
-  // through a memory system the other blocks keep saturated (H200, per layer in a graph:
-  // batch 1 x 1k 6.4 -> 5.9 us, x 4k 12.2 -> 11.4, batch 8 x 1k 12.6 -> 11.9).
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    ::cuda::atomic_ref<int, ::cuda::thread_scope_device> counter(a.counters[pair]);
-    const int arrived = counter.fetch_add(1, ::cuda::memory_order_acq_rel) + 1;
-    s_is_last = arrived == n_used;
-    // Every split has arrived, so nobody else touches the counter in this launch.
-    if (arrived == n_used) counter.store(0, ::cuda::memory_order_relaxed);
+  // Publish this split's partial and count it. With few splits the last block to arrive
+  // merges them all. With many, in two levels: the last block to arrive of each group of
+  // kMergeGroup consecutive splits merges the group's partials into a group partial, and
+  // the last group to finish merges the group partials into the output. After the last
+  // split ends, the critical path is then one more arrival (an atomic round trip between
+  // two barriers) and two rounds of L2 loads, instead of one round per kMergeUnroll splits
+  // (H200, per layer in a graph: batch 1 x 16k, 66 splits, 23.6 -> 21.0 us; x 32k 38.4 ->
+  // 36.4; but with two levels at 17 and 32 splits, batch 1 x 1k 5.9 -> 6.7 and x 4k 11.4 ->
+  // 12.0: hence kTwoLevelMinSplits).
+  int* pair_counters = a.counters + pair * a.counters_per_pair;  // [0] all, [1 + g] group g
+  const size_t parts = pair * a.parts_per_pair;  // the splits' partials, then the groups'
+  if (n_used < kTwoLevelMinSplits) {
+    if (arrive_last(pair_counters, n_used))
+      merge_partials<D, G>(a, parts, n_used, true, out_row0, 0);
+    return;
   }
-  __syncthreads();
-  if (!s_is_last) return;
+  const int group = split / kMergeGroup, group_first = group * kMergeGroup;
+  const int group_size = min(kMergeGroup, n_used - group_first);
+  const int n_groups = ceil_div(n_used, kMergeGroup);
+  if (!arrive_last(pair_counters + 1 + group, group_size)) return;
+  merge_partials<D, G>(a, parts + group_first, group_size, false, out_row0,
+                       parts + a.num_splits + group);
+  if (!arrive_last(pair_counters, n_groups)) return;
+  merge_partials<D, G>(a, parts + a.num_splits, n_groups, true, out_row0, 0);
+}
 
-  // Merge the n_used partials (.cg loads: read from L2, where the other SMs wrote them).
-  for (int e = threadIdx.x; e < kChunks; e += kThreads) {
-    const int h = e / (D / 4), d = e % (D / 4) * 4;
-    float mm = -INFINITY, lm = 0.0f;
-    float4 om = make_float4(0, 0, 0, 0);
-#pragma unroll kMergeUnroll
-    for (int sp = 0; sp < n_used; ++sp) {
-      const size_t part = pair * a.num_splits + sp;
-      const float ms = __ldcg(a.ws_m + part * G + h);  // finite: every used split has tokens
-      const float ls = __ldcg(a.ws_l + part * G + h);
-      const float4 os = __ldcg(reinterpret_cast<const float4*>(a.ws_o + (part * G + h) * D + d));
-      const float m_new = fmaxf(mm, ms);
-      const float c_old = fast_exp2(mm - m_new), c_new = fast_exp2(ms - m_new);
-      lm = lm * c_old + ls * c_new;
-      om = scale_add(om, c_old, os, c_new);
-      mm = m_new;
-    }
-    write_final<D>(a, out_row0 + h, d, om, lm, mm);
-  }
+// Groups of kMergeGroup splits (the merge's first level).
+int merge_groups(int num_splits) {
+  return (num_splits + kMergeGroup - 1) / kMergeGroup;
+}
+
+// Merge counters per (sequence, kv head): one for the groups, one per group of splits.
+int counters_per_pair(int num_splits) {
+  return 1 + merge_groups(num_splits);
 }
 
 // Byte offsets of the workspace regions, each 256-byte aligned.
@@ -800,12 +864,14 @@ size_t align256(size_t x) {
 WorkspaceLayout workspace_layout(const DecodeAttentionParams& p, int num_splits) {
   WorkspaceLayout w;
   if (num_splits <= 1) return w;  // one split: no partials, no counters
-  const size_t parts = size_t(p.num_seqs) * p.num_q_heads * num_splits;  // (seq, q head, split)
+  // (seq, q head, split or group)
+  const size_t parts = size_t(p.num_seqs) * p.num_q_heads * (num_splits + merge_groups(num_splits));
   w.o = 0;
   w.m = align256(parts * p.head_dim * sizeof(float));
   w.l = w.m + align256(parts * sizeof(float));
   w.counters = w.l + align256(parts * sizeof(float));
-  w.total = w.counters + align256(size_t(p.num_seqs) * p.num_kv_heads * sizeof(int));
+  w.total = w.counters + align256(size_t(p.num_seqs) * p.num_kv_heads *
+                                  counters_per_pair(num_splits) * sizeof(int));
   return w;
 }
 
@@ -1001,6 +1067,8 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     a.ws_m = reinterpret_cast<float*>(base + ws.m);
     a.ws_l = reinterpret_cast<float*>(base + ws.l);
     a.counters = reinterpret_cast<int*>(base + ws.counters);
+    a.counters_per_pair = counters_per_pair(plan.num_splits);
+    a.parts_per_pair = plan.num_splits + merge_groups(plan.num_splits);
   }
   a.num_kv_heads = p.num_kv_heads;
   a.max_blocks_per_seq = p.max_blocks_per_seq;

@@ -440,6 +440,19 @@ TEST_CASE("decode_attention handles batches of 1 to 64 with mixed lengths and em
   }
 }
 
+// From 40 used splits on, the partials are merged in two levels: by the last split to
+// finish of each group of 8, then over the groups; below, in one. Split counts on both sides
+// of that and around multiples of the group (a last group of one split, whole groups), with
+// lengths that use only some of the splits.
+TEST_CASE("decode_attention merges partials per group of splits, then across groups",
+          "[gpu][decode]") {
+  uint64_t seed = 800;
+  for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{8, 2, 64, 8}}) {
+    run_and_check(shape, {5000, 3000, 700, 129, 1, 0}, {8, 9, 16, 17, 63, 64, 65, 130}, true,
+                  seed++);
+  }
+}
+
 TEST_CASE("decode_attention of empty contexts writes o = 0 and lse = -inf", "[gpu][decode]") {
   for (int d : {64, 128}) run_and_check(Shape{8, 2, d, 16}, {0, 0, 0}, {0, 1, 4}, true, 300);
 }
