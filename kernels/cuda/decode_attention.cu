@@ -852,6 +852,11 @@ int counters_per_pair(int num_splits) {
   return 1 + merge_groups(num_splits);
 }
 
+// Partials per (sequence, kv head) in the workspace: one per split, then one per group.
+int parts_per_pair(int num_splits) {
+  return num_splits + merge_groups(num_splits);
+}
+
 // Byte offsets of the workspace regions, each 256-byte aligned.
 struct WorkspaceLayout {
   size_t o = 0, m = 0, l = 0, counters = 0, total = 0;
@@ -864,8 +869,7 @@ size_t align256(size_t x) {
 WorkspaceLayout workspace_layout(const DecodeAttentionParams& p, int num_splits) {
   WorkspaceLayout w;
   if (num_splits <= 1) return w;  // one split: no partials, no counters
-  // (seq, q head, split or group)
-  const size_t parts = size_t(p.num_seqs) * p.num_q_heads * (num_splits + merge_groups(num_splits));
+  const size_t parts = size_t(p.num_seqs) * p.num_q_heads * parts_per_pair(num_splits);
   w.o = 0;
   w.m = align256(parts * p.head_dim * sizeof(float));
   w.l = w.m + align256(parts * sizeof(float));
@@ -1068,7 +1072,7 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     a.ws_l = reinterpret_cast<float*>(base + ws.l);
     a.counters = reinterpret_cast<int*>(base + ws.counters);
     a.counters_per_pair = counters_per_pair(plan.num_splits);
-    a.parts_per_pair = plan.num_splits + merge_groups(plan.num_splits);
+    a.parts_per_pair = parts_per_pair(plan.num_splits);
   }
   a.num_kv_heads = p.num_kv_heads;
   a.max_blocks_per_seq = p.max_blocks_per_seq;
