@@ -199,6 +199,9 @@ class GpuCase {
   bf16* k_data() { return k_.data(); }
   bf16* v_data() { return v_.data(); }
   const DecodeAttentionPlan& plan() const { return plan_; }
+  // Steps the tensor-core variant prefetches into L2 ahead (the plan leaves it at 0 unless
+  // ARBOR_DECODE_PREFETCH asks otherwise); any distance must give the same results.
+  void set_prefetch_steps(int steps) { plan_.prefetch_steps = steps; }
   cudaStream_t stream() const { return stream_.get(); }
 
   // New device-side lengths (each at most what the cache was filled for).
@@ -307,7 +310,8 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
   std::ostringstream ss;
   ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
      << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
-     << " plan.prologue_tiles=" << plan.prologue_tiles << " lens=[";
+     << " plan.prologue_tiles=" << plan.prologue_tiles
+     << " plan.prefetch_steps=" << plan.prefetch_steps << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
   ss << "]";
@@ -453,6 +457,32 @@ TEST_CASE("decode_attention merges partials per group of splits, then across gro
   }
 }
 
+// The tensor-core variant (head dim 128, GQA 4 or 8, blocks of 16 tokens or more) with warps
+// asking L2 for their steps ahead: prefetches stop at the split's end, so lengths that end
+// inside a step, on a step and on a block boundary, with one split, several, and as many as
+// the plan chooses, with and without the requests before the wait.
+TEST_CASE("decode_attention with steps prefetched into L2 matches the CPU reference",
+          "[gpu][decode]") {
+  uint64_t seed = 900;
+  const std::vector<int> lens = {9000, 4096, 1000, 65, 17, 1, 0};
+  for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{64, 8, 128, 16}, Shape{8, 2, 128, 64}}) {
+    const Inputs in = make_inputs(shape, lens, seed);
+    const Reference ref = cpu_reference(in, lens);
+    for (int splits : {0, 1, 7}) {
+      for (bool overlap : {false, true}) {
+        for (int steps : {1, 3, 8}) {
+          GpuCase gpu(in, /*with_f32=*/true, splits, /*max_context_len=*/-1, overlap);
+          gpu.set_prefetch_steps(steps);
+          check_outputs(in, lens, ref, gpu.run(),
+                        describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
+                            " overlap=" + std::to_string(overlap));
+        }
+      }
+    }
+    ++seed;
+  }
+}
+
 TEST_CASE("decode_attention of empty contexts writes o = 0 and lse = -inf", "[gpu][decode]") {
   for (int d : {64, 128}) run_and_check(Shape{8, 2, d, 16}, {0, 0, 0}, {0, 1, 4}, true, 300);
 }
@@ -564,8 +594,12 @@ TEST_CASE("decode_attention with overlap_previous_kernel sees the previous kerne
       d_v.upload(as_bf16(vb), vb.size());
       d_q.upload(as_bf16(qb), qb.size());
 
-      for (int splits : {0, 1, 7}) {
+      // (force_splits, prefetch_steps): with prefetches, long splits also ask L2 for later
+      // steps before the wait.
+      const std::pair<int, int> runs[] = {{0, 0}, {1, 0}, {7, 0}, {1, 2}, {7, 2}};
+      for (const auto& [splits, prefetch] : runs) {
         GpuCase gpu(stale, /*with_f32=*/true, splits, /*max_context_len=*/-1, /*overlap=*/true);
+        gpu.set_prefetch_steps(prefetch);
         (gpu.plan().prologue_tiles > 0 ? with_prologue : without_prologue)++;
         arbor::test::LateRowWrite w;
         w.k_cache = gpu.k_data();
@@ -638,6 +672,13 @@ TEST_CASE("decode_attention rejects unsupported shapes and bad arguments", "[gpu
   bad_prologue.prologue_tiles = 1000;
   CHECK_THROWS_AS(arbor::cuda::decode_attention(gpu.params(), bad_prologue, ws.get(), nullptr),
                   std::invalid_argument);
+  // A prefetch distance outside [0, 8].
+  for (int steps : {-1, 9}) {
+    DecodeAttentionPlan bad_prefetch = multi;
+    bad_prefetch.prefetch_steps = steps;
+    CHECK_THROWS_AS(arbor::cuda::decode_attention(gpu.params(), bad_prefetch, ws.get(), nullptr),
+                    std::invalid_argument);
+  }
   // One split needs no workspace.
   const DecodeAttentionPlan single = arbor::cuda::plan_decode_attention(gpu.params(), sms, 1);
   CHECK(single.workspace_bytes == 0);
