@@ -8,6 +8,9 @@ build=${1:?usage: bundle_gpu.sh BUILD_DIR BUNDLE_DIR}
 bundle=${2:?usage: bundle_gpu.sh BUILD_DIR BUNDLE_DIR}
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/lib"
+# What was built: the source commit (and whether the tree had changes), shown on the GPU
+# machine by tools/device_decode_attention.sh.
+git -C "$(dirname "$0")/.." describe --always --dirty >"$bundle/COMMIT"
 for exe in server/arbor tests/arbor_gpu_tests bench/arbor_bench_attention \
   bench/arbor_bench_prefill_attention bench/arbor_bench_decode bench/arbor_bench_serve_offline \
   bench/arbor_bench_tree bench/arbor_bench_gemv bench/arbor_bench_gemm; do

@@ -9,7 +9,9 @@
 # for each variant. Logs go to $OUT.
 #
 # Usage: tools/device_decode_attention.sh NAME "VARIANT..."   env: PASSES (2), TESTS (a Catch2
-#        filter, default "[decode],[cp]"; "none" skips), E2E ("none" skips the 8B decode step)
+#        filter, default "[decode],[cp]"; "none" skips), E2E ("none" skips the 8B decode step),
+#        EXTRA (more arbor_bench_attention runs per variant and pass, graph mode: argument
+#        lists separated by ';', e.g. "--hq 64 --batch 1 --context 32768 --splits 66")
 set -uo pipefail
 main=${1:?usage: device_decode_attention.sh NAME "VARIANT..."}
 variants=${2:-$main}
@@ -17,6 +19,7 @@ export ARBOR_SOURCE_DIR=$PWD
 for t in .device/ab/*.tar.gz; do
   n=$(basename "$t" .tar.gz)
   mkdir -p "/tmp/ab/$n" && tar xzf "$t" -C "/tmp/ab/$n"
+  echo "build $n: $(cat "/tmp/ab/$n/COMMIT" 2>/dev/null || echo "commit not recorded")"
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
 date -u
@@ -46,7 +49,13 @@ for pass in $(seq "${PASSES:-2}"); do
         --mode graph --iters 100 --layers 32
       run 100 "$v" arbor_bench_attention --batch 32 --context 1024,4096,32768 --mode graph \
         --iters 100 --layers 32 | tail -3
-    } 2>&1 | tee -a "$OUT/attention_$pass.log" | grep -E "^ +[0-9]|rror"
+      IFS=';' read -ra extra <<<"${EXTRA:-}"
+      for args in "${extra[@]}"; do
+        echo "-- $args"
+        # shellcheck disable=SC2086  # one argument list per entry, split on spaces
+        run 100 "$v" arbor_bench_attention $args --mode graph --iters 100 --layers 32
+      done
+    } 2>&1 | tee -a "$OUT/attention_$pass.log" | grep -E "^ +[0-9]|^-- |rror"
   done
 done
 
