@@ -1,0 +1,180 @@
+// Host side of the CUDA decode attention (kernels/cuda/decode_attention.h): the plan and the
+// argument checks, which run before anything touches a device. They run here in every CUDA
+// build, CI's GPU-less machine included; the kernel itself is tested in tests/gpu.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/decode_attention.h"
+
+namespace {
+
+using arbor::cuda::DecodeAttentionParams;
+using arbor::cuda::DecodeAttentionPlan;
+using arbor::cuda::plan_decode_attention;
+
+DecodeAttentionParams params(int seqs, int hq, int hkv, int d, int bs, int len, bool overlap) {
+  DecodeAttentionParams p;
+  p.num_seqs = seqs;
+  p.num_q_heads = hq;
+  p.num_kv_heads = hkv;
+  p.head_dim = d;
+  p.block_size = bs;
+  p.max_blocks_per_seq = (len + bs - 1) / bs + 1;
+  p.max_context_len = len;
+  p.scale = 0.125f;
+  p.overlap_previous_kernel = overlap;
+  return p;
+}
+
+// Stand-ins for device pointers: decode_attention only checks them (non-null, aligned) before
+// it launches, and every call below is rejected before that.
+template <typename T>
+T* fake_device_pointer(uintptr_t at) {
+  return reinterpret_cast<T*>(at);
+}
+
+DecodeAttentionParams launchable(const DecodeAttentionParams& shape) {
+  DecodeAttentionParams p = shape;
+  p.q = fake_device_pointer<arbor::cuda::bf16>(0x10000);
+  p.k_cache = fake_device_pointer<arbor::cuda::bf16>(0x20000);
+  p.v_cache = fake_device_pointer<arbor::cuda::bf16>(0x30000);
+  p.block_tables = fake_device_pointer<int32_t>(0x40000);
+  p.context_lens = fake_device_pointer<int32_t>(0x50000);
+  p.out = fake_device_pointer<arbor::cuda::bf16>(0x60000);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("decode_attention plans use one wave of blocks and give every split tokens",
+          "[cuda-host][decode]") {
+  // The prefetch distance is 0 unless ARBOR_DECODE_PREFETCH asks otherwise (an A/B switch).
+  const bool prefetch_env = std::getenv("ARBOR_DECODE_PREFETCH") != nullptr;
+  for (int sms : {1, 16, 132}) {
+    for (int d : {64, 128}) {
+      for (int group : {1, 2, 4, 8}) {
+        for (int bs : {8, 16, 128}) {
+          for (int seqs : {1, 2, 8, 32, 64}) {
+            for (int len : {1, 15, 16, 100, 1000, 4096, 32768, 131072}) {
+              for (bool overlap : {false, true}) {
+                const int hkv = 8;
+                const DecodeAttentionParams p = params(seqs, hkv * group, hkv, d, bs, len, overlap);
+                const DecodeAttentionPlan plan = plan_decode_attention(p, sms);
+                const int64_t pairs = int64_t(seqs) * hkv;
+                INFO("sms " << sms << " d " << d << " group " << group << " block " << bs
+                            << " seqs " << seqs << " len " << len << " overlap " << overlap << ": "
+                            << plan.num_splits << " splits, prologue " << plan.prologue_tiles);
+                REQUIRE(plan.num_splits >= 1);
+                // Each split covers at least 16 tokens of the longest context...
+                CHECK(plan.num_splits <= (len + 15) / 16);
+                // ...and the splits of all sequences fit one wave of resident blocks (at most
+                // 4 per SM), unless one split per sequence and head already does not.
+                CHECK((plan.num_splits == 1 || pairs * plan.num_splits <= 4 * int64_t(sms)));
+                // Long contexts fill the GPU when there are fewer (sequence, head) pairs
+                // than SMs.
+                if (len >= 32768 && pairs <= sms) CHECK(pairs * plan.num_splits >= sms);
+                // Partials and counters only with several splits, sized for all of them.
+                if (plan.num_splits == 1) {
+                  CHECK(plan.workspace_bytes == 0);
+                } else {
+                  const size_t partial_floats =
+                      size_t(seqs) * size_t(hkv * group) * size_t(plan.num_splits) * (d + 2);
+                  CHECK(plan.workspace_bytes >= partial_floats * sizeof(float));
+                }
+                // Splits stream through shared memory before the wait only with the overlap.
+                if (!overlap) CHECK(plan.prologue_tiles == 0);
+                if (!prefetch_env) CHECK(plan.prefetch_steps == 0);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("decode_attention plans honour a forced split count", "[cuda-host][decode]") {
+  const DecodeAttentionParams p = params(3, 32, 8, 128, 16, 5000, true);
+  for (int splits : {1, 7, 64, 1024}) {
+    const DecodeAttentionPlan plan = plan_decode_attention(p, 132, splits);
+    CHECK(plan.num_splits == splits);
+    CHECK((plan.workspace_bytes == 0) == (splits == 1));
+  }
+  // Nothing to attend to: one split, no workspace.
+  const DecodeAttentionPlan empty = plan_decode_attention(params(0, 32, 8, 128, 16, 0, true), 132);
+  CHECK(empty.num_splits == 1);
+  CHECK(empty.workspace_bytes == 0);
+}
+
+TEST_CASE("decode_attention rejects bad shapes and plans before touching the device",
+          "[cuda-host][decode]") {
+  const DecodeAttentionParams good = params(2, 8, 2, 128, 16, 100, false);
+  auto plan_with = [&](auto&& change) {
+    DecodeAttentionParams p = good;
+    change(p);
+    return plan_decode_attention(p, 132);
+  };
+  CHECK_NOTHROW(plan_with([](DecodeAttentionParams&) {}));
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.head_dim = 96; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.num_q_heads = 6; }),  // GQA 3
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.num_q_heads = 9; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.num_q_heads = 32; }),  // GQA 16
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.block_size = 24; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.num_seqs = -1; }),
+                  std::invalid_argument);
+  // Longer than the block table holds.
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.max_context_len = 1 << 20; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.scale = INFINITY; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_decode_attention(good, 0), std::invalid_argument);
+  CHECK_THROWS_AS(plan_decode_attention(good, 132, -1), std::invalid_argument);
+  CHECK_THROWS_AS(plan_decode_attention(good, 132, 5000), std::invalid_argument);
+
+  const DecodeAttentionParams p = launchable(good);
+  const DecodeAttentionPlan multi = plan_decode_attention(p, 132, 4);
+  void* const workspace = fake_device_pointer<void>(0x70000);
+  auto rejects = [&](const DecodeAttentionParams& q, const DecodeAttentionPlan& plan, void* ws) {
+    CHECK_THROWS_AS(arbor::cuda::decode_attention(q, plan, ws, nullptr), std::invalid_argument);
+  };
+  DecodeAttentionParams bad = p;
+  bad.q = nullptr;
+  rejects(bad, multi, workspace);
+  bad = p;
+  bad.head_dim = 256;
+  rejects(bad, multi, workspace);
+  bad = p;
+  bad.k_cache = fake_device_pointer<arbor::cuda::bf16>(0x20008);  // 8-byte aligned only
+  rejects(bad, multi, workspace);
+  // Several splits need a workspace, 16-byte aligned and sized for these params.
+  rejects(p, multi, nullptr);
+  rejects(p, multi, fake_device_pointer<void>(0x70008));
+  DecodeAttentionPlan small = multi;
+  small.workspace_bytes /= 2;
+  rejects(p, small, workspace);
+  // A plan made for other params: more splits than the kernel supports, a prologue larger
+  // than its shared memory, a prefetch distance outside [0, 8].
+  for (int splits : {0, 1025}) {
+    DecodeAttentionPlan plan = multi;
+    plan.num_splits = splits;
+    rejects(p, plan, workspace);
+  }
+  DecodeAttentionPlan bad_prologue = multi;
+  bad_prologue.prologue_tiles = 1000;
+  rejects(p, bad_prologue, workspace);
+  for (int steps : {-1, 9}) {
+    DecodeAttentionPlan bad_prefetch = multi;
+    bad_prefetch.prefetch_steps = steps;
+    rejects(p, bad_prefetch, workspace);
+  }
+}
