@@ -41,6 +41,7 @@ if [[ ${TESTS:-} != none ]]; then
     tee "$OUT/gpu_tests.log" | tail -6
 fi
 
+IFS=';' read -ra extra <<<"${EXTRA:-}"
 for pass in $(seq "${PASSES:-2}"); do
   for v in $variants; do
     echo "== decode attention, $v, pass $pass"
@@ -49,7 +50,6 @@ for pass in $(seq "${PASSES:-2}"); do
         --mode graph --iters 100 --layers 32
       run 100 "$v" arbor_bench_attention --batch 32 --context 1024,4096,32768 --mode graph \
         --iters 100 --layers 32 | tail -3
-      IFS=';' read -ra extra <<<"${EXTRA:-}"
       for args in "${extra[@]}"; do
         echo "-- $args"
         # shellcheck disable=SC2086  # one argument list per entry, split on spaces

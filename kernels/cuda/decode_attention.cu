@@ -441,10 +441,8 @@ __device__ __forceinline__ void mma_prefetch_step(const KernelArgs& a, const int
                                                   int kvh, int lane, int t0, int end) {
   constexpr int D = 128;
   if (lane >= 2 || t0 >= end) return;
-  const int shift = a.block_shift;
-  const int64_t base = int64_t(__ldg(table + (t0 >> shift))) * ((a.num_kv_heads * D) << shift) +
-                       (t0 & ((1 << shift) - 1)) * D + ((kvh * D) << shift);
-  bulk_prefetch_l2((lane == 0 ? a.k_cache : a.v_cache) + base, 16 * D * sizeof(bf16));
+  const int64_t row = kv_row_offset(a, table, kvh, t0, D);
+  bulk_prefetch_l2((lane == 0 ? a.k_cache : a.v_cache) + row, 16 * D * sizeof(bf16));
 }
 
 // Folds the step from t0 into lane (g, t)'s share of the warp's state for heads 2t and
@@ -598,11 +596,12 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // kPrologue: the variant for plans with a prologue; without, the kernel is the register
 // loop alone, with the register budget to itself (one kernel with both paths cost the
 // H200 2% at long contexts: the loop recomputed indices it could no longer keep).
-// kPrefetch: tensor-core steps that also ask L2 for later steps (plan.prefetch_steps > 0), a
-// separate variant so that the kernel without prefetches is unchanged.
+// kMma: the tensor-core steps; they fit in 128 registers at GQA 8 too, for 4 resident blocks
+// per SM (their loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22%
+// longer). kPrefetch: tensor-core steps that also ask L2 for later steps
+// (plan.prefetch_steps > 0), a separate variant so that the kernel without prefetches is
+// unchanged.
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, bool kPrefetch>
-// The tensor-core steps fit in 128 registers at GQA 8 too, for 4 resident blocks per SM (their
-// loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22% longer).
 __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4 && !kPrologue), "mma_steps: D 128, G 4 or 8");

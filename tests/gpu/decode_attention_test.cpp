@@ -388,18 +388,23 @@ void check_outputs(const Inputs& in, const std::vector<int>& lens, const Referen
   CHECK(rel < 5e-3);
 }
 
-// Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
+// Builds inputs once, then for each split setting (with and without the overlap) and each
+// prefetch distance (-1: the plan's) runs the kernel and compares with the CPU.
 void run_and_check(const Shape& shape, const std::vector<int>& lens,
-                   const std::vector<int>& force_splits, bool with_f32, uint64_t seed) {
+                   const std::vector<int>& force_splits, bool with_f32, uint64_t seed,
+                   const std::vector<int>& prefetch_steps = {-1}) {
   const Inputs in = make_inputs(shape, lens, seed);
   const Reference ref = cpu_reference(in, lens);
   for (int splits : force_splits) {
     for (bool overlap : {false, true}) {
-      GpuCase gpu(in, with_f32, splits, -1, overlap);
-      const std::string what =
-          describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
-          " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
-      check_outputs(in, lens, ref, gpu.run(), what);
+      for (int steps : prefetch_steps) {
+        GpuCase gpu(in, with_f32, splits, -1, overlap);
+        if (steps >= 0) gpu.set_prefetch_steps(steps);
+        const std::string what =
+            describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
+            " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
+        check_outputs(in, lens, ref, gpu.run(), what);
+      }
     }
   }
 }
@@ -464,22 +469,8 @@ TEST_CASE("decode_attention merges partials per group of splits, then across gro
 TEST_CASE("decode_attention with steps prefetched into L2 matches the CPU reference",
           "[gpu][decode]") {
   uint64_t seed = 900;
-  const std::vector<int> lens = {9000, 4096, 1000, 65, 17, 1, 0};
   for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{64, 8, 128, 16}, Shape{8, 2, 128, 64}}) {
-    const Inputs in = make_inputs(shape, lens, seed);
-    const Reference ref = cpu_reference(in, lens);
-    for (int splits : {0, 1, 7}) {
-      for (bool overlap : {false, true}) {
-        for (int steps : {1, 3, 8}) {
-          GpuCase gpu(in, /*with_f32=*/true, splits, /*max_context_len=*/-1, overlap);
-          gpu.set_prefetch_steps(steps);
-          check_outputs(in, lens, ref, gpu.run(),
-                        describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
-                            " overlap=" + std::to_string(overlap));
-        }
-      }
-    }
-    ++seed;
+    run_and_check(shape, {9000, 4096, 1000, 65, 17, 1, 0}, {0, 1, 7}, true, seed++, {1, 3, 8});
   }
 }
 
