@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <map>
 #include <string>
@@ -32,6 +33,10 @@ int main(int argc, char** argv) {
   int steps = 64, warmup = 8;
   bool graphs = true;
   bool gemv = true;
+  // Default from ARBOR_FUSED_GEMV=1, so that tools/device_decode_attention.sh can A/B it as
+  // a variant's environment setting.
+  const char* fused_env = std::getenv("ARBOR_FUSED_GEMV");
+  bool fused_gemv = fused_env && std::string(fused_env) == "1";
   bool gemm_autotune = true;
   int prefill_tokens = 8192;
   std::string peer;
@@ -42,6 +47,9 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed decode steps first");
   app.add_option("--graphs", graphs, "capture decode steps in CUDA graphs (1/0)");
   app.add_option("--gemv", gemv, "steps of <= 2 tokens use the gemv kernel, else cuBLASLt (1/0)");
+  app.add_option("--fused-gemv", fused_gemv,
+                 "gemv steps compute RMSNorm and SiLU·mul inside the gemv (1/0; default "
+                 "ARBOR_FUSED_GEMV or 0)");
   app.add_option("--gemm-autotune", gemm_autotune,
                  "prefill products keep the fastest cuBLASLt candidate, else its first (1/0)");
   app.add_option("--prefill-tokens", prefill_tokens,
@@ -83,6 +91,7 @@ int main(int argc, char** argv) {
   o.max_batch_tokens = 8192;
   o.cuda_graphs = graphs;
   o.small_batch_gemv = gemv;
+  o.fused_gemv_inputs = fused_gemv;
   o.gemm_autotune = gemm_autotune;
   const int block_size = o.block_size;
   auto runner = arbor::make_cuda_runner(model, o);
@@ -96,10 +105,11 @@ int main(int argc, char** argv) {
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
   std::printf(
-      "# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s, gemm "
-      "autotune %s\n",
+      "# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s, fused "
+      "gemv inputs %s, gemm autotune %s\n",
       date, runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
-      graphs ? "on" : "off", gemv ? "on" : "off", gemm_autotune ? "on" : "off");
+      graphs ? "on" : "off", gemv ? "on" : "off", gemv && fused_gemv ? "on" : "off",
+      gemm_autotune ? "on" : "off");
   std::printf("# measured read bandwidth %.0f GB/s; weights %.2f GB\n", read_bw * 1e-9,
               weight_bytes * 1e-9);
   if (!peer_impl.empty()) std::printf("# peer: %s\n", peer_impl.c_str());

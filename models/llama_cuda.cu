@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "engine/comm/communicator.h"
 #include "kernels/cpu/ops.h"
@@ -15,6 +17,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/sampling.h"
@@ -88,6 +91,7 @@ class LlamaCudaRunner final : public ModelRunner {
   void enqueue_step(int n_tokens, int n_seqs, int n_rows, bool decode, int max_context_len,
                     int max_query_len, const cuda::DecodeAttentionPlan& plan);
   void upload_weights(const WeightStore* store);
+  bool fused_gemv_supported() const;
   void upload_tensor(const WeightStore& store, const std::string& name,
                      std::initializer_list<int64_t> shape, bf16* dst);
   cuda::DecodeAttentionParams decode_params(int n_seqs, int max_context_len) const;
@@ -116,6 +120,11 @@ class LlamaCudaRunner final : public ModelRunner {
   int num_blocks_ = 0;
 
   cuda::DeviceArray<bf16> x_, normed_, qkv_, q_, attn_, proj_, gate_up_, act_, rows_;
+  // Steps with fused gemv inputs (fuse_gemv_inputs_): the fused residual add writes the new
+  // residual stream to the other buffer (every block still reads the old one), so the
+  // stream alternates between x_ and x_alt_ (kGemvMaxRowsRouted rows).
+  bool fuse_gemv_inputs_ = false;
+  cuda::DeviceArray<bf16> x_alt_;
   cuda::DeviceArray<bf16> logits_bf16_;  // lm_head output, as transformers and vLLM keep it
   cuda::DeviceArray<float> logits_;
   cuda::DeviceBuffer attn_workspace_;
@@ -208,6 +217,9 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   gate_up_ = cuda::DeviceArray<bf16>(T * 2 * I);
   act_ = cuda::DeviceArray<bf16>(T * I);
   rows_ = cuda::DeviceArray<bf16>(S * H);
+  fuse_gemv_inputs_ = opt_.fused_gemv_inputs && opt_.small_batch_gemv && fused_gemv_supported();
+  if (fuse_gemv_inputs_)
+    x_alt_ = cuda::DeviceArray<bf16>(size_t(cuda::Gemm::kGemvMaxRowsRouted) * H);
   logits_bf16_ = cuda::DeviceArray<bf16>(S * V);
   logits_ = cuda::DeviceArray<float>(S * V);
   logits_host_ = PinnedArray<float>(S * V);
@@ -328,6 +340,21 @@ void LlamaCudaRunner::upload_weights(const WeightStore* store) {
   if (!c_.tie_word_embeddings) upload_tensor(*store, "lm_head.weight", {V, H}, lm_head_);
 }
 
+// Whether the fused gemv inputs (kernels/cuda/gemv.h) take every gemv-sized step of this
+// model: the shapes for 1 .. kGemvMaxRowsRouted rows, and 16-byte aligned weights.
+bool LlamaCudaRunner::fused_gemv_supported() const {
+  const int H = c_.hidden_size, I = c_.intermediate_size;
+  for (int m = 1; m <= cuda::Gemm::kGemvMaxRowsRouted; ++m) {
+    if (!cuda::gemv_rmsnorm_supported(m, H) || !cuda::gemv_silu_mul_supported(m, I)) return false;
+  }
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  for (const LayerWeights& w : layers_) {
+    for (const bf16* p : {w.attn_norm, w.wqkv, w.mlp_norm, w.w_gate_up, w.w_down})
+      if (!aligned(p)) return false;
+  }
+  return true;
+}
+
 cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_context_len) const {
   cuda::DecodeAttentionParams a;
   a.q = q_.data();
@@ -361,14 +388,26 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
   const int H = c_.hidden_size, I = c_.intermediate_size, V = c_.vocab_size;
   const float eps = c_.rms_norm_eps;
   const int32_t* meta = meta_.data();
-  cuda::embedding(embed_, meta + off_tokens_, n, H, x_.data(), s);
+  // Steps of the gemv's size compute each norm and SiLU·mul inside the product after it.
+  const bool fuse = fuse_gemv_inputs_ && n <= cuda::Gemm::kGemvMaxRowsRouted;
+  bf16* residual = x_.data();  // the residual stream (fused steps: x_ and x_alt_ in turn)
+  bf16* residual_next = x_alt_.data();
+  cuda::embedding(embed_, meta + off_tokens_, n, H, residual, s);
   for (int l = 0; l < c_.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
-    if (l == 0)
-      cuda::rmsnorm(x_.data(), w.attn_norm, n, H, eps, normed_.data(), s);
-    else
-      cuda::add_rmsnorm(x_.data(), proj_.data(), w.attn_norm, n, H, eps, normed_.data(), s);
-    gemm_.run(normed_.data(), w.wqkv, n, qkv_dim_, H, qkv_.data(), s);
+    if (fuse && l == 0) {
+      cuda::gemv_rmsnorm(residual, w.attn_norm, eps, w.wqkv, n, qkv_dim_, H, qkv_.data(), s);
+    } else if (fuse) {
+      cuda::gemv_add_rmsnorm(residual, proj_.data(), residual_next, w.attn_norm, eps, w.wqkv, n,
+                             qkv_dim_, H, qkv_.data(), s);
+      std::swap(residual, residual_next);
+    } else {
+      if (l == 0)
+        cuda::rmsnorm(residual, w.attn_norm, n, H, eps, normed_.data(), s);
+      else
+        cuda::add_rmsnorm(residual, proj_.data(), w.attn_norm, n, H, eps, normed_.data(), s);
+      gemm_.run(normed_.data(), w.wqkv, n, qkv_dim_, H, qkv_.data(), s);
+    }
 
     cuda::RopeKvWriteParams r;
     r.qkv = qkv_.data();
@@ -419,12 +458,19 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
     }
     if (opt_.cp.enabled()) combine_.combine(size_t(n) * c_.num_heads, attn_.data(), s);
     gemm_.run(attn_.data(), w.wo, n, H, q_dim_, proj_.data(), s);
-    cuda::add_rmsnorm(x_.data(), proj_.data(), w.mlp_norm, n, H, eps, normed_.data(), s);
-    gemm_.run(normed_.data(), w.w_gate_up, n, 2 * I, H, gate_up_.data(), s);
-    cuda::silu_mul(gate_up_.data(), n, I, act_.data(), s);
-    gemm_.run(act_.data(), w.w_down, n, H, I, proj_.data(), s);
+    if (fuse) {
+      cuda::gemv_add_rmsnorm(residual, proj_.data(), residual_next, w.mlp_norm, eps, w.w_gate_up, n,
+                             2 * I, H, gate_up_.data(), s);
+      std::swap(residual, residual_next);
+      cuda::gemv_silu_mul(gate_up_.data(), w.w_down, n, H, I, proj_.data(), s);
+    } else {
+      cuda::add_rmsnorm(residual, proj_.data(), w.mlp_norm, n, H, eps, normed_.data(), s);
+      gemm_.run(normed_.data(), w.w_gate_up, n, 2 * I, H, gate_up_.data(), s);
+      cuda::silu_mul(gate_up_.data(), n, I, act_.data(), s);
+      gemm_.run(act_.data(), w.w_down, n, H, I, proj_.data(), s);
+    }
   }
-  cuda::add_rmsnorm(x_.data(), proj_.data(), final_norm_, n, H, eps, normed_.data(), s);
+  cuda::add_rmsnorm(residual, proj_.data(), final_norm_, n, H, eps, normed_.data(), s);
   // Gather the rows whose logits are wanted (the embedding kernel is exactly a row gather).
   cuda::embedding(normed_.data(), meta + off_logits_rows_, n_rows, H, rows_.data(), s);
   // Logits are rounded to bf16 like the lm_head output of transformers and vLLM, then

@@ -28,6 +28,10 @@ struct CudaRunnerOptions {
   uint64_t dummy_seed = 0;
   bool cuda_graphs = true;       // capture decode steps per batch-size bucket
   bool small_batch_gemv = true;  // steps of <= 2 tokens use the gemv kernel (kernels/cuda/gemv.h)
+  // Steps the gemv serves compute RMSNorm (with the residual add) and SiLU·mul inside the
+  // gemv that consumes them (kernels/cuda/gemv.h): 3 kernels fewer per layer, same bits.
+  // Off until measured faster (bench/RESULTS.md; arbor_bench_decode --fused-gemv 1).
+  bool fused_gemv_inputs = false;
   // Prefill-sized products time cuBLASLt's candidate algorithms once per shape and keep the
   // fastest (kernels/cuda/gemm.h); off: the heuristic's first choice, bitwise reproducible.
   bool gemm_autotune = true;

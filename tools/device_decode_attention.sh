@@ -62,7 +62,7 @@ done
 if [[ ${E2E:-} != none ]]; then
   for v in $variants; do
     echo "== 8B decode step (dummy weights), $v"
-    run 150 "$v" arbor_bench_decode --model bench/models/llama-3.1-8b --batch 1,8 \
+    run 150 "$v" arbor_bench_decode --model bench/models/llama-3.1-8b --batch 1,2,8 \
       --context 1024,32768 2>&1 | tee -a "$OUT/decode_e2e.log" | grep -E "^\|? *[0-9]|rror"
   done
 fi

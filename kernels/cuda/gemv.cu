@@ -1,8 +1,11 @@
 #include "kernels/cuda/gemv.h"
 
+#include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/gemv_kernel.cuh"
@@ -11,50 +14,145 @@
 namespace arbor::cuda {
 namespace {
 
+using detail::GemvInput;
+using detail::GemvNorm;
+
 constexpr int kWarps = kGemvWarps;
 constexpr int kMaxSmemBytes = 96 * 1024;
 
-template <int M>
-void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, cudaStream_t stream) {
+template <int M, GemvInput kIn>
+void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, const GemvNorm& norm,
+            cudaStream_t stream) {
+  auto kernel = detail::gemv_kernel<M, kGemvLoadsInFlight, kWarps, kIn>;
   const size_t smem = size_t(M) * k * sizeof(bf16);
   if (smem > 48 * 1024) {
-    CUDA_CHECK(cudaFuncSetAttribute(detail::gemv_kernel<M, kGemvLoadsInFlight, kWarps>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   const unsigned blocks = unsigned((n + kWarps - 1) / kWarps);
-  launch_pdl(detail::gemv_kernel<M, kGemvLoadsInFlight, kWarps>, dim3(blocks), dim3(kWarps * 32),
-             smem, stream, x, w, n, k, out);
+  launch_pdl(kernel, dim3(blocks), dim3(kWarps * 32), smem, stream, x, w, n, k, out, norm);
   CUDA_CHECK_LAUNCH();
+}
+
+template <GemvInput kIn>
+void launch_rows(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, const GemvNorm& norm,
+                 cudaStream_t stream) {
+  switch (m) {
+    case 1:
+      return launch<1, kIn>(x, w, n, k, out, norm, stream);
+    case 2:
+      return launch<2, kIn>(x, w, n, k, out, norm, stream);
+    case 3:
+      return launch<3, kIn>(x, w, n, k, out, norm, stream);
+    default:
+      return launch<4, kIn>(x, w, n, k, out, norm, stream);
+  }
 }
 
 bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
+bool shape_supported(int m, int k) {
+  return m >= 1 && m <= kMaxGemvRows && k > 0 && k % 8 == 0 &&
+         size_t(m) * size_t(k) * sizeof(bf16) <= size_t(kMaxSmemBytes);
+}
+
+// [a, a + a_elems) and [b, b + b_elems) share a byte.
+bool overlap(const bf16* a, size_t a_elems, const bf16* b, size_t b_elems) {
+  const auto a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
+  return a0 < b0 + b_elems * sizeof(bf16) && b0 < a0 + a_elems * sizeof(bf16);
+}
+
+void require(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+std::string shape_text(int m, int n, int k) {
+  return "m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k);
+}
+
+// The checks every fused entry point shares; `inputs` are the [rows][k]-sized operands.
+void check_fused(const char* op, bool supported, const char* extra_rule, int m, int n, int k,
+                 const bf16* w, bf16* out,
+                 std::initializer_list<std::pair<const bf16*, size_t>> inputs) {
+  require(supported, op,
+          "unsupported shape (" + shape_text(m, n, k) +
+              "; need 1 <= m <= " + std::to_string(kMaxGemvRows) +
+              ", k % 8 == 0, m * k * 2 <= 96 KiB" + extra_rule + ")");
+  require(n > 0, op, "n must be positive (" + shape_text(m, n, k) + ")");
+  require(w && out, op, "null pointer");
+  require(aligned16(w) && aligned16(out), op, "pointers must be 16-byte aligned");
+  for (const auto& [p, elems] : inputs) {
+    require(p != nullptr, op, "null pointer");
+    require(aligned16(p), op, "pointers must be 16-byte aligned");
+    require(!overlap(out, size_t(m) * n, p, elems), op, "out overlaps an input");
+  }
+}
+
+GemvNorm norm_operands(const bf16* weight, float eps, int k) {
+  const RmsNormLayout layout = rmsnorm_layout(k / 8);
+  GemvNorm norm;
+  norm.weight = weight;
+  norm.eps = eps;
+  norm.threads = layout.threads;
+  norm.vecs_per_thread = layout.vecs_per_thread;
+  return norm;
+}
+
 }  // namespace
 
 bool gemv_supported(const void* x, const void* w, int m, int k) {
-  return x && w && m >= 1 && m <= kMaxGemvRows && k > 0 && k % 8 == 0 && aligned16(x) &&
-         aligned16(w) && size_t(m) * size_t(k) * sizeof(bf16) <= size_t(kMaxSmemBytes);
+  return x && w && shape_supported(m, k) && aligned16(x) && aligned16(w);
 }
 
 void gemv(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, cudaStream_t stream) {
   if (n <= 0 || !out || !gemv_supported(x, w, m, k)) {
-    throw std::invalid_argument("gemv: unsupported shape or pointers (m=" + std::to_string(m) +
-                                " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+    throw std::invalid_argument("gemv: unsupported shape or pointers (" + shape_text(m, n, k) +
                                 "; need 1 <= m <= " + std::to_string(kMaxGemvRows) +
                                 ", k % 8 == 0, 16-byte aligned x and w)");
   }
-  switch (m) {
-    case 1:
-      return launch<1>(x, w, n, k, out, stream);
-    case 2:
-      return launch<2>(x, w, n, k, out, stream);
-    case 3:
-      return launch<3>(x, w, n, k, out, stream);
-    default:
-      return launch<4>(x, w, n, k, out, stream);
-  }
+  launch_rows<GemvInput::kPlain>(x, w, m, n, k, out, GemvNorm{}, stream);
+}
+
+bool gemv_rmsnorm_supported(int m, int k) {
+  return shape_supported(m, k) && rmsnorm_layout(k / 8).threads <= kWarps * 32;
+}
+
+bool gemv_silu_mul_supported(int m, int k) {
+  return shape_supported(m, k);
+}
+
+void gemv_rmsnorm(const bf16* x, const bf16* norm_weight, float eps, const bf16* w, int m, int n,
+                  int k, bf16* out, cudaStream_t stream) {
+  const char* op = "gemv_rmsnorm";
+  check_fused(op, gemv_rmsnorm_supported(m, k), ", k <= 16384", m, n, k, w, out,
+              {{x, size_t(m) * k}, {norm_weight, size_t(k)}});
+  require(eps >= 0.0f && std::isfinite(eps), op, "eps must be finite and >= 0");
+  launch_rows<GemvInput::kRmsNorm>(x, w, m, n, k, out, norm_operands(norm_weight, eps, k), stream);
+}
+
+void gemv_add_rmsnorm(const bf16* residual_in, const bf16* x, bf16* residual_out,
+                      const bf16* norm_weight, float eps, const bf16* w, int m, int n, int k,
+                      bf16* out, cudaStream_t stream) {
+  const char* op = "gemv_add_rmsnorm";
+  const size_t rows = size_t(m) * k;
+  check_fused(op, gemv_rmsnorm_supported(m, k), ", k <= 16384", m, n, k, w, out,
+              {{residual_in, rows}, {x, rows}, {residual_out, rows}, {norm_weight, size_t(k)}});
+  require(eps >= 0.0f && std::isfinite(eps), op, "eps must be finite and >= 0");
+  require(!overlap(residual_out, rows, residual_in, rows) && !overlap(residual_out, rows, x, rows),
+          op, "residual_out overlaps residual_in or x (other blocks still read them)");
+  GemvNorm norm = norm_operands(norm_weight, eps, k);
+  norm.residual_in = residual_in;
+  norm.residual_out = residual_out;
+  launch_rows<GemvInput::kAddRmsNorm>(x, w, m, n, k, out, norm, stream);
+}
+
+void gemv_silu_mul(const bf16* gate_up, const bf16* w, int m, int n, int k, bf16* out,
+                   cudaStream_t stream) {
+  check_fused("gemv_silu_mul", gemv_silu_mul_supported(m, k), "", m, n, k, w, out,
+              {{gate_up, size_t(m) * 2 * k}});
+  launch_rows<GemvInput::kSiluMul>(gate_up, w, m, n, k, out, GemvNorm{}, stream);
 }
 
 }  // namespace arbor::cuda

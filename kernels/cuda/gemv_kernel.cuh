@@ -1,6 +1,8 @@
 // The gemv kernel (kernels/cuda/gemv.h) as a template, shared by gemv.cu and the tuning
 // benchmark (bench/gemv.cu): M rows of x, kLoads 16-byte weight loads in flight per lane,
-// kWarps output columns per block.
+// kWarps output columns per block, and the input either x itself or the op that produced x
+// in the decoder (RMSNorm, residual add + RMSNorm, SiLU·mul), computed by every block while
+// it stages its input in shared memory (GemvInput).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +10,7 @@
 #include "kernels/cuda/bf16.h"
 #include "kernels/cuda/load.cuh"
 #include "kernels/cuda/pdl.h"
+#include "kernels/cuda/row_math.cuh"
 
 namespace arbor::cuda {
 
@@ -30,11 +33,98 @@ __device__ __forceinline__ float gemv_dot8(const uint4& a, const uint4& b, float
   return acc;
 }
 
-template <int M, int kLoads, int kWarps>
+// What a block stages in shared memory as the M input rows of k values.
+enum class GemvInput {
+  kPlain,       // x
+  kRmsNorm,     // cuda::rmsnorm(x, norm_weight)
+  kAddRmsNorm,  // h = x + residual_in (written to residual_out), then cuda::rmsnorm(h, norm_weight)
+  kSiluMul,     // cuda::silu_mul(x) with x as M rows of [gate (k) | up (k)]
+};
+
+// The operands of the fused inputs (unused by kPlain and kSiluMul).
+struct GemvNorm {
+  const bf16* residual_in = nullptr;  // kAddRmsNorm: [M][k], not written
+  bf16* residual_out = nullptr;       // kAddRmsNorm: [M][k], written by block 0 only
+  const bf16* weight = nullptr;       // [k]
+  float eps = 0.0f;
+  // cuda::rmsnorm's layout for k (rmsnorm_layout): threads [0, threads) sum the squares in
+  // its order, so the norm has its bits; threads <= the gemv block.
+  int threads = 0;
+  int vecs_per_thread = 0;
+};
+
+// Stages the block's input rows into sx ([M][k / 8] vectors of 8 bf16), each row computed
+// exactly as the separate op computes it (kernels/cuda/row_math.cuh). Ends with a barrier.
+template <int M, GemvInput kIn>
+__device__ __forceinline__ void gemv_stage_input(const bf16* __restrict__ x, const GemvNorm& norm,
+                                                 int k, uint4* sx) {
+  const int chunks = k / 8;
+  if constexpr (kIn == GemvInput::kPlain) {
+    const uint4* xg = reinterpret_cast<const uint4*>(x);
+    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) sx[i] = xg[i];
+  } else if constexpr (kIn == GemvInput::kSiluMul) {
+    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) {
+      const bf16* g = x + size_t(i / chunks) * 2 * k + size_t(i % chunks) * 8;
+      float gv[8], uv[8], o[8];
+      unpack8(load16(g), gv);
+      unpack8(load16(g + k), uv);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = silu_mul_value(gv[e], uv[e]);
+      sx[i] = pack8(o);
+    }
+  } else {
+    // 1. h (x, or x + residual rounded) into sx, and each row's sum of squares with the
+    // threads and vector order of cuda::rmsnorm's kernel (threads beyond its count add 0).
+    __shared__ float scratch[M][32];
+    float inv_rms[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float sum_sq = 0.0f;
+      if (int(threadIdx.x) < norm.threads) {
+        for (int j = 0; j < norm.vecs_per_thread; ++j) {
+          const int c = threadIdx.x + j * norm.threads;
+          if (c >= chunks) break;
+          const size_t at = size_t(m) * k + size_t(c) * 8;
+          float h[8];
+          unpack8(load16(x + at), h);
+          if constexpr (kIn == GemvInput::kAddRmsNorm) {
+            float r[8];
+            unpack8(load16(norm.residual_in + at), r);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) h[e] = residual_add(r[e], h[e]);
+          }
+          const uint4 packed = pack8(h);  // exact: h holds bf16 values
+          sx[m * chunks + c] = packed;
+          if (kIn == GemvInput::kAddRmsNorm && blockIdx.x == 0)
+            store16(norm.residual_out + at, packed);
+          add_squares8(sum_sq, h);
+        }
+      }
+      inv_rms[m] = rms_inverse(block_sum(sum_sq, scratch[m]), k, norm.eps);
+    }
+    // 2. sx = weight · bf16(h · inv_rms), in place (block_sum's barrier ordered step 1's
+    // writes before these reads; each vector is read and written by one thread).
+    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) {
+      const int c = i % chunks;
+      float h[8], w[8], o[8];
+      unpack8(sx[i], h);
+      unpack8(load16(norm.weight + size_t(c) * 8), w);
+      float r = inv_rms[0];
+#pragma unroll
+      for (int m = 1; m < M; ++m) r = i / chunks == m ? inv_rms[m] : r;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = rmsnorm_value(h[e], r, w[e]);
+      sx[i] = pack8(o);
+    }
+  }
+  __syncthreads();
+}
+
+template <int M, int kLoads, int kWarps, GemvInput kIn = GemvInput::kPlain>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, int n, int k,
-                bf16* __restrict__ out) {
-  extern __shared__ uint4 sx[];  // x as [M][k / 8] chunks of 8 bf16
+                bf16* __restrict__ out, GemvNorm norm) {
+  extern __shared__ uint4 sx[];  // the input as [M][k / 8] chunks of 8 bf16
   const int chunks = k / 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + warp;
@@ -53,9 +143,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   pdl_wait();
   pdl_launch_dependents();
 
-  const uint4* xg = reinterpret_cast<const uint4*>(x);
-  for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) sx[i] = xg[i];
-  __syncthreads();
+  gemv_stage_input<M, kIn>(x, norm, k, sx);
   if (!active) return;
   float acc[M];
 #pragma unroll

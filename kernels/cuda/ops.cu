@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/pdl.h"
+#include "kernels/cuda/row_math.cuh"
 
 namespace arbor::cuda {
 namespace {
@@ -35,36 +36,6 @@ bool aligned16(const void* p) {
 
 int ceil_div(long long a, long long b) {
   return int((a + b - 1) / b);
-}
-
-// Rounds an fp32 value to the nearest bf16 (ties to even) and back: what storing the result
-// of a torch op into a bf16 tensor does.
-__device__ __forceinline__ float round_bf16(float x) {
-  return __bfloat162float(__float2bfloat16_rn(x));
-}
-
-// 8 bf16 values in one 16-byte word.
-__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(h[i]);
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
-  }
-}
-__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
-  uint4 u;
-  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-  return u;
-}
-__device__ __forceinline__ uint4 load16(const bf16* p) {
-  return *reinterpret_cast<const uint4*>(p);
-}
-__device__ __forceinline__ void store16(bf16* p, const uint4& u) {
-  *reinterpret_cast<uint4*>(p) = u;
 }
 
 // kVW consecutive bf16 values as floats (kVW = 8: one 16-byte access; kVW = 1: one value).
@@ -85,24 +56,6 @@ __device__ __forceinline__ void store_vec(bf16* p, const float (&f)[kVW]) {
 #pragma unroll
     for (int e = 0; e < kVW; ++e) p[e] = __float2bfloat16_rn(f[e]);
   }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-// `scratch` holds 32 floats and must not be reused by the caller after this call.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  // Every warp adds the per-warp sums itself: no second barrier for a broadcast.
-  v = lane < int(blockDim.x / 32) ? scratch[lane] : 0.0f;
-  return warp_sum(v);
 }
 
 constexpr int kThreads = 256;  // block size of the element-wise kernels
@@ -163,14 +116,13 @@ __global__ void __launch_bounds__(1024)
         float r[8];
         unpack8(load16(residual + base + size_t(c) * 8), r);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[j][e] = round_bf16(r[e] + v[j][e]);
+        for (int e = 0; e < 8; ++e) v[j][e] = residual_add(r[e], v[j][e]);
         store16(residual + base + size_t(c) * 8, pack8(v[j]));  // exact: already bf16
       }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) sum_sq += v[j][e] * v[j][e];
+      add_squares8(sum_sq, v[j]);
     }
   }
-  const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / float(dim) + eps);
+  const float inv_rms = rms_inverse(block_sum(sum_sq, scratch), dim, eps);
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const int c = threadIdx.x + j * blockDim.x;
@@ -178,7 +130,7 @@ __global__ void __launch_bounds__(1024)
       float w[8], o[8];
       unpack8(load16(weight + size_t(c) * 8), w);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = round_bf16(v[j][e] * inv_rms) * w[e];
+      for (int e = 0; e < 8; ++e) o[e] = rmsnorm_value(v[j][e], inv_rms, w[e]);
       store16(out + base + size_t(c) * 8, pack8(o));
     }
   }
@@ -197,16 +149,16 @@ __global__ void rmsnorm_scalar_kernel(const bf16* x, bf16* residual,
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     float val = __bfloat162float(x[base + i]);
     if constexpr (kAdd) {
-      val = round_bf16(__bfloat162float(residual[base + i]) + val);
+      val = residual_add(__bfloat162float(residual[base + i]), val);
       residual[base + i] = __float2bfloat16_rn(val);
     }
     sum_sq += val * val;
   }
-  const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / float(dim) + eps);
+  const float inv_rms = rms_inverse(block_sum(sum_sq, scratch), dim, eps);
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     // The same thread wrote residual[base + i] above, so it reads its own store.
     const float val = __bfloat162float(kAdd ? residual[base + i] : x[base + i]);
-    out[base + i] = __float2bfloat16_rn(round_bf16(val * inv_rms) * __bfloat162float(weight[i]));
+    out[base + i] = __float2bfloat16_rn(rmsnorm_value(val, inv_rms, __bfloat162float(weight[i])));
   }
 }
 
@@ -223,11 +175,9 @@ void launch_rmsnorm(const char* op, const bf16* x, bf16* residual, const bf16* w
                    (!kAdd || aligned16(residual));
   const int nvec = dim / 8;
   if (vec && nvec <= 4 * 1024) {
-    // Fewest vectors per thread that keep the block at <= 256 threads (<= 1024 for very
-    // wide rows): 4096 → 256 threads × 2 vectors, 8192 → 256 × 4, 16384 → 512 × 4.
-    const int k_vec = nvec <= 256 ? 1 : nvec <= 512 ? 2 : 4;
-    const int threads = ceil_div(ceil_div(nvec, k_vec), 32) * 32;
-    switch (k_vec) {
+    const RmsNormLayout layout = rmsnorm_layout(nvec);  // the fused gemv input repeats it
+    const int threads = layout.threads;
+    switch (layout.vecs_per_thread) {
       case 1:
         launch_pdl(rmsnorm_vec_kernel<1, kAdd>, dim3(n_rows), dim3(threads), 0, stream, x, residual,
                    weight, dim, eps, out);
@@ -364,7 +314,7 @@ __global__ void silu_mul_kernel(const bf16* __restrict__ gate_up, int n_rows, in
     load_vec<kVW>(g_ptr, g);
     load_vec<kVW>(g_ptr + dim, u);
 #pragma unroll
-    for (int e = 0; e < kVW; ++e) o[e] = round_bf16(g[e] / (1.0f + expf(-g[e]))) * u[e];
+    for (int e = 0; e < kVW; ++e) o[e] = silu_mul_value(g[e], u[e]);
     store_vec<kVW>(out + r * dim + c, o);
   }
 }

@@ -42,9 +42,11 @@ float top2_gap(const float* x, int n) {
   return v[0] - v[1];
 }
 
-// Runs the same sequence of steps on two runners and compares every logits row.
+// Runs the same sequence of steps on two runners and compares every logits row: within
+// kLogitTolerance (and the same greedy token away from near-ties), or bit for bit.
 void compare_steps(ModelRunner& gpu, ModelRunner& cpu,
-                   const std::vector<std::vector<int32_t>>& prompts, int chunk, int block_size) {
+                   const std::vector<std::vector<int32_t>>& prompts, int chunk, int block_size,
+                   bool bitwise = false) {
   const int V = gpu.config().vocab_size;
   KvBlockManager blocks(std::min(gpu.num_kv_blocks(), cpu.num_kv_blocks()), block_size);
   std::vector<std::vector<int32_t>> tables(prompts.size());
@@ -72,6 +74,10 @@ void compare_steps(ModelRunner& gpu, ModelRunner& cpu,
       float err = 0;
       for (int v = 0; v < V; ++v) err = std::max(err, std::fabs(g[v] - c[v]));
       INFO("step " << step << " row " << r);
+      if (bitwise) {
+        CHECK(std::equal(g, g + V, c));
+        continue;
+      }
       CHECK(err <= kLogitTolerance);
       if (top2_gap(c, V) > kTieGap) CHECK(argmax(g, V) == argmax(c, V));
     }
@@ -103,6 +109,37 @@ TEST_CASE("CUDA Llama matches the CPU reference on the demo model", "[gpu][model
     auto gpu = make_cuda_runner(demo_dir(), o);
     CpuModelRunner cpu(LlamaCpu::load(demo_dir()), 256, 16);
     compare_steps(*gpu, cpu, prompts, /*chunk=*/5, 16);
+  }
+}
+
+TEST_CASE("fused gemv inputs leave the CUDA model's logits unchanged, bit for bit",
+          "[gpu][model][gemv]") {
+  // Steps of 1 and 2 tokens (the gemv's) compute the norms and SiLU·mul inside the products
+  // (CudaRunnerOptions::fused_gemv_inputs) with the separate kernels' arithmetic: the same
+  // logits to the bit, over a prefill chunk and then decode steps at batch 1 and 2.
+  auto tokenizer = load_tokenizer(demo_dir());
+  std::vector<std::vector<int32_t>> prompts;
+  for (const char* text : {"The jury said that the city", "It was a cold morning, and the wind"})
+    prompts.push_back(tokenizer->encode(text, true));
+  for (auto& p : prompts) {  // a few cache blocks of context
+    const auto extra = tokenizer->encode(" and so the long story went on and on.", false);
+    for (int rep = 0; rep < 4; ++rep) p.insert(p.end(), extra.begin(), extra.end());
+  }
+  for (bool graphs : {false, true}) {
+    for (size_t batch : {size_t(1), size_t(2)}) {
+      INFO("cuda graphs " << graphs << ", batch " << batch);
+      CudaRunnerOptions o;
+      o.num_kv_blocks = 64;
+      o.max_batch_tokens = 256;
+      o.max_num_seqs = 4;
+      o.cuda_graphs = graphs;
+      auto separate = make_cuda_runner(demo_dir(), o);
+      o.fused_gemv_inputs = true;
+      auto fused = make_cuda_runner(demo_dir(), o);
+      const std::vector<std::vector<int32_t>> batch_prompts(prompts.begin(),
+                                                            prompts.begin() + batch);
+      compare_steps(*fused, *separate, batch_prompts, /*chunk=*/2, 16, /*bitwise=*/true);
+    }
   }
 }
 
