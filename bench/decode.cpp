@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -27,7 +28,9 @@
 #include "engine/batch_builder.h"
 #include "models/llama_cuda.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
   CLI::App app{"arbor decode benchmark (CUDA, dummy weights)"};
   std::string model = "bench/models/llama-3.1-8b", batches = "1,64", contexts = "1024,32768";
   int steps = 64, warmup = 8;
@@ -195,4 +198,15 @@ int main(int argc, char** argv) {
     }
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {  // no GPU, model does not fit, bad folder: say so
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
 }

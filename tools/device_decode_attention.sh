@@ -11,7 +11,9 @@
 # Usage: tools/device_decode_attention.sh NAME "VARIANT..."   env: PASSES (2), TESTS (a Catch2
 #        filter, default "[decode],[cp]"; "none" skips), E2E ("none" skips the 8B decode step),
 #        EXTRA (more arbor_bench_attention runs per variant and pass, graph mode: argument
-#        lists separated by ';', e.g. "--hq 64 --batch 1 --context 32768 --splits 66")
+#        lists separated by ';', e.g. "--hq 64 --batch 1 --context 32768 --splits 66"),
+#        E2E_VARIANTS (the 8B decode step's variants, default VARIANT...: e.g. add
+#        "NAME:ARBOR_FUSED_GEMV=1" there only, as it does not change the attention kernel)
 set -uo pipefail
 main=${1:?usage: device_decode_attention.sh NAME "VARIANT..."}
 variants=${2:-$main}
@@ -60,7 +62,7 @@ for pass in $(seq "${PASSES:-2}"); do
 done
 
 if [[ ${E2E:-} != none ]]; then
-  for v in $variants; do
+  for v in ${E2E_VARIANTS:-$variants}; do
     echo "== 8B decode step (dummy weights), $v"
     run 150 "$v" arbor_bench_decode --model bench/models/llama-3.1-8b --batch 1,2,8 \
       --context 1024,32768 2>&1 | tee -a "$OUT/decode_e2e.log" | grep -E "^\|? *[0-9]|rror"
