@@ -109,9 +109,9 @@ int run(int argc, char** argv) {
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
   std::printf(
       "# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s, fused "
-      "gemv inputs %s, gemm autotune %s\n",
+      "gemv inputs for steps of <= %d tokens, gemm autotune %s\n",
       date, runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
-      graphs ? "on" : "off", gemv ? "on" : "off", gemv && fused_gemv ? "on" : "off",
+      graphs ? "on" : "off", gemv ? "on" : "off", arbor::cuda_fused_gemv_rows(*runner),
       gemm_autotune ? "on" : "off");
   std::printf("# measured read bandwidth %.0f GB/s; weights %.2f GB\n", read_bw * 1e-9,
               weight_bytes * 1e-9);

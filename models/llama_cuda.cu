@@ -81,6 +81,7 @@ class LlamaCudaRunner final : public ModelRunner {
   int max_logits_rows() const override { return opt_.max_num_seqs; }
   void forward(const ForwardBatch& batch, std::vector<float>& logits) override;
   void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) override;
+  int fused_gemv_rows() const { return fused_gemv_rows_; }
   std::string device_name() const override { return device_name_; }
 
  private:
@@ -91,7 +92,7 @@ class LlamaCudaRunner final : public ModelRunner {
   void enqueue_step(int n_tokens, int n_seqs, int n_rows, bool decode, int max_context_len,
                     int max_query_len, const cuda::DecodeAttentionPlan& plan);
   void upload_weights(const WeightStore* store);
-  bool fused_gemv_supported() const;
+  int fused_gemv_rows_supported() const;
   void upload_tensor(const WeightStore& store, const std::string& name,
                      std::initializer_list<int64_t> shape, bf16* dst);
   cuda::DecodeAttentionParams decode_params(int n_seqs, int max_context_len) const;
@@ -120,10 +121,10 @@ class LlamaCudaRunner final : public ModelRunner {
   int num_blocks_ = 0;
 
   cuda::DeviceArray<bf16> x_, normed_, qkv_, q_, attn_, proj_, gate_up_, act_, rows_;
-  // Steps with fused gemv inputs (fuse_gemv_inputs_): the fused residual add writes the new
-  // residual stream to the other buffer (every block still reads the old one), so the
-  // stream alternates between x_ and x_alt_ (kGemvMaxRowsRouted rows).
-  bool fuse_gemv_inputs_ = false;
+  // Steps of up to fused_gemv_rows_ tokens fuse the gemv inputs: the fused residual add writes
+  // the new residual stream to the other buffer (every block still reads the old one), so
+  // the stream alternates between x_ and x_alt_ (fused_gemv_rows_ rows).
+  int fused_gemv_rows_ = 0;
   cuda::DeviceArray<bf16> x_alt_;
   cuda::DeviceArray<bf16> logits_bf16_;  // lm_head output, as transformers and vLLM keep it
   cuda::DeviceArray<float> logits_;
@@ -217,9 +218,10 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   gate_up_ = cuda::DeviceArray<bf16>(T * 2 * I);
   act_ = cuda::DeviceArray<bf16>(T * I);
   rows_ = cuda::DeviceArray<bf16>(S * H);
-  fuse_gemv_inputs_ = opt_.fused_gemv_inputs && opt_.small_batch_gemv && fused_gemv_supported();
-  if (fuse_gemv_inputs_)
-    x_alt_ = cuda::DeviceArray<bf16>(size_t(cuda::Gemm::kGemvMaxRowsRouted) * H);
+  if (opt_.fused_gemv_inputs && opt_.small_batch_gemv) {
+    fused_gemv_rows_ = fused_gemv_rows_supported();
+    if (fused_gemv_rows_ > 0) x_alt_ = cuda::DeviceArray<bf16>(size_t(fused_gemv_rows_) * H);
+  }
   logits_bf16_ = cuda::DeviceArray<bf16>(S * V);
   logits_ = cuda::DeviceArray<float>(S * V);
   logits_host_ = PinnedArray<float>(S * V);
@@ -340,19 +342,21 @@ void LlamaCudaRunner::upload_weights(const WeightStore* store) {
   if (!c_.tie_word_embeddings) upload_tensor(*store, "lm_head.weight", {V, H}, lm_head_);
 }
 
-// Whether the fused gemv inputs (kernels/cuda/gemv.h) take every gemv-sized step of this
-// model: the shapes for 1 .. kGemvMaxRowsRouted rows, and 16-byte aligned weights.
-bool LlamaCudaRunner::fused_gemv_supported() const {
-  const int H = c_.hidden_size, I = c_.intermediate_size;
-  for (int m = 1; m <= cuda::Gemm::kGemvMaxRowsRouted; ++m) {
-    if (!cuda::gemv_rmsnorm_supported(m, H) || !cuda::gemv_silu_mul_supported(m, I)) return false;
-  }
+// The most tokens per step (0 .. kGemvMaxRowsRouted) for which the fused gemv inputs
+// (kernels/cuda/gemv.h) take this model's shapes (shared memory bounds the rows: Llama-3-70B's
+// SiLU·mul width of 28672 fits one row); none when a weight is not 16-byte aligned.
+int LlamaCudaRunner::fused_gemv_rows_supported() const {
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   for (const LayerWeights& w : layers_) {
     for (const bf16* p : {w.attn_norm, w.wqkv, w.mlp_norm, w.w_gate_up, w.w_down})
-      if (!aligned(p)) return false;
+      if (!aligned(p)) return 0;
   }
-  return true;
+  const int H = c_.hidden_size, I = c_.intermediate_size;
+  int rows = 0;
+  while (rows < cuda::Gemm::kGemvMaxRowsRouted && cuda::gemv_rmsnorm_supported(rows + 1, H) &&
+         cuda::gemv_silu_mul_supported(rows + 1, I))
+    ++rows;
+  return rows;
 }
 
 cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_context_len) const {
@@ -389,7 +393,7 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
   const float eps = c_.rms_norm_eps;
   const int32_t* meta = meta_.data();
   // Steps of the gemv's size compute each norm and SiLU·mul inside the product after it.
-  const bool fuse = fuse_gemv_inputs_ && n <= cuda::Gemm::kGemvMaxRowsRouted;
+  const bool fuse = n <= fused_gemv_rows_;
   bf16* residual = x_.data();  // the residual stream (fused steps: x_ and x_alt_ in turn)
   bf16* residual_next = x_alt_.data();
   cuda::embedding(embed_, meta + off_tokens_, n, H, residual, s);
@@ -618,6 +622,11 @@ bool cuda_available(std::string* why_not) {
   const bool ok = !cuda::list_devices(&why).empty();
   if (!ok && why_not) *why_not = why;
   return ok;
+}
+
+int cuda_fused_gemv_rows(const ModelRunner& runner) {
+  const auto* cuda_runner = dynamic_cast<const LlamaCudaRunner*>(&runner);
+  return cuda_runner ? cuda_runner->fused_gemv_rows() : 0;
 }
 
 std::unique_ptr<ModelRunner> make_cuda_runner(const std::filesystem::path& model_dir,

@@ -29,8 +29,9 @@ struct CudaRunnerOptions {
   bool cuda_graphs = true;       // capture decode steps per batch-size bucket
   bool small_batch_gemv = true;  // steps of <= 2 tokens use the gemv kernel (kernels/cuda/gemv.h)
   // Steps the gemv serves compute RMSNorm (with the residual add) and SiLU·mul inside the
-  // gemv that consumes them (kernels/cuda/gemv.h): 3 kernels fewer per layer, same bits.
-  // Off until measured faster (bench/RESULTS.md; arbor_bench_decode --fused-gemv 1).
+  // gemv that consumes them (kernels/cuda/gemv.h): 3 kernels fewer per layer, same bits,
+  // for as many rows as the model's shapes allow (cuda_fused_gemv_rows). Off until measured
+  // faster (bench/RESULTS.md; arbor_bench_decode --fused-gemv 1).
   bool fused_gemv_inputs = false;
   // Prefill-sized products time cuBLASLt's candidate algorithms once per shape and keep the
   // fastest (kernels/cuda/gemm.h); off: the heuristic's first choice, bitwise reproducible.
@@ -77,6 +78,11 @@ CpBackend parse_cp_backend(const std::string& name);  // "nccl" / "local"
 std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
     const std::filesystem::path& model_dir, const CudaRunnerOptions& options,
     const CudaContextParallelOptions& cp);
+
+// The most tokens per step whose gemv inputs the runner fuses (CudaRunnerOptions::
+// fused_gemv_inputs; 0: none, also for runners that are not make_cuda_runner's): the
+// option asks, the model's shapes decide (kernels/cuda/gemv.h).
+int cuda_fused_gemv_rows(const ModelRunner& runner);
 
 // True when this binary has the CUDA backend and a CUDA device is visible.
 bool cuda_available(std::string* why_not = nullptr);

@@ -24,7 +24,7 @@ template <int M, GemvInput kIn>
 void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, const GemvNorm& norm,
             cudaStream_t stream) {
   auto kernel = detail::gemv_kernel<M, kGemvLoadsInFlight, kWarps, kIn>;
-  const size_t smem = size_t(M) * k * sizeof(bf16);
+  const size_t smem = detail::gemv_smem_bytes<M, kIn>(k);
   if (smem > 48 * 1024) {
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -83,6 +83,7 @@ void check_fused(const char* op, bool supported, const char* extra_rule, int m, 
   require(n > 0, op, "n must be positive (" + shape_text(m, n, k) + ")");
   require(w && out, op, "null pointer");
   require(aligned16(w) && aligned16(out), op, "pointers must be 16-byte aligned");
+  require(!overlap(out, size_t(m) * n, w, size_t(n) * k), op, "out overlaps an input");
   for (const auto& [p, elems] : inputs) {
     require(p != nullptr, op, "null pointer");
     require(aligned16(p), op, "pointers must be 16-byte aligned");
@@ -140,8 +141,11 @@ void gemv_add_rmsnorm(const bf16* residual_in, const bf16* x, bf16* residual_out
   check_fused(op, gemv_rmsnorm_supported(m, k), ", k <= 16384", m, n, k, w, out,
               {{residual_in, rows}, {x, rows}, {residual_out, rows}, {norm_weight, size_t(k)}});
   require(eps >= 0.0f && std::isfinite(eps), op, "eps must be finite and >= 0");
-  require(!overlap(residual_out, rows, residual_in, rows) && !overlap(residual_out, rows, x, rows),
-          op, "residual_out overlaps residual_in or x (other blocks still read them)");
+  require(!overlap(residual_out, rows, residual_in, rows) &&
+              !overlap(residual_out, rows, x, rows) &&
+              !overlap(residual_out, rows, norm_weight, size_t(k)) &&
+              !overlap(residual_out, rows, w, size_t(n) * k),
+          op, "residual_out overlaps an input (other blocks still read them)");
   GemvNorm norm = norm_operands(norm_weight, eps, k);
   norm.residual_in = residual_in;
   norm.residual_out = residual_out;

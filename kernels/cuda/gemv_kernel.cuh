@@ -53,8 +53,17 @@ struct GemvNorm {
   int vecs_per_thread = 0;
 };
 
-// Stages the block's input rows into sx ([M][k / 8] vectors of 8 bf16), each row computed
-// exactly as the separate op computes it (kernels/cuda/row_math.cuh). Ends with a barrier.
+// Shared memory a block needs: the input rows, then for the norms the per-row partial sums
+// of block_sum (dynamic, so that the launch's opt-in above 48 KiB counts them).
+template <int M, GemvInput kIn>
+constexpr size_t gemv_smem_bytes(int k) {
+  const bool norm = kIn == GemvInput::kRmsNorm || kIn == GemvInput::kAddRmsNorm;
+  return size_t(M) * size_t(k) * sizeof(bf16) + (norm ? size_t(M) * 32 * sizeof(float) : 0);
+}
+
+// Stages the block's input rows into sx ([M][k / 8] vectors of 8 bf16, followed by the
+// norms' scratch), each row computed exactly as the separate op computes it
+// (kernels/cuda/row_math.cuh). Ends with a barrier.
 template <int M, GemvInput kIn>
 __device__ __forceinline__ void gemv_stage_input(const bf16* __restrict__ x, const GemvNorm& norm,
                                                  int k, uint4* sx) {
@@ -75,7 +84,7 @@ __device__ __forceinline__ void gemv_stage_input(const bf16* __restrict__ x, con
   } else {
     // 1. h (x, or x + residual rounded) into sx, and each row's sum of squares with the
     // threads and vector order of cuda::rmsnorm's kernel (threads beyond its count add 0).
-    __shared__ float scratch[M][32];
+    float* scratch = reinterpret_cast<float*>(sx + M * chunks);  // [M][32]
     float inv_rms[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -100,7 +109,7 @@ __device__ __forceinline__ void gemv_stage_input(const bf16* __restrict__ x, con
           add_squares8(sum_sq, h);
         }
       }
-      inv_rms[m] = rms_inverse(block_sum(sum_sq, scratch[m]), k, norm.eps);
+      inv_rms[m] = rms_inverse(block_sum(sum_sq, scratch + 32 * m), k, norm.eps);
     }
     // 2. sx = weight · bf16(h · inv_rms), in place (block_sum's barrier ordered step 1's
     // writes before these reads; each vector is read and written by one thread).
@@ -124,7 +133,7 @@ template <int M, int kLoads, int kWarps, GemvInput kIn = GemvInput::kPlain>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, int n, int k,
                 bf16* __restrict__ out, GemvNorm norm) {
-  extern __shared__ uint4 sx[];  // the input as [M][k / 8] chunks of 8 bf16
+  extern __shared__ uint4 sx[];  // gemv_smem_bytes: the input as [M][k / 8] chunks of 8 bf16
   const int chunks = k / 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + warp;

@@ -100,7 +100,12 @@ TEST_CASE("the fused gemv inputs reject bad arguments before launching", "[cuda-
   require_rejected(add_norm(residual, x, residual, norm_w, eps, w, m, n, k, out), "residual_out");
   require_rejected(add_norm(residual, x, at(0x110000 + 2 * k - 16), norm_w, eps, w, m, n, k, out),
                    "residual_out");
+  require_rejected(add_norm(residual, x, norm_w, norm_w, eps, w, m, n, k, out), "residual_out");
+  require_rejected(
+      add_norm(residual, x, at(0x140000 + 2 * (n * k - 8)), norm_w, eps, w, m, n, k, out),
+      "residual_out");
   require_rejected(add_norm(residual, x, residual_out, norm_w, eps, w, m, n, k, x), "overlaps");
+  require_rejected(add_norm(residual, x, residual_out, norm_w, eps, w, m, n, k, w), "overlaps");
   require_rejected(add_norm(residual, x, residual_out, norm_w, eps, w, m, n, k, residual_out),
                    "overlaps");
 

@@ -136,6 +136,8 @@ TEST_CASE("fused gemv inputs leave the CUDA model's logits unchanged, bit for bi
       auto separate = make_cuda_runner(demo_dir(), o);
       o.fused_gemv_inputs = true;
       auto fused = make_cuda_runner(demo_dir(), o);
+      REQUIRE(cuda_fused_gemv_rows(*separate) == 0);
+      REQUIRE(cuda_fused_gemv_rows(*fused) == 2);  // hidden 256, MLP 704: both gemv sizes
       const std::vector<std::vector<int32_t>> batch_prompts(prompts.begin(),
                                                             prompts.begin() + batch);
       compare_steps(*fused, *separate, batch_prompts, /*chunk=*/2, 16, /*bitwise=*/true);
