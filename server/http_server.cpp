@@ -159,6 +159,7 @@ struct HttpServer::Generation {
   bool rejected = false;                // the engine refused a prompt: no metrics
   bool observed = false;                // metrics recorded (once per HTTP request)
   Clock::time_point first_scheduled{};  // of any of its sequences; epoch: not yet
+  Clock::time_point last_peer_check{};  // next(): when the connection was last checked
 
   Generation(HttpServer& s, ApiRequest r) : server(s), req(std::move(r)) {
     server.in_flight_++;
@@ -211,15 +212,22 @@ struct HttpServer::Generation {
   }
 
   // Waits for the next output and applies it; false on timeout or when the client left
-  // (then the request is aborted and `aborted` is set).
+  // (then the request is aborted and `aborted` is set). The connection is checked at least
+  // every kPollInterval, also while outputs keep coming (a non-streaming request writes
+  // nothing until the end, so only this check notices a client that left).
   bool next(Delta& d) {
     TimedOutput o;
-    if (!queue->pop(o, kPollInterval)) {
-      if (fd < 0 || !peer_closed(fd)) return false;
-      spdlog::info("{}: client disconnected, aborting", id);
-      abort();
-      return false;
+    const bool got = queue->pop(o, kPollInterval);
+    const Clock::time_point now = Clock::now();
+    if (!got || now - last_peer_check >= kPollInterval) {
+      last_peer_check = now;
+      if (fd >= 0 && peer_closed(fd)) {
+        spdlog::info("{}: client disconnected, aborting", id);
+        abort();
+        return false;
+      }
     }
+    if (!got) return false;
     const RequestOutput& out = o.out;
     if (out.first_scheduled != Clock::time_point{} &&
         (first_scheduled == Clock::time_point{} || out.first_scheduled < first_scheduled))
@@ -377,9 +385,32 @@ void HttpServer::shutdown(double timeout_s) {
   svr_->stop();
 }
 
+std::string HttpServer::read_body(const httplib::ContentReader& reader,
+                                  httplib::Response& res) const {
+  std::string body;
+  bool too_large = false;
+  const bool complete = reader([&](const char* data, size_t size) {
+    if (size > options_.max_request_bytes - body.size()) {
+      too_large = true;
+      return false;
+    }
+    body.append(data, size);
+    return true;
+  });
+  if (too_large || res.status == 413) {
+    res.set_header("Connection", "close");  // the rest of the body is not read
+    throw payload_too_large(options_.max_request_bytes);
+  }
+  if (!complete) {
+    res.set_header("Connection", "close");
+    throw invalid_json("could not read the request body");
+  }
+  return body;
+}
+
 void HttpServer::handle_generation(ApiKind kind, const httplib::Request& http_req,
-                                   httplib::Response& res) {
-  const json body = parse_json_body(http_req.body);
+                                   const std::string& raw_body, httplib::Response& res) {
+  const json body = parse_json_body(raw_body);
   const LlamaConfig& cfg = engine_.runner().config();
   const ModelLimits limits{cfg.max_position_embeddings, cfg.vocab_size};
   ApiRequest req = kind == ApiKind::kChat ? parse_chat_request(body, tokenizer_, limits, chat_)
@@ -526,11 +557,18 @@ void HttpServer::register_routes() {
         }
       });
 
-  s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    guarded(res, [&] { handle_generation(ApiKind::kCompletion, req, res); });
-  });
-  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    guarded(res, [&] { handle_generation(ApiKind::kChat, req, res); });
+  // POST routes read their bodies themselves (read_body: the size limit holds for chunked
+  // bodies too).
+  using httplib::ContentReader;
+  s.Post("/v1/completions",
+         [this](const httplib::Request& req, httplib::Response& res, const ContentReader& reader) {
+           guarded(res, [&] {
+             handle_generation(ApiKind::kCompletion, req, read_body(reader, res), res);
+           });
+         });
+  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
+                                        const ContentReader& reader) {
+    guarded(res, [&] { handle_generation(ApiKind::kChat, req, read_body(reader, res), res); });
   });
   s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     const json model = {{"id", options_.served_model_name},
@@ -551,9 +589,10 @@ void HttpServer::register_routes() {
     res.set_content(metrics_.render(engine_.stats(), options_.served_model_name, in_flight_),
                     "text/plain; version=0.0.4");
   });
-  s.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+  s.Post("/tokenize", [this](const httplib::Request&, httplib::Response& res,
+                             const ContentReader& reader) {
     guarded(res, [&] {
-      const json body = parse_json_body(req.body);
+      const json body = parse_json_body(read_body(reader, res));
       std::vector<int32_t> ids;
       if (body.contains("messages")) {
         const bool agp = body.value("add_generation_prompt", true);
@@ -572,22 +611,23 @@ void HttpServer::register_routes() {
                       "application/json");
     });
   });
-  s.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
-    guarded(res, [&] {
-      const json body = parse_json_body(req.body);
-      if (!body.contains("tokens") || !body["tokens"].is_array())
-        throw invalid_param("tokens", "'tokens' must be a list of token ids");
-      std::vector<int32_t> ids;
-      for (const json& t : body["tokens"]) {
-        if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
-            t.get<int64_t>() >= tokenizer_.vocab_size())
-          throw invalid_param("tokens", "token ids must be integers in [0, " +
-                                            std::to_string(tokenizer_.vocab_size()) + ")");
-        ids.push_back(t.get<int32_t>());
-      }
-      res.set_content(dump({{"prompt", tokenizer_.decode(ids, false)}}), "application/json");
-    });
-  });
+  s.Post("/detokenize",
+         [this](const httplib::Request&, httplib::Response& res, const ContentReader& reader) {
+           guarded(res, [&] {
+             const json body = parse_json_body(read_body(reader, res));
+             if (!body.contains("tokens") || !body["tokens"].is_array())
+               throw invalid_param("tokens", "'tokens' must be a list of token ids");
+             std::vector<int32_t> ids;
+             for (const json& t : body["tokens"]) {
+               if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
+                   t.get<int64_t>() >= tokenizer_.vocab_size())
+                 throw invalid_param("tokens", "token ids must be integers in [0, " +
+                                                   std::to_string(tokenizer_.vocab_size()) + ")");
+               ids.push_back(t.get<int32_t>());
+             }
+             res.set_content(dump({{"prompt", tokenizer_.decode(ids, false)}}), "application/json");
+           });
+         });
 }
 
 }  // namespace arbor

@@ -16,6 +16,7 @@
 
 namespace httplib {
 class Server;
+class ContentReader;
 struct Request;
 struct Response;
 }  // namespace httplib
@@ -56,7 +57,11 @@ class HttpServer {
 
  private:
   struct Generation;
-  void handle_generation(ApiKind kind, const httplib::Request& req, httplib::Response& res);
+  void handle_generation(ApiKind kind, const httplib::Request& req, const std::string& body,
+                         httplib::Response& res);
+  // The request body, at most options_.max_request_bytes (413 beyond, then the connection
+  // closes): httplib 0.11 enforces its payload limit on Content-Length bodies only.
+  std::string read_body(const httplib::ContentReader& reader, httplib::Response& res) const;
   void register_routes();
 
   Engine& engine_;
