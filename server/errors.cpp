@@ -62,6 +62,13 @@ ApiError route_not_found(const std::string& method, const std::string& path) {
                   "not_found");
 }
 
+ApiError method_not_allowed(const std::string& method, const std::string& path,
+                            const std::string& allowed) {
+  return ApiError(405, "invalid_request_error",
+                  "Method " + method + " is not allowed on " + path + "; use " + allowed, {},
+                  "method_not_allowed");
+}
+
 ApiError payload_too_large(size_t max_bytes) {
   return ApiError(413, "invalid_request_error",
                   "The request body is larger than the server's limit of " +

@@ -35,9 +35,12 @@ ApiError context_length_exceeded(int prompt_tokens, int max_tokens, int max_mode
 ApiError unauthorized();                                                       // 401
 ApiError model_not_found(const std::string& model);                            // 404
 ApiError route_not_found(const std::string& method, const std::string& path);  // 404
-ApiError payload_too_large(size_t max_bytes);                                  // 413
-ApiError queue_full(int max_queued);                                           // 429
-ApiError unavailable(const std::string& why);                                  // 503
-ApiError internal_error(const std::string& why);                               // 500
+// 405: the route exists for `allowed` (e.g. "POST") only.
+ApiError method_not_allowed(const std::string& method, const std::string& path,
+                            const std::string& allowed);
+ApiError payload_too_large(size_t max_bytes);     // 413
+ApiError queue_full(int max_queued);              // 429
+ApiError unavailable(const std::string& why);     // 503
+ApiError internal_error(const std::string& why);  // 500
 
 }  // namespace arbor

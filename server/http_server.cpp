@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -122,6 +123,17 @@ class OutputQueue : public RequestSink {
 };
 
 constexpr std::chrono::milliseconds kPollInterval{50};
+
+// The methods a route answers besides OPTIONS (register_routes), so that a wrong method gets
+// 405 and not 404; empty: no such route.
+std::string route_methods(const std::string& path) {
+  for (const char* post : {"/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"})
+    if (path == post) return "POST";
+  if (path == "/v1/models" || path == "/health" || path == "/metrics" ||
+      (path.rfind("/v1/models/", 0) == 0 && path.size() > 11))
+    return "GET";
+  return {};
+}
 
 }  // namespace
 
@@ -323,6 +335,18 @@ HttpServer::HttpServer(Engine& engine, const Tokenizer& tokenizer, const ChatTem
       chat_(chat),
       options_(std::move(options)),
       svr_(std::make_unique<httplib::Server>()) {
+  const ModelRunner& runner = engine_.runner();
+  const int context = runner.config().max_position_embeddings;
+  const int64_t kv_tokens = int64_t(runner.num_kv_blocks()) * runner.block_size();
+  max_model_len_ = int(std::min<int64_t>(context, kv_tokens));
+  if (max_model_len_ < context)
+    spdlog::warn(
+        "the KV cache holds {} tokens, fewer than the model's context of {}: requests are "
+        "limited to {} tokens (prompt + completion)",
+        kv_tokens, context, max_model_len_);
+  created_ = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
   register_routes();
 }
 
@@ -412,7 +436,7 @@ void HttpServer::handle_generation(ApiKind kind, const httplib::Request& http_re
                                    const std::string& raw_body, httplib::Response& res) {
   const json body = parse_json_body(raw_body);
   const LlamaConfig& cfg = engine_.runner().config();
-  const ModelLimits limits{cfg.max_position_embeddings, cfg.vocab_size};
+  const ModelLimits limits{max_model_len_, cfg.vocab_size};
   ApiRequest req = kind == ApiKind::kChat ? parse_chat_request(body, tokenizer_, limits, chat_)
                                           : parse_completion_request(body, tokenizer_, limits);
   if (!req.model.empty() && req.model != options_.served_model_name)
@@ -537,7 +561,11 @@ void HttpServer::register_routes() {
   });
   s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status == 404)
+    const std::string allowed = route_methods(req.path);
+    if (res.status == 404 && !allowed.empty()) {
+      res.set_header("Allow", allowed + ", OPTIONS");
+      send_error(res, method_not_allowed(req.method, req.path, allowed));
+    } else if (res.status == 404)
       send_error(res, route_not_found(req.method, req.path));
     else if (res.status == 413)
       send_error(res, payload_too_large(options_.max_request_bytes));
@@ -570,14 +598,25 @@ void HttpServer::register_routes() {
                                         const ContentReader& reader) {
     guarded(res, [&] { handle_generation(ApiKind::kChat, req, read_body(reader, res), res); });
   });
-  s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-    const json model = {{"id", options_.served_model_name},
-                        {"object", "model"},
-                        {"created", 0},
-                        {"owned_by", "arbor"},
-                        {"max_model_len", engine_.runner().config().max_position_embeddings}};
-    res.set_content(dump({{"object", "list"}, {"data", json::array({model})}}), "application/json");
+  auto model_card = [this] {
+    return json{{"id", options_.served_model_name},
+                {"object", "model"},
+                {"created", created_},
+                {"owned_by", "arbor"},
+                {"max_model_len", max_model_len_}};
+  };
+  s.Get("/v1/models", [model_card](const httplib::Request&, httplib::Response& res) {
+    res.set_content(dump({{"object", "list"}, {"data", json::array({model_card()})}}),
+                    "application/json");
   });
+  s.Get(R"(/v1/models/(.+))",
+        [this, model_card](const httplib::Request& req, httplib::Response& res) {
+          guarded(res, [&] {
+            const std::string id = req.matches[1];
+            if (id != options_.served_model_name) throw model_not_found(id);
+            res.set_content(dump(model_card()), "application/json");
+          });
+        });
   s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     if (ready_) {
       res.set_content("{\"status\":\"ok\"}", "application/json");
@@ -605,10 +644,9 @@ void HttpServer::register_routes() {
           throw invalid_param("add_special_tokens", "'add_special_tokens' must be a boolean");
         ids = tokenizer_.encode(body["prompt"].get<std::string>(), add.get<bool>());
       }
-      res.set_content(dump({{"tokens", ids},
-                            {"count", ids.size()},
-                            {"max_model_len", engine_.runner().config().max_position_embeddings}}),
-                      "application/json");
+      res.set_content(
+          dump({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", max_model_len_}}),
+          "application/json");
     });
   });
   s.Post("/detokenize",

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,9 @@ class HttpServer {
   // `timeout_s` to finish and are aborted after that, then the listener stops.
   void shutdown(double timeout_s);
   int in_flight() const { return in_flight_.load(); }
+  // Prompt + completion tokens one request may hold: the model's context, or less when the
+  // KV cache holds fewer tokens (a longer request could never finish).
+  int max_model_len() const { return max_model_len_; }
   const ServerOptions& options() const { return options_; }
 
  private:
@@ -73,6 +77,8 @@ class HttpServer {
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
   std::atomic<int> in_flight_{0};
+  int max_model_len_ = 0;
+  int64_t created_ = 0;  // /v1/models' "created": when this server was made (Unix seconds)
   // listen() and shutdown() may race (a server stopped right after it started): see there.
   std::atomic<bool> listen_started_{false}, listen_done_{false}, stop_requested_{false};
   std::atomic<int> queued_{0};  // added, no output yet

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <utility>
 
 #include "engine/sampler.h"
 #include "server/errors.h"
@@ -35,28 +36,60 @@ bool get_bool(const json& body, const char* name, bool fallback) {
 std::optional<int64_t> get_int(const json& body, const char* name, int64_t lo, int64_t hi) {
   const json* v = field(body, name);
   if (!v) return std::nullopt;
-  if (!v->is_number_integer())
+  // A whole number written as a float (3.0) counts as that integer, as in vLLM (pydantic).
+  const bool whole_float = v->is_number_float() && std::isfinite(v->get<double>()) &&
+                           std::trunc(v->get<double>()) == v->get<double>() &&
+                           std::fabs(v->get<double>()) < 9.0e18;
+  if (!v->is_number_integer() && !whole_float)
     throw invalid_param(name,
                         std::string("'") + name + "' must be an integer, got " + type_name(*v));
   if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
     throw invalid_param(name, std::string("'") + name + "' is out of range");
-  const int64_t x = v->get<int64_t>();
+  const int64_t x = whole_float ? int64_t(v->get<double>()) : v->get<int64_t>();
   if (x < lo || x > hi)
     throw invalid_param(name, std::string("'") + name + "' must be in [" + std::to_string(lo) +
                                   ", " + std::to_string(hi) + "], got " + std::to_string(x));
   return x;
 }
 
-std::optional<float> get_float(const json& body, const char* name, double lo, double hi) {
+// A number in [lo, hi], or in (lo, hi] when lo_open.
+std::optional<float> get_float(const json& body, const char* name, double lo, double hi,
+                               bool lo_open = false) {
   const json* v = field(body, name);
   if (!v) return std::nullopt;
   if (!v->is_number())
     throw invalid_param(name, std::string("'") + name + "' must be a number, got " + type_name(*v));
   const double x = v->get<double>();
-  if (!std::isfinite(x) || x < lo || x > hi)
-    throw invalid_param(name, std::string("'") + name + "' must be in [" + json(lo).dump() + ", " +
-                                  json(hi).dump() + "], got " + json(x).dump());
+  if (!std::isfinite(x) || x < lo || (lo_open && x == lo) || x > hi)
+    throw invalid_param(name, std::string("'") + name + "' must be in " + (lo_open ? "(" : "[") +
+                                  json(lo).dump() + ", " + json(hi).dump() + "], got " +
+                                  json(x).dump());
   return float(x);
+}
+
+// Fields of OpenAI's API that arbor does not implement: a 400 that says so, not a 200 that
+// silently does something else (a client asking for JSON or tool calls would get plain text).
+void reject_unsupported(const json& body, ApiKind kind) {
+  if (kind == ApiKind::kCompletion && field(body, "suffix"))
+    throw invalid_param("suffix", "'suffix' is not supported");
+  if (const json* rf = field(body, "response_format")) {
+    const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
+    if (!type || !type->is_string() || type->get<std::string>() != "text")
+      throw invalid_param("response_format",
+                          "'response_format' other than {\"type\": \"text\"} (structured "
+                          "output) is not supported");
+  }
+  // Tools may be listed as long as none may be called (vLLM ignores them then too).
+  const std::pair<const char*, const char*> tool_fields[] = {{"tools", "tool_choice"},
+                                                             {"functions", "function_call"}};
+  for (const auto& [list, choice_name] : tool_fields) {
+    const json* tools = field(body, list);
+    if (!tools || (tools->is_array() && tools->empty())) continue;
+    const json* choice = field(body, choice_name);
+    if (!choice || !choice->is_string() || choice->get<std::string>() != "none")
+      throw invalid_param(list, std::string("tool calling is not supported ('") + list +
+                                    "' needs '" + choice_name + "': \"none\")");
+  }
 }
 
 std::vector<int32_t> token_list(const json& v, const char* param, int vocab) {
@@ -75,8 +108,7 @@ std::vector<int32_t> token_list(const json& v, const char* param, int vocab) {
   return ids;
 }
 
-// Parameters shared by both endpoints. `max_tokens_name` is max_tokens or (chat)
-// max_completion_tokens, which wins over the deprecated max_tokens.
+// Parameters shared by both endpoints.
 void parse_common(const json& body, const ModelLimits& limits, ApiRequest& r) {
   if (!body.is_object()) throw invalid_json("the body must be a JSON object");
   if (const json* m = field(body, "model")) {
@@ -85,8 +117,7 @@ void parse_common(const json& body, const ModelLimits& limits, ApiRequest& r) {
   }
   SamplingParams& s = r.base.sampling;
   s.temperature = get_float(body, "temperature", 0, 2).value_or(1.0f);
-  s.top_p = get_float(body, "top_p", 0, 1).value_or(1.0f);
-  if (s.top_p <= 0) throw invalid_param("top_p", "'top_p' must be in (0, 1], got 0");
+  s.top_p = get_float(body, "top_p", 0, 1, /*lo_open=*/true).value_or(1.0f);
   s.top_k = int(get_int(body, "top_k", -1, std::numeric_limits<int32_t>::max()).value_or(0));
   s.min_p = get_float(body, "min_p", 0, 1).value_or(0.0f);
   s.presence_penalty = get_float(body, "presence_penalty", -2, 2).value_or(0.0f);
@@ -121,6 +152,8 @@ void parse_common(const json& body, const ModelLimits& limits, ApiRequest& r) {
     if (!so->is_object())
       throw invalid_param("stream_options", "'stream_options' must be an object");
     r.include_usage = get_bool(*so, "include_usage", false);
+    if (!r.stream)  // as vLLM: usage chunks exist only in streams
+      throw invalid_param("stream_options", "'stream_options' needs 'stream': true");
   }
   if (const json* stop = field(body, "stop")) {
     if (stop->is_string()) {
@@ -144,19 +177,14 @@ void parse_common(const json& body, const ModelLimits& limits, ApiRequest& r) {
   }
 }
 
-// max_tokens: checked against the context; default 16 for completions (OpenAI) and the rest
-// of the context for chat (vLLM).
+// max_tokens, or max_completion_tokens (OpenAI's newer name, taken by both endpoints), which
+// wins: checked against the context; default 16 for completions (OpenAI) and the rest of the
+// context for chat (vLLM).
 void resolve_max_tokens(const json& body, const ModelLimits& limits, ApiRequest& r) {
-  const char* name = "max_tokens";
   std::optional<int64_t> max_tokens =
       get_int(body, "max_tokens", 1, std::numeric_limits<int32_t>::max());
-  if (r.kind == ApiKind::kChat) {
-    if (auto mct = get_int(body, "max_completion_tokens", 1, std::numeric_limits<int32_t>::max())) {
-      max_tokens = mct;
-      name = "max_completion_tokens";
-    }
-  }
-  (void)name;
+  if (auto mct = get_int(body, "max_completion_tokens", 1, std::numeric_limits<int32_t>::max()))
+    max_tokens = mct;
   size_t longest = 0;
   for (const auto& p : r.prompts) longest = std::max(longest, p.size());
   const int64_t room = int64_t(limits.max_model_len) - int64_t(longest);
@@ -211,6 +239,7 @@ ApiRequest parse_completion_request(const json& body, const Tokenizer& tokenizer
   ApiRequest r;
   r.kind = ApiKind::kCompletion;
   parse_common(body, limits, r);
+  reject_unsupported(body, r.kind);
   const json* prompt = field(body, "prompt");
   if (!prompt) throw invalid_param("prompt", "'prompt' is required");
   auto add_text = [&](const std::string& text) {
@@ -284,6 +313,7 @@ ApiRequest parse_chat_request(const json& body, const Tokenizer& tokenizer,
   ApiRequest r;
   r.kind = ApiKind::kChat;
   parse_common(body, limits, r);
+  reject_unsupported(body, r.kind);
   const json* messages = field(body, "messages");
   if (!messages) throw invalid_param("messages", "'messages' is required");
   const std::string text =

@@ -285,6 +285,29 @@ TEST_CASE("models, health, metrics, tokenize round trip", "[server]") {
   CHECK(m["object"] == "list");
   CHECK(m["data"][0]["id"] == "demo");
   CHECK(m["data"][0]["object"] == "model");
+  CHECK(m["data"][0]["created"].get<int64_t>() > 1700000000);  // when the server started
+  CHECK(m["data"][0]["max_model_len"] == 2048);
+  auto one = c.Get("/v1/models/demo");  // OpenAI's retrieve
+  REQUIRE(one->status == 200);
+  CHECK(json::parse(one->body) == m["data"][0]);
+  check_error(c.Get("/v1/models/gpt-9"), 404, "model_not_found");
+  // A route asked with the wrong method: 405 and the methods it takes.
+  for (const auto& [method, path] :
+       {std::pair{"GET", "/v1/completions"}, std::pair{"DELETE", "/v1/chat/completions"},
+        std::pair{"POST", "/v1/models"}, std::pair{"PUT", "/health"}}) {
+    INFO(method << " " << path);
+    httplib::Request req;
+    req.method = method;
+    req.path = path;
+    req.set_header("Authorization", "Bearer sekret");
+    const auto res = c.send(req);
+    check_error(res, 405, "method_not_allowed");
+    CHECK(res->get_header_value("Allow") ==
+          std::string(std::string(method) == "GET" || std::string(method) == "DELETE" ? "POST"
+                                                                                      : "GET") +
+              ", OPTIONS");
+  }
+  check_error(c.Get("/v2/nothing"), 404, "not_found");
   httplib::Client anon("127.0.0.1", server().port);
   CHECK(anon.Get("/health")->status == 200);
   auto metrics = anon.Get("/metrics");
@@ -580,6 +603,28 @@ TestServer& chat_server() {
 }
 
 }  // namespace
+
+TEST_CASE("a KV cache smaller than the context limits requests to what it holds", "[server]") {
+  // 40 blocks of 16 tokens = 640 tokens < the demo model's 2048: a longer request could never
+  // finish, so it is refused up front (it used to be cut short with finish_reason "length").
+  ServerOptions o;
+  o.served_model_name = "demo";
+  TestServer small(o, nullptr, /*num_kv_blocks=*/40);
+  CHECK(small.http->max_model_len() == 640);
+  httplib::Client c("127.0.0.1", small.port);
+  c.set_read_timeout(60, 0);
+  const json m = json::parse(c.Get("/v1/models")->body);
+  CHECK(m["data"][0]["max_model_len"] == 640);
+  json body = kGreedy;
+  body["max_tokens"] = 700;
+  check_error(c.Post("/v1/completions", body.dump(), "application/json"), 400,
+              "context_length_exceeded");
+  body["max_tokens"] = 600;
+  auto res = c.Post("/v1/completions", body.dump(), "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  CHECK(json::parse(res->body)["usage"]["completion_tokens"] == 600);
+}
 
 TEST_CASE("chat completions: non-streaming and streaming through a ChatML template", "[server]") {
   TestServer& s = chat_server();

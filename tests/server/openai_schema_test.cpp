@@ -88,6 +88,52 @@ TEST_CASE("wrong types and out-of-range values are rejected with the parameter",
   CHECK(rejected_param(R"({"prompt":"x","presence_penalty":3})") == "presence_penalty");
   CHECK(rejected_param(R"({"prompt":"x","model":3})") == "model");
   CHECK(rejected_param(R"({"prompt":"x","stream_options":true})") == "stream_options");
+  CHECK(rejected_param(R"({"prompt":"x","top_p":1.5})") == "top_p");
+  CHECK(rejected_param(R"({"prompt":"x","max_tokens":3.5})") == "max_tokens");
+  CHECK(rejected_param(R"({"prompt":"x","max_completion_tokens":0})") == "max_completion_tokens");
+}
+
+TEST_CASE("top_p's range reads the same whichever bound is broken", "[server]") {
+  for (const char* body : {R"({"prompt":"x","top_p":0})", R"({"prompt":"x","top_p":1.5})"}) {
+    try {
+      parse(body);
+      FAIL("accepted " << body);
+    } catch (const ApiError& e) {
+      CHECK(std::string(e.what()).find("(0.0, 1.0]") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE(
+    "whole numbers written as floats are integers; max_completion_tokens works on both "
+    "endpoints",
+    "[server]") {
+  CHECK(parse(R"({"prompt":"x","max_tokens":3.0})").base.max_tokens == 3);
+  CHECK(parse(R"({"prompt":"x","n":2.0,"max_tokens":4})").base.n == 2);
+  // OpenAI's newer name wins over max_tokens, on completions as on chat.
+  CHECK(parse(R"({"prompt":"x","max_completion_tokens":3})").base.max_tokens == 3);
+  CHECK(parse(R"({"prompt":"x","max_tokens":9,"max_completion_tokens":3})").base.max_tokens == 3);
+}
+
+TEST_CASE("OpenAI fields arbor does not implement are refused, not ignored", "[server]") {
+  // A client that asks for JSON output or tool calls must not get plain text with a 200.
+  CHECK(rejected_param(R"({"prompt":"x","suffix":"end"})") == "suffix");
+  CHECK(rejected_param(R"({"prompt":"x","response_format":{"type":"json_object"}})") ==
+        "response_format");
+  CHECK(rejected_param(R"({"prompt":"x","response_format":{"type":7}})") == "response_format");
+  CHECK(rejected_param(R"({"prompt":"x","response_format":"json"})") == "response_format");
+  CHECK(rejected_param(R"({"prompt":"x","tools":[{"type":"function"}]})") == "tools");
+  CHECK(rejected_param(R"({"prompt":"x","tools":[{"type":"function"}],"tool_choice":"auto"})") ==
+        "tools");
+  CHECK(rejected_param(R"({"prompt":"x","functions":[{"name":"f"}]})") == "functions");
+  // Usage chunks exist only in streams (vLLM refuses stream_options without stream too).
+  CHECK(rejected_param(R"({"prompt":"x","stream_options":{"include_usage":true}})") ==
+        "stream_options");
+  // What is harmless passes: plain text format, tools that may not be called, empty lists.
+  CHECK_NOTHROW(parse(R"({"prompt":"x","response_format":{"type":"text"}})"));
+  CHECK_NOTHROW(parse(R"({"prompt":"x","tools":[{"type":"function"}],"tool_choice":"none"})"));
+  CHECK_NOTHROW(parse(R"({"prompt":"x","tools":[]})"));
+  CHECK_NOTHROW(parse(R"({"prompt":"x","suffix":null})"));
 }
 
 TEST_CASE("malformed JSON and a prompt over the context give OpenAI errors", "[server]") {
