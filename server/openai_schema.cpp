@@ -399,8 +399,11 @@ json logprobs_json(ApiKind kind, const std::vector<TokenLogprob>& lps,
   for (size_t i = from; i < to; ++i) {
     tokens.push_back(lps[i].token);
     token_lps.push_back(lps[i].logprob);
+    // As OpenAI's legacy completions and vLLM: the sampled token is always among the
+    // top_logprobs (up to logprobs + 1 entries when it is not one of the most likely).
     json top = json::object();
     for (const auto& [tok, lp] : lps[i].top) top[tok] = lp;
+    if (!top.contains(lps[i].token)) top[lps[i].token] = lps[i].logprob;
     tops.push_back(top);
     offs.push_back(offsets && i < offsets->size() ? (*offsets)[i] : 0);
   }

@@ -183,7 +183,17 @@ TEST_CASE("responses have OpenAI's shapes", "[server]") {
   CHECK(r["choices"][0]["text"] == "hello");
   CHECK(r["choices"][0]["finish_reason"] == "length");
   CHECK(r["choices"][0]["logprobs"]["tokens"][0] == " hello");
+  CHECK(r["choices"][0]["logprobs"]["top_logprobs"][0] == json{{" hello", -0.5f}});
   CHECK(r["usage"]["total_tokens"] == 4);
+  // A sampled token outside the top ones (temperature, logit_bias) is listed among them too.
+  ChoiceResult unlikely = c;
+  unlikely.logprobs[0] = {" zebra", -7.25f, {{" hello", -0.5f}, {" world", -1.5f}}};
+  const json u = completion_response(ApiKind::kCompletion, "cmpl-y", 7, "m", {unlikely}, true, {});
+  CHECK(u["choices"][0]["logprobs"]["top_logprobs"][0] ==
+        json{{" hello", -0.5f}, {" world", -1.5f}, {" zebra", -7.25f}});
+  // Chat lists exactly the top ones (the sampled token has its own fields).
+  const json uc = completion_response(ApiKind::kChat, "chatcmpl-y", 7, "m", {unlikely}, true, {});
+  CHECK(uc["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size() == 2);
   const json chat = completion_response(ApiKind::kChat, "chatcmpl-x", 7, "m", {c}, false, {});
   CHECK(chat["object"] == "chat.completion");
   CHECK(chat["choices"][0]["message"]["role"] == "assistant");
