@@ -551,6 +551,23 @@ void HttpServer::register_routes() {
       send_error(res, unauthorized());
       return httplib::Server::HandlerResponse::Handled;
     }
+    // A request with a method that may carry a body but neither Content-Length nor chunked
+    // Transfer-Encoding has an empty body (RFC 9112), yet httplib 0.11 would read until the
+    // client closes or the read timeout: answer it now, before httplib reads anything.
+    const bool body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+                             req.method == "DELETE";
+    if (body_method && !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
+      const std::string allowed = route_methods(req.path);
+      if (allowed.empty()) {
+        send_error(res, route_not_found(req.method, req.path));
+      } else if (allowed != req.method) {
+        res.set_header("Allow", allowed + ", OPTIONS");
+        send_error(res, method_not_allowed(req.method, req.path, allowed));
+      } else {
+        send_error(res, invalid_json("the request has no body (no Content-Length)"));
+      }
+      return httplib::Server::HandlerResponse::Handled;
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
   s.Options(".*", [](const httplib::Request&, httplib::Response& res) {

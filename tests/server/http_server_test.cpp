@@ -444,6 +444,24 @@ TEST_CASE("a chunked request body is held to --max-request-bytes too", "[server]
   CHECK(post("/v1/completions", small)->status == 200);
 }
 
+TEST_CASE("a POST without Content-Length is answered at once, as an empty body", "[server]") {
+  // httplib would wait for the body until the client closed the connection or 30 s passed.
+  for (const auto& [path, status] :
+       {std::pair{"/v1/completions", "400"}, std::pair{"/tokenize", "400"},
+        std::pair{"/health", "405"}, std::pair{"/nope", "404"}}) {
+    INFO(path);
+    const int fd = send_raw("POST " + std::string(path) +
+                            " HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekret\r\n"
+                            "Connection: close\r\n\r\n");
+    REQUIRE(fd >= 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string res = read_all(fd);
+    close(fd);
+    CHECK(res.rfind("HTTP/1.1 " + std::string(status), 0) == 0);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  }
+}
+
 TEST_CASE("a client that leaves a non-streaming request while it decodes aborts it", "[server]") {
   // Nothing is written to a non-streaming client until the end, so the server has to notice
   // the closed connection while tokens keep coming (it used to look only when idle).
