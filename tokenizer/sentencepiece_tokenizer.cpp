@@ -2,9 +2,11 @@
 
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
 #include <exception>
 #include <vector>
 
+#include "tokenizer/sentencepiece_bpe.h"
 #include "tokenizer/utf8.h"
 
 namespace arbor {
@@ -37,6 +39,21 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::filesystem::path& mode
   if (const int bos = sp_->bos_id(); bos >= 0 && bos < vocab_size_) bos_id_ = bos;
   if (const int eos = sp_->eos_id(); eos >= 0 && eos < vocab_size_) eos_id_ = eos;
   for (int id = 0; id < vocab_size_; ++id) {
+    if (!is_special(id)) continue;
+    const std::string& piece = sp_->IdToPiece(id);
+    if (!piece.empty()) specials_by_first_byte_[uint8_t(piece[0])].emplace_back(piece, id);
+  }
+  for (auto& list : specials_by_first_byte_) {
+    std::stable_sort(list.begin(), list.end(),
+                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  }
+  bpe_ = SentencePieceBpe::create(sp_->serialized_model_proto());
+  // The library stays the reference: its own reading of the model must be the same.
+  if (bpe_ && bpe_->vocab_size() != vocab_size_) bpe_.reset();
+  for (int id = 0; bpe_ && id < vocab_size_; ++id) {
+    if (bpe_->piece(id) != sp_->IdToPiece(id)) bpe_.reset();
+  }
+  for (int id = 0; id < vocab_size_; ++id) {
     if (sp_->IsControl(id) || sp_->IsUnknown(id) || sp_->IsUnused(id) || sp_->IsByte(id)) continue;
     const std::string& piece = sp_->IdToPiece(id);
     if (piece.empty() || piece.find(kSpaceSymbol) != std::string::npos) continue;
@@ -50,18 +67,38 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::filesystem::path& mode
 
 SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
-std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text,
-                                                    bool add_special_tokens) const {
+void SentencePieceTokenizer::encode_plain(std::string_view text, std::vector<int32_t>& ids) const {
+  if (text.empty()) return;
+  if (bpe_) {
+    bpe_->encode(text, ids);
+    return;
+  }
   std::vector<int> pieces;
   const auto status = sp_->Encode(text, &pieces);
   if (!status.ok()) {
     throw TokenizerError("SentencePiece encode failed (" + model_file_.string() +
                          "): " + status.ToString());
   }
-  std::vector<int32_t> ids;
-  ids.reserve(pieces.size() + 2);
-  if (add_special_tokens && options_.add_bos && bos_id_) ids.push_back(*bos_id_);
   ids.insert(ids.end(), pieces.begin(), pieces.end());
+}
+
+std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text,
+                                                    bool add_special_tokens) const {
+  std::vector<int32_t> ids;
+  if (add_special_tokens && options_.add_bos && bos_id_) ids.push_back(*bos_id_);
+  size_t segment = 0;  // start of the text not yet encoded
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto& candidates = specials_by_first_byte_[uint8_t(text[i])];
+    for (const auto& [piece, id] : candidates) {
+      if (text.compare(i, piece.size(), piece) != 0) continue;
+      encode_plain(text.substr(segment, i - segment), ids);
+      ids.push_back(id);
+      segment = i + piece.size();
+      i = segment - 1;
+      break;
+    }
+  }
+  encode_plain(text.substr(segment), ids);
   if (add_special_tokens && options_.add_eos && eos_id_) ids.push_back(*eos_id_);
   return ids;
 }

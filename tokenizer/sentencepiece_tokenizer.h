@@ -1,16 +1,23 @@
 // SentencePiece tokenizer (a Llama-1/2 style tokenizer.model), matching Hugging Face's slow
-// LlamaTokenizer with legacy=True: encode = SentencePiece's EncodeAsIds(text) with BOS (and
-// EOS) added as tokenizer_config.json says.
+// LlamaTokenizer with legacy=True (and vLLM, which uses it): the special pieces' strings (the
+// model's control pieces such as "<s>" and "</s>", and its unknown piece "<unk>") are split out
+// of the text first, leftmost-longest, and become their ids; each stretch of text between them
+// is encoded on its own with SentencePiece's EncodeAsIds, so it gets its own dummy-prefix "▁"
+// ("<s>hi" → <s> "▁hi", as HfBpeTokenizer and HF do); then BOS (and EOS) are added as
+// tokenizer_config.json says. A special-token string in client text therefore becomes the
+// special id, as in HF and vLLM.
 //
-// One deliberate difference from Hugging Face: special-token strings inside the text ("<s>",
-// "</s>", "<unk>") are encoded as plain text, never as the special ids (HF's slow tokenizer
-// splits them out first). Client text can therefore never inject control tokens.
+// BPE models without a normalization map (Llama's) are encoded by SentencePieceBpe, which gives
+// the library's ids in a fraction of its time and memory; other models by the library.
 #pragma once
 
+#include <array>
 #include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tokenizer/tokenizer.h"
 
@@ -19,6 +26,8 @@ class SentencePieceProcessor;
 }
 
 namespace arbor {
+
+class SentencePieceBpe;
 
 struct SentencePieceOptions {
   bool add_bos = true;   // tokenizer_config.json "add_bos_token" (HF LlamaTokenizer default)
@@ -50,8 +59,12 @@ class SentencePieceTokenizer final : public Tokenizer {
   // The piece string, with "▁" for spaces and "<0xAB>" for byte-fallback pieces. Throws
   // TokenizerError for out-of-range ids.
   std::string id_to_piece(int32_t id) const override;
+  // Whether encode() uses SentencePieceBpe rather than the SentencePiece library (for tests).
+  bool uses_fast_encoder() const { return bpe_ != nullptr; }
 
  private:
+  // Encodes text that holds no special piece (no BOS/EOS).
+  void encode_plain(std::string_view text, std::vector<int32_t>& ids) const;
   void check_ids(std::span<const int32_t> ids) const;
   // Decodes ordinary (non-special) ids; keep_leading_space stops SentencePiece from dropping
   // the "▁" of the first piece (used when the ids continue earlier text).
@@ -59,6 +72,9 @@ class SentencePieceTokenizer final : public Tokenizer {
 
   std::filesystem::path model_file_;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<SentencePieceBpe> bpe_;  // null: the model is encoded by sp_
+  // Special pieces (text, id) by their first byte, longest first.
+  std::array<std::vector<std::pair<std::string, int32_t>>, 256> specials_by_first_byte_;
   SentencePieceOptions options_;
   int vocab_size_ = 0;
   std::optional<int32_t> bos_id_;

@@ -1,6 +1,9 @@
 // SentencePieceTokenizer: encode/decode against the Brown-corpus fixture models.
 #include <catch2/catch.hpp>
 
+#include <sentencepiece_processor.h>
+
+#include <algorithm>
 #include <random>
 
 #include "tests/tokenizer/tokenizer_fixtures.h"
@@ -56,7 +59,6 @@ TEST_CASE("sentencepiece: encode matches spm_encode golden ids", "[tokenizer]") 
                                                             447, 305, 451, 318, 271, 322, 450}},
       {512, "Hello  world 1961", {352, 429, 306, 432, 428, 267, 280, 323, 428, 467, 486, 494, 467}},
       {512, "\xC3\xA9t\xC3\xA9 \xE2\x98\x83", {428, 198, 172, 430, 198, 172, 428, 229, 155, 134}},
-      {512, "<s> hi", {428, 63, 435, 65, 283, 434}},
       {4096,
        "The jury said it did not find any evidence.",
        {337, 505, 1143, 558, 343, 647, 379, 1102, 581, 2029, 4034}},
@@ -64,7 +66,6 @@ TEST_CASE("sentencepiece: encode matches spm_encode golden ids", "[tokenizer]") 
       {4096,
        "\xC3\xA9t\xC3\xA9 \xE2\x98\x83",
        {4012, 198, 172, 4014, 198, 172, 4012, 229, 155, 134}},
-      {4096, "<s> hi", {4012, 63, 4019, 65, 283, 4018}},
   };
   SentencePieceTokenizer tok512(brown_model(512), {});
   SentencePieceTokenizer tok4096(brown_model(4096), {});
@@ -114,11 +115,67 @@ TEST_CASE("sentencepiece: empty text and BOS/EOS options", "[tokenizer]") {
   CHECK(neither.encode("", true).empty());
 }
 
-TEST_CASE("sentencepiece: special-token strings in text stay text", "[tokenizer]") {
+// Hugging Face's slow LlamaTokenizer (legacy=True, what vLLM uses) splits the special tokens
+// out of the text first and runs SentencePiece on each stretch between them, so each stretch
+// gets its own "▁" in front. The expected ids here are built that way from the library.
+TEST_CASE("sentencepiece: special-token strings in text become special ids", "[tokenizer]") {
+  sentencepiece::SentencePieceProcessor sp;
+  REQUIRE(sp.Load(brown_model(512).string()).ok());
+  const auto sp_ids = [&](const std::string& text) {
+    std::vector<int> ids;
+    REQUIRE(sp.Encode(text, &ids).ok());
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  };
+  const auto concat = [](std::initializer_list<std::vector<int32_t>> parts) {
+    std::vector<int32_t> out;
+    for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+  };
   SentencePieceTokenizer tok(brown_model(512), {});
+  CHECK(tok.uses_fast_encoder());
+
+  CHECK(tok.encode("<s>x</s><unk>", false) == concat({{1}, sp_ids("x"), {2, 0}}));
+  CHECK(tok.encode("<s> hi", false) == concat({{1}, sp_ids(" hi")}));  // "▁▁hi"
+  CHECK(tok.encode("<s> hi", true) == concat({{1, 1}, sp_ids(" hi")}));
+  CHECK(tok.encode("<s>", false) == std::vector<int32_t>{1});
+  CHECK(tok.encode("</s></s>", false) == std::vector<int32_t>{2, 2});
+  // As in tests/fixtures/tokenizers/reference_ids.json (HF, Llama-2) for the same text.
+  CHECK(tok.encode("specials as text: <s> </s> <unk> <0x41>", false) ==
+        concat({sp_ids("specials as text: "),
+                {1},
+                sp_ids(" "),
+                {2},
+                sp_ids(" "),
+                {0},
+                sp_ids(" <0x41>")}));
+  // A chat template's output ({{ bos_token }}[INST] ... [/INST] ... {{ eos_token }}).
+  CHECK(
+      tok.encode("<s>[INST] Hello there [/INST] Hi!</s><s>[INST] More [/INST]", false) ==
+      concat(
+          {{1}, sp_ids("[INST] Hello there [/INST] Hi!"), {2, 1}, sp_ids("[INST] More [/INST]")}));
+  // Near misses stay text.
+  for (const std::string text : {"<s", "s>", "< s>", "<S>", "</s", "<unk", "<0x41>", "<pad>"}) {
+    INFO(text);
+    CHECK(tok.encode(text, false) == sp_ids(text));
+  }
+  // Decoding them back.
   const auto ids = tok.encode("<s>x</s><unk>", false);
-  for (const int32_t id : ids) CHECK_FALSE(tok.is_special(id));
-  CHECK(tok.decode(ids, true) == "<s>x</s><unk>");
+  CHECK(tok.decode(ids, false) == "<s> x</s><unk>");
+  CHECK(tok.decode(ids, true) == "x");
+}
+
+TEST_CASE("sentencepiece: the demo model splits out BOS from a chat template", "[tokenizer]") {
+  const auto tok = load_tokenizer(demo_model_dir());
+  const auto ids = tok->encode("<s>[INST] What is the capital of France? [/INST]", false);
+  REQUIRE(ids.size() > 2);
+  CHECK(ids.front() == 1);
+  CHECK(std::count(ids.begin(), ids.end(), 1) == 1);
+  CHECK(ids == [&] {
+    std::vector<int32_t> expected = {1};
+    const auto rest = tok->encode("[INST] What is the capital of France? [/INST]", false);
+    expected.insert(expected.end(), rest.begin(), rest.end());
+    return expected;
+  }());
 }
 
 TEST_CASE("sentencepiece: a literal U+2581 in text decodes as a space", "[tokenizer]") {

@@ -63,7 +63,8 @@ inline bool valid_utf8(std::string_view s) {
   return true;
 }
 
-// Texts that exercise the tokenizer: English, digits, whitespace runs, byte fallback.
+// Texts that exercise the tokenizer: English, digits, whitespace runs, byte fallback, near
+// misses of special-token strings (real ones decode differently: see the special-token tests).
 inline const std::vector<std::string>& sample_texts() {
   static const std::vector<std::string> texts = {
       "The jury said it did not find any evidence.",
@@ -78,7 +79,7 @@ inline const std::vector<std::string>& sample_texts() {
       "combining e\xCC\x81 a\xCC\x8A\xCC\x81 and precomposed \xC3\xA9",
       "Cyrillic \xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82, Greek "
       "\xCE\xB1\xCE\xB2\xCE\xB3",
-      "specials as text: <s> </s> <unk> <0x41>",
+      "near-specials as text: <s </ s> <unk <S> <0x41> <pad>",
       "U+FFFD itself: \xEF\xBF\xBD",
       "a",
       " ",
