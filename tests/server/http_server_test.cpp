@@ -388,13 +388,7 @@ TEST_CASE("a client that disconnects mid-stream frees its KV blocks", "[server]"
     c.send(req);
     CHECK(chunks == 3);
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  EngineStats s = server().engine.stats();
-  while ((s.kv.used_blocks > 0 || s.num_requests > 0) &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    s = server().engine.stats();
-  }
+  const EngineStats s = wait_until_idle();
   CHECK(s.num_requests == 0);
   CHECK(s.kv.used_blocks == 0);
   CHECK(s.generation_tokens_total < 1500 + 200);
