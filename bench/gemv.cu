@@ -1,7 +1,8 @@
 // GEMV tuning benchmark: the decode-step weight products of a model (batch 1 and 2) through
 // cuBLASLt and through the gemv kernel in several configurations (loads in flight per lane,
-// warps per block), µs and GB/s against the device's measured read bandwidth. Each product
-// cycles over 4 weight copies inside a CUDA graph, so weights come from HBM, not L2.
+// warps per block), µs and GB/s against the device's measured read bandwidth, and the gemv
+// with its fused inputs against the separate op + gemv. Each product cycles over 4 weight
+// copies inside a CUDA graph, so weights come from HBM, not L2.
 //
 //   arbor_bench_gemv --model bench/models/llama-3.1-8b
 #include <CLI/CLI.hpp>
@@ -16,6 +17,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/gemv_kernel.cuh"
 #include "kernels/cuda/ops.h"
 #include "models/config.h"
@@ -117,6 +119,42 @@ int main(int argc, char** argv) {
         if (size_t(m) * sh.k * 2 > 96 * 1024) continue;
         row("gemv " + name,
             time_us([&](const bf16* wp) { launch(x.data(), wp, sh.n, sh.k, out.data(), s); }));
+      }
+
+      // The op before the product in a decoder layer, as its own kernel and then fused into
+      // the gemv (kernels/cuda/gemv.h): qkv and gate_up follow a residual add + RMSNorm, down
+      // follows SiLU·mul. Each pair runs back to back like the step's kernels (PDL).
+      const std::string shape_name = sh.name;
+      if ((shape_name == "qkv" || shape_name == "gate_up") &&
+          arbor::cuda::gemv_rmsnorm_supported(m, sh.k)) {
+        arbor::cuda::DeviceArray<bf16> residual[2] = {arbor::cuda::DeviceArray<bf16>(x.size()),
+                                                      arbor::cuda::DeviceArray<bf16>(x.size())};
+        arbor::cuda::DeviceArray<bf16> norm_w(size_t(sh.k)), normed(x.size());
+        for (auto& r : residual) arbor::cuda::fill_normal_bf16(r.data(), r.size(), 7, 0, 1, s);
+        arbor::cuda::fill_normal_bf16(norm_w.data(), norm_w.size(), 8, 1.0f, 0.1f, s);
+        row("add_rmsnorm + gemv", time_us([&](const bf16* wp) {
+              arbor::cuda::add_rmsnorm(residual[0].data(), x.data(), norm_w.data(), m, sh.k, 1e-5f,
+                                       normed.data(), s);
+              arbor::cuda::gemv(normed.data(), wp, m, sh.n, sh.k, out.data(), s);
+            }));
+        int turn = 0;  // the fused add writes the other residual buffer
+        row("gemv_add_rmsnorm (fused)", time_us([&](const bf16* wp) {
+              const int from = turn++ % 2;
+              arbor::cuda::gemv_add_rmsnorm(residual[from].data(), x.data(),
+                                            residual[1 - from].data(), norm_w.data(), 1e-5f, wp, m,
+                                            sh.n, sh.k, out.data(), s);
+            }));
+      }
+      if (shape_name == "down" && arbor::cuda::gemv_silu_mul_supported(m, sh.k)) {
+        arbor::cuda::DeviceArray<bf16> gate_up(size_t(m) * 2 * sh.k), act(x.size());
+        arbor::cuda::fill_normal_bf16(gate_up.data(), gate_up.size(), 10, 0, 1, s);
+        row("silu_mul + gemv", time_us([&](const bf16* wp) {
+              arbor::cuda::silu_mul(gate_up.data(), m, sh.k, act.data(), s);
+              arbor::cuda::gemv(act.data(), wp, m, sh.n, sh.k, out.data(), s);
+            }));
+        row("gemv_silu_mul (fused)", time_us([&](const bf16* wp) {
+              arbor::cuda::gemv_silu_mul(gate_up.data(), wp, m, sh.n, sh.k, out.data(), s);
+            }));
       }
     }
   }
