@@ -359,9 +359,15 @@ int HttpServer::bind(const std::string& host, int port) {
   // connecting at once, as in tests/e2e/load_test.mjs) overflows the accept queue, and the
   // dropped connections wait for SYN retransmits (1 s, 3 s, ...). The listening socket is
   // the only one that goes through the socket-options hook; listen() again raises the backlog.
+  //
+  // The options are set here rather than by httplib::default_socket_options, which also sets
+  // SO_REUSEPORT: a second server on a port in use then bound it too and the kernel split the
+  // connections between the two processes. SO_REUSEADDR alone lets a restarted server bind
+  // while old connections sit in TIME_WAIT, and bind() fails while another server listens.
   auto listen_fd = std::make_shared<int>(-1);
   svr_->set_socket_options([listen_fd](int sock) {
-    httplib::default_socket_options(sock);
+    const int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     *listen_fd = sock;
   });
   int bound = port;

@@ -55,9 +55,25 @@ void ServerMetrics::observe_request(double queue_s, double ttft_s, double e2e_s,
   ++finished_[finish];
 }
 
+std::string prometheus_label_value(const std::string& v) {
+  std::string out;
+  out.reserve(v.size());
+  for (const char c : v) {
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
+  }
+  return out;
+}
+
 std::string ServerMetrics::render(const EngineStats& s, const std::string& model_name,
                                   int http_in_flight) const {
-  const std::string l = "model_name=\"" + model_name + "\"";
+  const std::string l = "model_name=\"" + prometheus_label_value(model_name) + "\"";
   std::string out;
   char buf[64];
   auto metric = [&](const char* name, const char* type, const char* help, double v) {

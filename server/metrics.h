@@ -26,6 +26,9 @@ class Histogram {
   uint64_t count_ = 0;
 };
 
+// A Prometheus label value, escaped as the text format wants (\\, \", \n).
+std::string prometheus_label_value(const std::string& value);
+
 // Per HTTP request (once, whatever its n or number of prompts): queue_s from arrival to the
 // first time the engine scheduled one of its sequences, ttft_s to its first token (negative:
 // not reached, not observed), e2e_s to its last sequence's end; inter_token_s holds the gaps

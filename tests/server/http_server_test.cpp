@@ -559,6 +559,20 @@ TEST_CASE("the listening socket takes a burst of hundreds of connections", "[ser
   CHECK(backlog >= 128);
 }
 
+TEST_CASE("a second server cannot bind a port that one listens on", "[server]") {
+  // httplib's default socket options set SO_REUSEPORT: a second `arbor serve` on the same
+  // port used to start and take half of the connections.
+  HttpServer second(server().engine, *server().tokenizer, nullptr, ServerOptions{});
+  try {
+    second.bind("127.0.0.1", server().port);
+    FAIL("bound a port in use");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()).find("in use") != std::string::npos);
+  }
+  // The first server still answers.
+  CHECK(httplib::Client("127.0.0.1", server().port).Get("/health")->status == 200);
+}
+
 TEST_CASE("engine outputs carry when their sequence was first scheduled (shared by n > 1)",
           "[server]") {
   struct Sink : RequestSink {
