@@ -47,6 +47,10 @@ struct NcclOptions {
   std::chrono::milliseconds timeout{300000};
 };
 
+// Whether this build has NCCL (found when it was configured, engine/comm/CMakeLists.txt).
+// Without it every function below throws CommError saying so.
+bool nccl_available();
+
 // ncclGetUniqueId: call once (on one node) and share the result with every rank.
 NcclUniqueId nccl_unique_id();
 // The NCCL library version linked at run time, e.g. 22809 for 2.28.9.
