@@ -27,7 +27,13 @@ command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   sudo=""
-  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+  if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null; then
+      echo "setup: ${missing[*]} must be installed; run this script as root (or install sudo)" >&2
+      exit 1
+    fi
+    sudo="sudo"
+  fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
