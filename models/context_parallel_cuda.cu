@@ -57,11 +57,12 @@ std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
                                                   "the ranks on one GPU)"
                                                 : ""));
     for (int i = 0; i < local_ranks; ++i) devices.push_back(i);
+    // The caller resolved the nodes and the master (serve: flag > ARBOR_* > MASTER_*); the
+    // timeout comes from ARBOR_RENDEZVOUS_TIMEOUT_S. One node needs no rendezvous.
     comm::RendezvousOptions ro;
-    ro.nnodes = cp.nnodes;
-    ro.node_rank = cp.node_rank;
-    ro.master_addr = cp.master_addr;
-    ro.master_port = cp.master_port;
+    if (cp.nnodes > 1)
+      ro = comm::RendezvousOptions::resolve(
+          {cp.nnodes, cp.node_rank, cp.master_addr, cp.master_port, std::nullopt});
     comm::NcclUniqueId id;
     if (cp.node_rank == 0) id = comm::nccl_unique_id();
     id = comm::NcclUniqueId::from_bytes(comm::rendezvous_broadcast(ro, id.to_bytes()));

@@ -1,11 +1,19 @@
 #include "server/generate_command.h"
 
+#include <signal.h>
+
+#include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include <omp.h>
@@ -17,6 +25,7 @@
 #ifdef ARBOR_WITH_CUDA
 #include "models/llama_cuda.h"
 #endif
+#include "server/cli_checks.h"
 #include "server/model_path.h"
 #include "tokenizer/tokenizer.h"
 
@@ -25,8 +34,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model;
-  std::string prompt;
-  std::string prompt_file;
+  std::optional<std::string> prompt, prompt_file;
   int max_tokens = 128;
   std::optional<float> temperature, top_p, min_p, repetition_penalty;
   std::optional<int> top_k;
@@ -41,6 +49,22 @@ struct GenerateArgs {
   float gpu_memory_utilization = 0.9f;
 };
 
+// The sampling flags over the model's defaults: unset flags fall back to its
+// generation_config.json, then to the usual defaults (temperature 1, no top-k/top-p), as
+// vLLM does.
+SamplingParams sampling_params(const GenerateArgs& args, const GenerationDefaults& model) {
+  SamplingParams s;
+  s.temperature = args.temperature.value_or(model.temperature.value_or(1.0f));
+  s.top_p = args.top_p.value_or(model.top_p.value_or(1.0f));
+  s.top_k = args.top_k.value_or(model.top_k.value_or(0));
+  s.min_p = args.min_p.value_or(0.0f);
+  s.repetition_penalty = args.repetition_penalty.value_or(model.repetition_penalty.value_or(1.0f));
+  s.presence_penalty = args.presence_penalty;
+  s.frequency_penalty = args.frequency_penalty;
+  s.seed = args.seed;
+  return s;
+}
+
 // The model on the requested device: "cuda" when asked or when "auto" finds a GPU in a
 // CUDA build, else the CPU reference engine with a cache just large enough for the request.
 std::unique_ptr<ModelRunner> make_runner(const GenerateArgs& args, const std::filesystem::path& dir,
@@ -48,7 +72,9 @@ std::unique_ptr<ModelRunner> make_runner(const GenerateArgs& args, const std::fi
   bool use_cuda = args.device == "cuda";
 #ifdef ARBOR_WITH_CUDA
   std::string why;
-  if (args.device == "auto") use_cuda = cuda_available(&why);
+  if (args.device == "auto") use_cuda = cuda_available();
+  if (args.device == "cuda" && !cuda_available(&why))
+    throw std::runtime_error("--device cuda: no CUDA GPU is visible (" + why + ")");
   if (use_cuda) {
     CudaRunnerOptions o;
     o.block_size = args.block_size;
@@ -67,66 +93,169 @@ std::unique_ptr<ModelRunner> make_runner(const GenerateArgs& args, const std::fi
   return std::make_unique<CpuModelRunner>(LlamaCpu::load(dir), blocks, args.block_size);
 }
 
-std::string read_text_file(const std::string& path) {
+std::string read_prompt_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read prompt file " + path);
   std::ostringstream ss;
   ss << in.rdbuf();
+  if (ss.str().empty()) throw std::runtime_error("the prompt file " + path + " is empty");
   return ss.str();
 }
 
+// SIGINT while generating: set by the handler, read before every model step. (A signal
+// handler can only reach a flag like this one.)
+volatile std::sig_atomic_t g_interrupted = 0;
+
+// Catches the first SIGINT while alive (a second one kills the process as usual).
+class SigintCatcher {
+ public:
+  SigintCatcher() {
+    g_interrupted = 0;
+    struct sigaction sa {};
+    sa.sa_handler = [](int) { g_interrupted = 1; };
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &sa, &previous_);
+  }
+  ~SigintCatcher() { sigaction(SIGINT, &previous_, nullptr); }
+  SigintCatcher(const SigintCatcher&) = delete;
+  SigintCatcher& operator=(const SigintCatcher&) = delete;
+
+ private:
+  struct sigaction previous_ {};
+};
+
+struct Interrupted {};
+
+// The model, stopping generate() (by throwing Interrupted) at the next step once SIGINT has
+// arrived, and counting what the summary line needs: the step that completes the prompt
+// gives the first token; every later step follows one more sampled token.
+class InterruptibleRunner final : public ModelRunner {
+ public:
+  using Clock = std::chrono::steady_clock;
+  InterruptibleRunner(ModelRunner& model, int prompt_tokens)
+      : model_(model), prompt_tokens_(prompt_tokens) {}
+
+  const LlamaConfig& config() const override { return model_.config(); }
+  int num_kv_blocks() const override { return model_.num_kv_blocks(); }
+  int block_size() const override { return model_.block_size(); }
+  int max_batch_tokens() const override { return model_.max_batch_tokens(); }
+  int max_logits_rows() const override { return model_.max_logits_rows(); }
+  std::string device_name() const override { return model_.device_name(); }
+  void forward(const ForwardBatch& batch, std::vector<float>& logits) override {
+    before_step();
+    model_.forward(batch, logits);
+    after_step(batch);
+  }
+  void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) override {
+    before_step();
+    model_.forward_greedy(batch, ids);
+    after_step(batch);
+  }
+
+  // Tokens sampled so far, and when the prompt's last step ended.
+  int tokens_sampled() const { return prefill_end_ ? decode_steps_ + 1 : 0; }
+  std::optional<Clock::time_point> prefill_end() const { return prefill_end_; }
+
+ private:
+  void before_step() const {
+    if (g_interrupted) throw Interrupted{};
+  }
+  void after_step(const ForwardBatch& batch) {
+    const int context = batch.context_lens.empty() ? 0 : batch.context_lens[0];
+    if (context == prompt_tokens_) prefill_end_ = Clock::now();
+    if (context > prompt_tokens_) ++decode_steps_;
+  }
+
+  ModelRunner& model_;
+  int prompt_tokens_;
+  int decode_steps_ = 0;
+  std::optional<Clock::time_point> prefill_end_;
+};
+
+void print_summary(int prompt_tokens, double prefill_s, int generated, double decode_s,
+                   const char* finish) {
+  // The first token comes out of the prefill step; decode speed counts the rest.
+  const double decode_tps = generated > 1 && decode_s > 0 ? (generated - 1) / decode_s : 0.0;
+  std::fprintf(stderr,
+               "prompt: %d tokens in %.1f ms (%.0f tok/s) | generated: %d tokens in %.2f s "
+               "(%.1f tok/s) | finish: %s\n",
+               prompt_tokens, prefill_s * 1e3, prefill_s > 0 ? prompt_tokens / prefill_s : 0.0,
+               generated, decode_s, decode_tps, finish);
+}
+
 int run_generate(const GenerateArgs& args) {
+  // Everything that can be checked without the model, before anything heavy is loaded.
+  if (!args.prompt && !args.prompt_file)
+    throw std::invalid_argument("give a prompt with --prompt or --prompt-file");
+  if (args.prompt && args.prompt->empty())
+    throw std::invalid_argument("--prompt is empty: give the text to continue");
+  try {
+    sampling_params(args, {}).validate(/*vocab_size=*/1);
+  } catch (const std::invalid_argument& e) {
+    // "top_p must be in (0, 1], got 7" names the field; say the flag: "--top-p must ..."
+    std::string why = e.what();
+    std::replace(why.begin(), why.begin() + std::min(why.find(' '), why.size()), '_', '-');
+    throw std::invalid_argument("--" + why);
+  }
+  const std::string prompt = args.prompt ? *args.prompt : read_prompt_file(*args.prompt_file);
+
   if (args.threads > 0) omp_set_num_threads(args.threads);
   const std::filesystem::path dir =
       args.model.empty() ? default_model_dir() : std::filesystem::path(args.model);
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(dir);
-  const std::string prompt =
-      args.prompt_file.empty() ? args.prompt : read_text_file(args.prompt_file);
   const std::vector<int32_t> ids = tokenizer->encode(prompt, /*add_special_tokens=*/true);
-  std::unique_ptr<ModelRunner> runner =
-      make_runner(args, dir, int(ids.size()) + std::max(args.max_tokens, 0));
+  // The prompt must leave room for a token; generation stops at the context, so the KV
+  // cache never needs more than the context.
+  const int context = load_llama_config(dir).max_position_embeddings;
+  if (ids.empty()) throw std::invalid_argument("the prompt encodes to no tokens");
+  if (ids.size() >= size_t(context))
+    throw std::invalid_argument("the prompt has " + std::to_string(ids.size()) +
+                                " tokens; the model's context is " + std::to_string(context) +
+                                " tokens");
+  const int prompt_tokens = int(ids.size());
+  const int max_new = std::min(args.max_tokens, context - prompt_tokens);
+  std::unique_ptr<ModelRunner> model = make_runner(args, dir, prompt_tokens + max_new);
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const LlamaConfig& c = runner->config();
+  const LlamaConfig& c = model->config();
   spdlog::info("loaded {} ({} layers, hidden {}, vocab {}) in {:.2f} s on {}", dir.string(),
-               c.num_layers, c.hidden_size, c.vocab_size, load_s, runner->device_name());
+               c.num_layers, c.hidden_size, c.vocab_size, load_s, model->device_name());
 
-  // Unset sampling flags fall back to the model's generation_config.json, then to the
-  // usual defaults (temperature 1, no top-k/top-p), as vLLM does.
   GenerateOptions opts;
-  SamplingParams& s = opts.sampling;
-  s.temperature = args.temperature.value_or(c.generation.temperature.value_or(1.0f));
-  s.top_p = args.top_p.value_or(c.generation.top_p.value_or(1.0f));
-  s.top_k = args.top_k.value_or(c.generation.top_k.value_or(0));
-  s.min_p = args.min_p.value_or(0.0f);
-  s.repetition_penalty =
-      args.repetition_penalty.value_or(c.generation.repetition_penalty.value_or(1.0f));
-  s.presence_penalty = args.presence_penalty;
-  s.frequency_penalty = args.frequency_penalty;
-  s.seed = args.seed;
+  opts.sampling = sampling_params(args, c.generation);
   opts.max_tokens = args.max_tokens;
   opts.ignore_eos = args.ignore_eos;
   opts.prefill_chunk = args.prefill_chunk;
 
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
-  GenerateResult r = generate(*runner, *tokenizer, ids, opts, [](std::string_view text) {
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fflush(stdout);
-  });
+  InterruptibleRunner runner(*model, prompt_tokens);
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<GenerateResult> r;
+  {
+    SigintCatcher catch_sigint;
+    try {
+      r = generate(runner, *tokenizer, ids, opts, [](std::string_view text) {
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::fflush(stdout);
+      });
+    } catch (const Interrupted&) {
+    }
+  }
   std::fputc('\n', stdout);
   std::fflush(stdout);
-
-  const int n = int(r.output_ids.size());
-  // The first token comes out of the prefill step; decode speed counts the rest.
-  const double decode_tps = n > 1 && r.decode_seconds > 0 ? (n - 1) / r.decode_seconds : 0.0;
-  std::fprintf(stderr,
-               "prompt: %d tokens in %.1f ms (%.0f tok/s) | generated: %d tokens in %.2f s "
-               "(%.1f tok/s) | finish: %s\n",
-               r.prompt_tokens, r.prefill_seconds * 1e3,
-               r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, n,
-               r.decode_seconds, decode_tps, finish_reason_name(r.finish_reason));
+  if (!r) {  // SIGINT: what was done until then
+    const auto now = std::chrono::steady_clock::now();
+    const auto prefill_end = runner.prefill_end().value_or(now);
+    print_summary(prompt_tokens, std::chrono::duration<double>(prefill_end - start).count(),
+                  runner.tokens_sampled(), std::chrono::duration<double>(now - prefill_end).count(),
+                  "interrupted");
+    return 128 + SIGINT;
+  }
+  print_summary(r->prompt_tokens, r->prefill_seconds, int(r->output_ids.size()), r->decode_seconds,
+                finish_reason_name(r->finish_reason));
   return 0;
 }
 
@@ -134,7 +263,9 @@ int run_generate(const GenerateArgs& args) {
 
 void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (CPU backend)");
+  CLI::App* cmd = app.add_subcommand(
+      "generate", "Generate text from a prompt (on the GPU if there is one, else the CPU)");
+  const double inf = HUGE_VAL;
   cmd->add_option("-m,--model", args->model,
                   "Hugging Face model folder (default: $ARBOR_MODEL or the demo model)");
   auto* prompt = cmd->add_option("-p,--prompt", args->prompt, "Prompt text");
@@ -142,24 +273,41 @@ void add_generate_command(CLI::App& app) {
       cmd->add_option("--prompt-file", args->prompt_file, "Read the prompt from a file")
           ->check(CLI::ExistingFile);
   prompt->excludes(prompt_file);
-  cmd->add_option("-n,--max-tokens", args->max_tokens, "Tokens to generate")
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("-n,--max-tokens", args->max_tokens,
+                  "Tokens to generate (stops earlier at EOS or the model's context)")
+      ->check(cli::integer(0));
   cmd->add_option("--temperature", args->temperature,
-                  "0 = greedy (default: generation_config.json, else 1)");
-  cmd->add_option("--top-k", args->top_k, "Keep the k most likely tokens (0 = off)");
-  cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass (1 = off)");
-  cmd->add_option("--min-p", args->min_p, "Drop tokens below min_p × p(best) (0 = off)");
-  cmd->add_option("--repetition-penalty", args->repetition_penalty, "HF-style (1 = off)");
-  cmd->add_option("--presence-penalty", args->presence_penalty, "OpenAI-style, [-2, 2]");
-  cmd->add_option("--frequency-penalty", args->frequency_penalty, "OpenAI-style, [-2, 2]");
-  cmd->add_option("--seed", args->seed, "Seed for reproducible sampling");
+                  "0 = greedy (default: generation_config.json, else 1)")
+      ->check(cli::number(-inf, inf));
+  cmd->add_option("--top-k", args->top_k, "Keep the k most likely tokens (0 = off)")
+      ->check(cli::integer(INT_MIN));
+  cmd->add_option("--top-p", args->top_p, "Nucleus sampling mass (1 = off)")
+      ->check(cli::number(-inf, inf));
+  cmd->add_option("--min-p", args->min_p, "Drop tokens below min_p × p(best) (0 = off)")
+      ->check(cli::number(-inf, inf));
+  cmd->add_option("--repetition-penalty", args->repetition_penalty, "HF-style (1 = off)")
+      ->check(cli::number(-inf, inf));
+  cmd->add_option("--presence-penalty", args->presence_penalty, "OpenAI-style, [-2, 2]")
+      ->check(cli::number(-inf, inf));
+  cmd->add_option("--frequency-penalty", args->frequency_penalty, "OpenAI-style, [-2, 2]")
+      ->check(cli::number(-inf, inf));
+  cmd->add_option("--seed", args->seed, "Seed for reproducible sampling")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            uint64_t v = 0;
+            const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+            if (s.empty() || r.ec != std::errc() || r.ptr != s.data() + s.size())
+              return "must be an integer in 0..18446744073709551615, got " + s;
+            return "";
+          },
+          ""));
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-sequence");
-  cmd->add_option("-t,--threads", args->threads, "CPU threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("-t,--threads", args->threads, "CPU threads, up to 1024 (default, 0: all cores)")
+      ->check(cli::integer(0, 1024));
   cmd->add_option("--block-size", args->block_size, "KV cache block size in tokens")
-      ->check(CLI::Range(1, 1024));
+      ->check(cli::integer(1, 1024));
   cmd->add_option("--prefill-chunk", args->prefill_chunk, "Prompt tokens per prefill step")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(cli::integer(1, 1 << 20));
   cmd->add_option("--device", args->device, "auto (GPU if present), cuda or cpu")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
   cmd->add_option("--load-format", args->load_format,
@@ -167,11 +315,9 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "dummy"}));
   cmd->add_option("--gpu-memory-utilization", args->gpu_memory_utilization,
                   "Fraction of GPU memory for weights, activations and KV cache")
-      ->check(CLI::Range(0.05, 1.0));
+      ->check(cli::number(0.05, 1.0));
   cmd->callback([args] {
-    if (args->prompt.empty() && args->prompt_file.empty())
-      throw CLI::ValidationError("--prompt", "give a prompt with --prompt or --prompt-file");
-    int rc = run_generate(*args);
+    const int rc = run_generate(*args);
     if (rc != 0) throw CLI::RuntimeError(rc);
   });
 }

@@ -16,4 +16,14 @@ std::filesystem::path default_model_dir() {
   return ARBOR_DEMO_MODEL_DIR;
 }
 
+std::string default_served_model_name(const std::filesystem::path& model_dir) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(model_dir, ec);
+  if (ec) p = model_dir;
+  p = p.lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // "models/demo/" → "models/demo"
+  std::string name = p.filename().string();
+  return name.empty() || name == "." || name == ".." ? "arbor" : name;
+}
+
 }  // namespace arbor

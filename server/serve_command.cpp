@@ -5,20 +5,25 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/comm/rendezvous.h"
 #include "engine/engine.h"
 #include "models/context_parallel_runner.h"
 #include "models/model_runner.h"
 #ifdef ARBOR_WITH_CUDA
 #include "models/llama_cuda.h"
 #endif
+#include "server/cli_checks.h"
 #include "server/http_server.h"
 #include "server/model_path.h"
 #include "tokenizer/chat_template.h"
@@ -44,7 +49,7 @@ struct ServeArgs {
   std::string chat_template;
   std::vector<std::string> allowed_origins;
   int block_size = 16;
-  int kv_cache_tokens = 0;  // CPU: KV-cache size in tokens (0: 4 × the model's context)
+  int kv_cache_tokens = 0;  // CPU: KV-cache size in tokens (0: default_cpu_kv_cache_tokens)
   double shutdown_timeout = 10;
   // Context parallelism (tree attention): one sequence's KV cache sharded over ranks.
   int context_parallel = 1;
@@ -52,8 +57,9 @@ struct ServeArgs {
   std::string cp_combine = "allgather";
   int nnodes = 1;
   int node_rank = 0;
-  std::string master_addr = "127.0.0.1";
-  int master_port = 29500;
+  // Unset: ARBOR_MASTER_* / MASTER_* or the defaults (comm::RendezvousOptions::resolve).
+  std::optional<std::string> master_addr;
+  std::optional<int> master_port;
 
   bool context_parallel_mode() const {
     return context_parallel > 1 || nnodes > 1 || !cp_backend.empty();
@@ -63,7 +69,10 @@ struct ServeArgs {
 std::unique_ptr<ModelRunner> make_runner(const ServeArgs& a, const std::filesystem::path& dir) {
   bool use_cuda = a.device == "cuda";
 #ifdef ARBOR_WITH_CUDA
+  std::string why;
   if (a.device == "auto") use_cuda = cuda_available();
+  if (a.device == "cuda" && !cuda_available(&why))
+    throw std::runtime_error("--device cuda: no CUDA GPU is visible (" + why + ")");
   if (use_cuda) {
     CudaRunnerOptions o;
     o.block_size = a.block_size;
@@ -78,8 +87,12 @@ std::unique_ptr<ModelRunner> make_runner(const ServeArgs& a, const std::filesyst
       cp.combine = parse_cp_combine(a.cp_combine);
       cp.nnodes = a.nnodes;
       cp.node_rank = a.node_rank;
-      cp.master_addr = a.master_addr;
-      cp.master_port = a.master_port;
+      if (a.nnodes > 1) {  // flag (or config, or ARBOR_*) > MASTER_ADDR / MASTER_PORT > default
+        const comm::RendezvousOptions r = comm::RendezvousOptions::resolve(
+            {a.nnodes, a.node_rank, a.master_addr, a.master_port, std::nullopt});
+        cp.master_addr = r.master_addr;
+        cp.master_port = r.master_port;
+      }
       // nullptr on a follower node, once the leader has stopped.
       return make_cuda_context_parallel_runner(dir, o, cp);
     }
@@ -91,9 +104,10 @@ std::unique_ptr<ModelRunner> make_runner(const ServeArgs& a, const std::filesyst
   if (a.load_format == "dummy")
     throw std::runtime_error("--load-format dummy needs the CUDA backend (--device cuda)");
   LlamaCpu model = LlamaCpu::load(dir);
-  const int tokens =
-      a.kv_cache_tokens > 0 ? a.kv_cache_tokens : 4 * model.config().max_position_embeddings;
-  const int blocks = (tokens + a.block_size - 1) / a.block_size;
+  const int tokens = a.kv_cache_tokens > 0
+                         ? a.kv_cache_tokens
+                         : default_cpu_kv_cache_tokens(model.config(), a.block_size);
+  const int blocks = int((int64_t(tokens) + a.block_size - 1) / a.block_size);
   if (a.context_parallel_mode()) {
     if (a.nnodes != 1 || (!a.cp_backend.empty() && a.cp_backend != "local"))
       throw std::runtime_error(
@@ -137,8 +151,7 @@ int run_serve(const ServeArgs& a) {
 
   ServerOptions opts;
   opts.served_model_name =
-      a.served_model_name.empty() ? dir.filename().string() : a.served_model_name;
-  if (opts.served_model_name.empty()) opts.served_model_name = "arbor";
+      a.served_model_name.empty() ? default_served_model_name(dir) : a.served_model_name;
   opts.api_key = a.api_key;
   opts.allowed_origins = a.allowed_origins;
   opts.max_request_bytes = a.max_request_bytes;
@@ -161,9 +174,9 @@ int run_serve(const ServeArgs& a) {
   http.set_ready(true);
   const LlamaConfig& c = runner->config();
   spdlog::info(
-      "serving {} as '{}' on http://{}:{} ({} layers, vocab {}, context {}, {} KV "
+      "serving {} as '{}' on {} ({} layers, vocab {}, context {}, {} KV "
       "blocks of {}) on {}; ready in {:.2f} s",
-      dir.string(), opts.served_model_name, a.host, port, c.num_layers, c.vocab_size,
+      dir.string(), opts.served_model_name, http_url(a.host, port), c.num_layers, c.vocab_size,
       c.max_position_embeddings, runner->num_kv_blocks(), runner->block_size(),
       runner->device_name(),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -200,19 +213,18 @@ int run_serve(const ServeArgs& a) {
 }
 
 // --config FILE: a JSON object whose keys are the long flag names without dashes
-// ("max-num-seqs" or "max_num_seqs"); flags on the command line win.
-void apply_config_file(CLI::App& cmd, const std::string& file) {
+// ("max-num-seqs" or "max_num_seqs"), one of `keys`; flags on the command line win.
+void apply_config_file(CLI::App& cmd, const std::set<std::string>& keys, const std::string& file) {
   std::ifstream in(file);
-  if (!in) throw CLI::ValidationError("--config", "cannot read " + file);
+  if (!in) throw std::runtime_error("--config: cannot read " + file);
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
   if (j.is_discarded() || !j.is_object())
-    throw CLI::ValidationError("--config", file + " is not a JSON object");
+    throw std::runtime_error("--config: " + file + " is not a JSON object");
   for (const auto& [key, val] : j.items()) {
     std::string name = key;
     std::replace(name.begin(), name.end(), '_', '-');
-    CLI::Option* opt = cmd.get_option_no_throw("--" + name);
-    if (!opt || name == "config")
-      throw CLI::ValidationError("--config", file + ": unknown key '" + key + "'");
+    CLI::Option* opt = keys.count(name) ? cmd.get_option_no_throw("--" + name) : nullptr;
+    if (!opt) throw std::runtime_error(file + ": unknown key '" + key + "'");
     if (opt->count() > 0) continue;  // the command line wins
     std::vector<std::string> vals;
     if (val.is_array()) {
@@ -222,7 +234,15 @@ void apply_config_file(CLI::App& cmd, const std::string& file) {
     }
     opt->clear();
     opt->add_result(vals);
-    opt->run_callback();
+    try {
+      opt->run_callback();
+    } catch (const CLI::ParseError& e) {
+      // "--port: must be an integer in 0..65535, got 18203.7" → "FILE: port must be ..."
+      std::string why = e.what();
+      const std::string prefix = opt->get_name() + ": ";
+      if (why.rfind(prefix, 0) == 0) why.erase(0, prefix.size());
+      throw std::runtime_error(file + ": " + key + " " + why);
+    }
   }
 }
 
@@ -237,44 +257,49 @@ void add_serve_command(CLI::App& app) {
     for (const char* p = flag; *p; ++p) e += *p == '-' ? '_' : char(std::toupper(*p));
     return e;
   };
-  auto opt = [&](const char* flag, auto& target, const char* help) {
+  auto keys = std::make_shared<std::set<std::string>>();  // what --config may set
+  auto opt = [&](const char* flag, auto& target, const std::string& help) {
+    keys->insert(flag);
     return cmd->add_option(std::string("--") + flag, target, help)->envname(env(flag));
   };
+  const double inf = HUGE_VAL;
   opt("model", a->model, "Hugging Face model folder (default: $ARBOR_MODEL or the demo model)");
   opt("host", a->host, "Address to listen on");
-  opt("port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
+  opt("port", a->port, "Port to listen on (0: any free port)")->check(cli::integer(0, 65535));
   opt("api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
   opt("served-model-name", a->served_model_name, "Model id in the API (default: folder name)");
-  opt("max-num-seqs", a->max_num_seqs, "Sequences per engine step")->check(CLI::PositiveNumber);
+  opt("max-num-seqs", a->max_num_seqs, "Sequences per engine step")->check(cli::integer(1));
   opt("max-num-batched-tokens", a->max_num_batched_tokens, "Tokens per engine step")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::integer(1));
   opt("max-queued-requests", a->max_queued_requests,
       "Requests waiting for their first token before new ones get 429")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::integer(1));
   opt("http-threads", a->http_threads,
       "HTTP worker threads: connections served at once (more wait for a free thread)")
-      ->check(CLI::Range(1, 65536));
+      ->check(cli::integer(1, 4096));
   opt("max-request-bytes", a->max_request_bytes, "Largest request body (413 beyond)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::integer(1, (1LL << 40)));
   opt("device", a->device, "auto (GPU if present), cuda or cpu")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
   opt("load-format", a->load_format, "auto (safetensors) or dummy (random weights, GPU only)")
       ->check(CLI::IsMember({"auto", "dummy"}));
   opt("gpu-memory-utilization", a->gpu_memory_utilization,
       "Fraction of GPU memory for weights, activations and KV cache")
-      ->check(CLI::Range(0.05, 1.0));
+      ->check(cli::number(0.05, 1.0));
   opt("chat-template", a->chat_template, "Jinja chat template file (default: the model's)")
       ->check(CLI::ExistingFile);
   opt("allowed-origins", a->allowed_origins, "CORS origins ('*' for any)")->delimiter(',');
-  opt("block-size", a->block_size, "KV-cache block size in tokens")->check(CLI::Range(1, 1024));
-  opt("kv-cache-tokens", a->kv_cache_tokens, "CPU backend: KV-cache size in tokens")
-      ->check(CLI::NonNegativeNumber);
+  opt("block-size", a->block_size, "KV-cache block size in tokens")->check(cli::integer(1, 1024));
+  opt("kv-cache-tokens", a->kv_cache_tokens,
+      "CPU backend: KV-cache size in tokens (default, 0: 4 × the model's context, at most "
+      "what fits in 4 GiB; requests are limited to it when it is smaller than the context)")
+      ->check(cli::integer(0, 1 << 30));
   opt("shutdown-timeout", a->shutdown_timeout,
       "Seconds in-flight requests get to finish on SIGTERM/SIGINT")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::number(0, inf));
   opt("context-parallel", a->context_parallel,
       "Ranks sharing each sequence's KV cache (tree attention across GPUs)")
-      ->check(CLI::Range(1, 1024));
+      ->check(cli::integer(1, 1024));
   opt("cp-backend", a->cp_backend,
       "nccl (one rank per GPU) or local (simulated ranks on one device; CPU: always)")
       ->check(CLI::IsMember({"nccl", "local"}));
@@ -282,19 +307,37 @@ void add_serve_command(CLI::App& app) {
       "How ranks merge partial attention: allgather (one collective) or allreduce (two)")
       ->check(CLI::IsMember({"allgather", "allreduce"}));
   opt("nnodes", a->nnodes, "Nodes of a multi-node context-parallel group")
-      ->check(CLI::Range(1, 1024));
+      ->check(cli::integer(1, 1024));
   opt("node-rank", a->node_rank, "This node's index; node 0 serves HTTP")
-      ->check(CLI::Range(0, 1023));
-  opt("master-addr", a->master_addr, "Node 0's address for the rendezvous");
-  opt("master-port", a->master_port, "Node 0's rendezvous port")->check(CLI::Range(1, 65535));
+      ->check(cli::integer(0, 1023));
+  opt("master-addr", a->master_addr,
+      "Node 0's address for the rendezvous (default: $MASTER_ADDR, else 127.0.0.1)");
+  opt("master-port", a->master_port,
+      "Node 0's rendezvous port (default: $MASTER_PORT, else 29500; the rendezvous waits "
+      "$ARBOR_RENDEZVOUS_TIMEOUT_S seconds, default 300)")
+      ->check(cli::integer(1, 65535));
   cmd->add_option("--config", *config, "JSON file with the same keys as the long flags")
       ->envname("ARBOR_CONFIG")
       ->check(CLI::ExistingFile);
-  cmd->callback([a, config, cmd] {
-    if (!config->empty()) apply_config_file(*cmd, *config);
+  cmd->callback([a, config, keys, cmd] {
+    if (!config->empty()) apply_config_file(*cmd, *keys, *config);
     const int rc = run_serve(*a);
     if (rc != 0) throw CLI::RuntimeError(rc);
   });
+}
+
+int default_cpu_kv_cache_tokens(const LlamaConfig& c, int block_size) {
+  constexpr int64_t kBudgetBytes = int64_t(4) << 30;
+  const int64_t bytes_per_token =
+      std::max<int64_t>(1, int64_t(2) * c.num_layers * c.num_kv_heads * c.head_dim * 4);
+  const int64_t tokens =
+      std::min(int64_t(4) * c.max_position_embeddings, kBudgetBytes / bytes_per_token);
+  return int(std::max<int64_t>(tokens / block_size, 1) * block_size);
+}
+
+std::string http_url(const std::string& host, int port) {
+  const bool ipv6 = host.find(':') != std::string::npos && host.front() != '[';
+  return "http://" + (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 }  // namespace arbor

@@ -156,43 +156,74 @@ bool parse_int(const char* s, long long lo, long long hi, long long* out) {
 // RendezvousOptions
 
 RendezvousOptions RendezvousOptions::from_env() {
-  return from_env([](const char* name) -> const char* { return std::getenv(name); });
+  return resolve({});
 }
 
 RendezvousOptions RendezvousOptions::from_env(
     const std::function<const char*(const char*)>& getenv) {
+  return resolve({}, getenv);
+}
+
+RendezvousOptions RendezvousOptions::resolve(const Given& given) {
+  return resolve(given, [](const char* name) -> const char* { return std::getenv(name); });
+}
+
+RendezvousOptions RendezvousOptions::resolve(
+    const Given& given, const std::function<const char*(const char*)>& getenv) {
   RendezvousOptions o;
+  // The first set variable of `names` into *out; returns its "NAME=" for messages, or
+  // `fallback` when none is set.
   auto read_int = [&](std::initializer_list<const char*> names, long long lo, long long hi,
-                      const char* what, long long* out) {
+                      const char* what, long long* out, std::string fallback) {
     for (const char* name : names) {
       const char* v = getenv(name);
       if (!v || !*v) continue;
       if (!parse_int(v, lo, hi, out))
         throw CommError(std::string("rendezvous: ") + name + "='" + v + "' is not " + what);
-      return;
+      return std::string(name) + "=";
     }
+    return fallback;
   };
   long long v = o.nnodes;
-  read_int({"ARBOR_NNODES"}, 1, 1 << 20, "an integer >= 1", &v);
+  std::string nnodes_source = "nnodes ";
+  if (given.nnodes)
+    v = *given.nnodes;
+  else
+    nnodes_source = read_int({"ARBOR_NNODES"}, 1, 1 << 20, "an integer >= 1", &v, "nnodes ");
   o.nnodes = int(v);
   v = o.node_rank;
-  read_int({"ARBOR_NODE_RANK"}, 0, 1 << 20, "an integer >= 0", &v);
+  std::string rank_source = "node rank ";
+  if (given.node_rank)
+    v = *given.node_rank;
+  else
+    rank_source = read_int({"ARBOR_NODE_RANK"}, 0, 1 << 20, "an integer >= 0", &v, "node rank ");
   o.node_rank = int(v);
-  if (o.node_rank >= o.nnodes)
-    throw CommError("rendezvous: ARBOR_NODE_RANK=" + std::to_string(o.node_rank) +
-                    " is out of range for ARBOR_NNODES=" + std::to_string(o.nnodes));
-  for (const char* name : {"ARBOR_MASTER_ADDR", "MASTER_ADDR"}) {
-    if (const char* a = getenv(name); a && *a) {
-      o.master_addr = a;
-      break;
+  if (o.nnodes < 1 || o.node_rank < 0 || o.node_rank >= o.nnodes)
+    throw CommError("rendezvous: " + rank_source + std::to_string(o.node_rank) +
+                    " is out of range for " + nnodes_source + std::to_string(o.nnodes));
+  if (given.master_addr) {
+    o.master_addr = *given.master_addr;
+  } else {
+    for (const char* name : {"ARBOR_MASTER_ADDR", "MASTER_ADDR"}) {
+      if (const char* a = getenv(name); a && *a) {
+        o.master_addr = a;
+        break;
+      }
     }
   }
   v = o.master_port;
-  read_int({"ARBOR_MASTER_PORT", "MASTER_PORT"}, 1, 65535, "a port number in 1..65535", &v);
+  if (given.master_port)
+    v = *given.master_port;
+  else
+    read_int({"ARBOR_MASTER_PORT", "MASTER_PORT"}, 1, 65535, "a port number in 1..65535", &v, "");
   o.master_port = int(v);
-  v = o.timeout.count() / 1000;
-  read_int({"ARBOR_RENDEZVOUS_TIMEOUT_S"}, 1, 1 << 24, "a number of seconds >= 1", &v);
-  o.timeout = std::chrono::seconds(v);
+  if (given.timeout) {
+    o.timeout = *given.timeout;
+  } else {
+    v = o.timeout.count() / 1000;
+    read_int({"ARBOR_RENDEZVOUS_TIMEOUT_S"}, 1, 1 << 24, "a number of seconds >= 1", &v, "");
+    o.timeout = std::chrono::seconds(v);
+  }
   return o;
 }
 

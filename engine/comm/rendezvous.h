@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,12 +32,25 @@ struct RendezvousOptions {
   int master_port = 29500;  // node 0 may use 0 (an ephemeral port) with RendezvousServer
   std::chrono::milliseconds timeout{300000};
 
-  // ARBOR_NNODES (default 1), ARBOR_NODE_RANK (default 0), ARBOR_MASTER_ADDR (else
-  // MASTER_ADDR, default 127.0.0.1), ARBOR_MASTER_PORT (else MASTER_PORT, default 29500),
-  // ARBOR_RENDEZVOUS_TIMEOUT_S (default 300). Malformed or out-of-range values throw a
+  // What a command line (or a config file) set; unset fields come from the environment.
+  struct Given {
+    std::optional<int> nnodes, node_rank;
+    std::optional<std::string> master_addr;
+    std::optional<int> master_port;
+    std::optional<std::chrono::milliseconds> timeout;
+  };
+
+  // Each field from `given`, else the environment: ARBOR_NNODES (default 1),
+  // ARBOR_NODE_RANK (default 0), ARBOR_MASTER_ADDR (else MASTER_ADDR, default 127.0.0.1),
+  // ARBOR_MASTER_PORT (else MASTER_PORT, default 29500), ARBOR_RENDEZVOUS_TIMEOUT_S
+  // (default 300). Malformed or out-of-range values, and a node rank >= nnodes, throw a
   // CommError naming the variable.
-  static RendezvousOptions from_env();
+  static RendezvousOptions resolve(const Given& given);
   // The same, reading variables through `getenv` (tests).
+  static RendezvousOptions resolve(const Given& given,
+                                   const std::function<const char*(const char*)>& getenv);
+  // resolve() with nothing given.
+  static RendezvousOptions from_env();
   static RendezvousOptions from_env(const std::function<const char*(const char*)>& getenv);
 };
 
