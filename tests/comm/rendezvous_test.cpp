@@ -246,3 +246,53 @@ TEST_CASE("RendezvousOptions::from_env", "[comm]") {
     CHECK_THROWS_AS(RendezvousOptions::from_env(get), CommError);
   }
 }
+
+TEST_CASE("the rendezvous: flag > ARBOR_* > MASTER_ADDR / MASTER_PORT > default", "[comm]") {
+  std::map<std::string, std::string> env;
+  auto get = [&](const char* name) -> const char* {
+    const auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  };
+  SECTION("torchrun's variables when nothing else is set") {
+    env = {
+        {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "6000"}, {"ARBOR_RENDEZVOUS_TIMEOUT_S", "20"}};
+    const auto o =
+        RendezvousOptions::resolve({2, 1, std::nullopt, std::nullopt, std::nullopt}, get);
+    CHECK(o.nnodes == 2);
+    CHECK(o.node_rank == 1);
+    CHECK(o.master_addr == "10.0.0.1");
+    CHECK(o.master_port == 6000);
+    CHECK(o.timeout == 20s);
+  }
+  SECTION("ARBOR_ variables over torchrun's") {
+    env = {{"MASTER_ADDR", "10.0.0.1"},
+           {"MASTER_PORT", "6000"},
+           {"ARBOR_MASTER_ADDR", "10.0.0.2"},
+           {"ARBOR_MASTER_PORT", "7000"}};
+    const auto o = RendezvousOptions::resolve({}, get);
+    CHECK(o.master_addr == "10.0.0.2");
+    CHECK(o.master_port == 7000);
+  }
+  SECTION("flags over every variable") {
+    env = {{"MASTER_ADDR", "10.0.0.1"},         {"MASTER_PORT", "6000"}, {"ARBOR_MASTER_ADDR", "x"},
+           {"ARBOR_MASTER_PORT", "7000"},       {"ARBOR_NNODES", "8"},   {"ARBOR_NODE_RANK", "7"},
+           {"ARBOR_RENDEZVOUS_TIMEOUT_S", "20"}};
+    const auto o = RendezvousOptions::resolve({4, 3, "node0", 1234, 5s}, get);
+    CHECK(o.nnodes == 4);
+    CHECK(o.node_rank == 3);
+    CHECK(o.master_addr == "node0");
+    CHECK(o.master_port == 1234);
+    CHECK(o.timeout == 5s);
+  }
+  SECTION("bad values name their source") {
+    env = {{"MASTER_PORT", "http"}};
+    CHECK_THROWS_WITH(RendezvousOptions::resolve({2, 1, "a", std::nullopt, std::nullopt}, get),
+                      Catch::Contains("MASTER_PORT='http'"));
+    env = {{"ARBOR_RENDEZVOUS_TIMEOUT_S", "0"}};
+    CHECK_THROWS_WITH(RendezvousOptions::resolve({}, get),
+                      Catch::Contains("ARBOR_RENDEZVOUS_TIMEOUT_S='0'"));
+    env = {};
+    CHECK_THROWS_WITH(RendezvousOptions::resolve({2, 2, "a", 1, std::nullopt}, get),
+                      Catch::Contains("node rank 2 is out of range for nnodes 2"));
+  }
+}

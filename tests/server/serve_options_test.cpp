@@ -5,7 +5,6 @@
 #include <map>
 #include <string>
 
-#include "engine/comm/rendezvous.h"
 #include "models/config.h"
 #include "server/model_path.h"
 #include "server/serve_command.h"
@@ -55,65 +54,6 @@ TEST_CASE("the logged URL brackets IPv6 hosts", "[server]") {
   CHECK(http_url("::1", 18223) == "http://[::1]:18223");
   CHECK(http_url("::", 8000) == "http://[::]:8000");
   CHECK(http_url("[::1]", 8000) == "http://[::1]:8000");
-}
-
-TEST_CASE("the rendezvous: flag > ARBOR_* > MASTER_ADDR / MASTER_PORT > default", "[server]") {
-  using comm::RendezvousOptions;
-  std::map<std::string, std::string> env;
-  auto get = [&](const char* name) -> const char* {
-    const auto it = env.find(name);
-    return it == env.end() ? nullptr : it->second.c_str();
-  };
-  SECTION("defaults") {
-    const auto o = RendezvousOptions::resolve({}, get);
-    CHECK(o.nnodes == 1);
-    CHECK(o.node_rank == 0);
-    CHECK(o.master_addr == "127.0.0.1");
-    CHECK(o.master_port == 29500);
-    CHECK(o.timeout == 300s);
-  }
-  SECTION("torchrun's variables when nothing else is set") {
-    env = {
-        {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "6000"}, {"ARBOR_RENDEZVOUS_TIMEOUT_S", "20"}};
-    const auto o =
-        RendezvousOptions::resolve({2, 1, std::nullopt, std::nullopt, std::nullopt}, get);
-    CHECK(o.nnodes == 2);
-    CHECK(o.node_rank == 1);
-    CHECK(o.master_addr == "10.0.0.1");
-    CHECK(o.master_port == 6000);
-    CHECK(o.timeout == 20s);
-  }
-  SECTION("ARBOR_ variables over torchrun's") {
-    env = {{"MASTER_ADDR", "10.0.0.1"},
-           {"MASTER_PORT", "6000"},
-           {"ARBOR_MASTER_ADDR", "10.0.0.2"},
-           {"ARBOR_MASTER_PORT", "7000"}};
-    const auto o = RendezvousOptions::resolve({}, get);
-    CHECK(o.master_addr == "10.0.0.2");
-    CHECK(o.master_port == 7000);
-  }
-  SECTION("flags over every variable") {
-    env = {{"MASTER_ADDR", "10.0.0.1"},         {"MASTER_PORT", "6000"}, {"ARBOR_MASTER_ADDR", "x"},
-           {"ARBOR_MASTER_PORT", "7000"},       {"ARBOR_NNODES", "8"},   {"ARBOR_NODE_RANK", "7"},
-           {"ARBOR_RENDEZVOUS_TIMEOUT_S", "20"}};
-    const auto o = RendezvousOptions::resolve({4, 3, "node0", 1234, 5s}, get);
-    CHECK(o.nnodes == 4);
-    CHECK(o.node_rank == 3);
-    CHECK(o.master_addr == "node0");
-    CHECK(o.master_port == 1234);
-    CHECK(o.timeout == 5s);
-  }
-  SECTION("bad values name their source") {
-    env = {{"MASTER_PORT", "http"}};
-    CHECK_THROWS_WITH(RendezvousOptions::resolve({2, 1, "a", std::nullopt, std::nullopt}, get),
-                      Catch::Contains("MASTER_PORT='http'"));
-    env = {{"ARBOR_RENDEZVOUS_TIMEOUT_S", "0"}};
-    CHECK_THROWS_WITH(RendezvousOptions::resolve({}, get),
-                      Catch::Contains("ARBOR_RENDEZVOUS_TIMEOUT_S='0'"));
-    env = {};
-    CHECK_THROWS_WITH(RendezvousOptions::resolve({2, 2, "a", 1, std::nullopt}, get),
-                      Catch::Contains("node rank 2 is out of range for nnodes 2"));
-  }
 }
 
 }  // namespace arbor
