@@ -441,12 +441,15 @@ std::string HttpServer::read_body(const httplib::ContentReader& reader,
 void HttpServer::handle_generation(ApiKind kind, const httplib::Request& http_req,
                                    const std::string& raw_body, httplib::Response& res) {
   const json body = parse_json_body(raw_body);
+  // The model first: a request for another model gets 404 whatever else is wrong with it.
+  if (const auto m = body.find("model"); m != body.end() && m->is_string() &&
+                                         !m->get<std::string>().empty() &&
+                                         m->get<std::string>() != options_.served_model_name)
+    throw model_not_found(m->get<std::string>());
   const LlamaConfig& cfg = engine_.runner().config();
   const ModelLimits limits{max_model_len_, cfg.vocab_size};
   ApiRequest req = kind == ApiKind::kChat ? parse_chat_request(body, tokenizer_, limits, chat_)
                                           : parse_completion_request(body, tokenizer_, limits);
-  if (!req.model.empty() && req.model != options_.served_model_name)
-    throw model_not_found(req.model);
   if (draining_) throw unavailable("the server is shutting down");
   if (queued_ + int(req.prompts.size()) > options_.max_queued_requests)
     throw queue_full(options_.max_queued_requests);

@@ -347,6 +347,10 @@ TEST_CASE("errors get the right status and JSON while a stream completes intact"
   check_error(c.Get("/v1/nope"), 404);
   check_error(post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}}),
               400);
+  // Another model's name is a 404 before anything else (here: no chat template, a 400).
+  check_error(post("/v1/chat/completions",
+                   {{"model", "gpt-9"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}}),
+              404, "model_not_found");
   httplib::Client anon("127.0.0.1", server().port);
   check_error(anon.Post("/v1/completions", kGreedy.dump(), "application/json"), 401,
               "invalid_api_key");
