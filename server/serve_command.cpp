@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -205,6 +206,19 @@ int run_serve(const ServeArgs& a) {
     last_tokens = s.generation_tokens_total;
     last_t = now;
   }
+  // A second SIGINT/SIGTERM while draining stops at once (as uvicorn does): the signals stay
+  // blocked in every thread, so this one waits for them while the drain runs.
+  std::thread second_signal([signals] {
+    for (;;) {
+      const int sig = sigwaitinfo(&signals, nullptr);
+      if (sig == SIGINT || sig == SIGTERM) {
+        spdlog::warn("signal {} again: stopping without draining", sig);
+        spdlog::default_logger()->flush();
+        std::_Exit(130);
+      }
+    }
+  });
+  second_signal.detach();
   http.shutdown(a.shutdown_timeout);
   listener.join();
   engine.stop();

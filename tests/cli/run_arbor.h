@@ -96,6 +96,11 @@ class Background {
     return false;
   }
 
+  // Sends `sig` and returns at once.
+  void signal(int sig) const {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+
   // Sends `sig` and waits; the exit code, or -1 when a signal killed it.
   int signal_and_wait(int sig) {
     if (pid_ > 0) {

@@ -92,6 +92,32 @@ TEST_CASE("serve names the model after its folder however the path is written", 
   }
 }
 
+TEST_CASE("a second SIGINT while serve drains stops it at once", "[cli]") {
+  // The first signal drains in-flight requests (up to --shutdown-timeout); a second one, as
+  // with uvicorn, stops without waiting (exit code 130; a finished drain exits 0).
+  test::Background serve("exec " + test::arbor_binary() +
+                         " serve --port 0 --shutdown-timeout 120 --kv-cache-tokens 40000");
+  REQUIRE(serve.wait_until(
+      [](const test::Background& b) { return b.err().find("serving ") != std::string::npos; }));
+  const std::string log = serve.err();
+  const size_t at = log.find("http://127.0.0.1:");
+  REQUIRE(at != std::string::npos);
+  const int port = std::atoi(log.c_str() + at + 17);
+  // Four long samples keep the drain busy for seconds.
+  test::Background client(
+      "exec curl -s -N localhost:" + std::to_string(port) +
+      "/v1/completions -H 'Content-Type: application/json' -d "
+      "'{\"prompt\": \"The jury\", \"max_tokens\": 2000, \"n\": 4, \"ignore_eos\": true, "
+      "\"stream\": true}'");
+  REQUIRE(client.wait_until(
+      [](const test::Background& b) { return b.out().find("data: ") != std::string::npos; }));
+  serve.signal(SIGINT);
+  REQUIRE(serve.wait_until(
+      [](const test::Background& b) { return b.err().find("draining") != std::string::npos; }));
+  CHECK(serve.signal_and_wait(SIGINT) == 130);
+  CHECK_THAT(serve.err(), Catch::Contains("stopping without draining"));
+}
+
 TEST_CASE("serve --device cuda without a visible GPU says so", "[cli]") {
   RunResult r = run_arbor("serve --device cuda --port 0", "CUDA_VISIBLE_DEVICES=");
   CHECK(r.exit_code == 1);
