@@ -138,6 +138,9 @@ int run_serve(const ServeArgs& a) {
   const std::filesystem::path dir =
       a.model.empty() ? default_model_dir() : std::filesystem::path(a.model);
   const auto t0 = std::chrono::steady_clock::now();
+  // Loading a large model takes a while and the port opens only after it: say what happens.
+  spdlog::info("loading {} (device {}); the server listens once it is loaded", dir.string(),
+               a.device);
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(dir);
   std::unique_ptr<ChatTemplate> chat;
   if (!a.chat_template.empty()) {
