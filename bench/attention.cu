@@ -13,7 +13,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <ctime>
 #include <map>
 #include <numeric>
@@ -74,7 +73,7 @@ struct Options {
   std::vector<int> batches = {1, 8};
   std::vector<int> contexts = {1024, 4096, 32768, 131072};
   int hq = 32, hkv = 8, head_dim = 128, block_size = 16;
-  int iters = 200, warmup = 20, layers = 32, splits = 0, prefetch = -1;
+  int iters = 200, warmup = 20, layers = 32, splits = 0;
   bool overlap = true;
   std::string mode = "both";
   std::string peer;
@@ -166,8 +165,7 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
   // The launch before each one is another attention, which writes only `out`: K/V and the
   // tables may be read early, as in a model's step after its RoPE + KV write.
   p.overlap_previous_kernel = o.overlap;
-  auto plan = arbor::cuda::plan_decode_attention(p, sms, o.splits);
-  if (o.prefetch >= 0) plan.prefetch_steps = o.prefetch;
+  const auto plan = arbor::cuda::plan_decode_attention(p, sms, o.splits);
   row.splits = plan.num_splits;
   DeviceBuffer workspace(plan.workspace_bytes);
   if (plan.workspace_bytes) CUDA_CHECK(cudaMemset(workspace.get(), 0, plan.workspace_bytes));
@@ -232,9 +230,6 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", o.warmup, "untimed iterations first");
   app.add_option("--layers", o.layers, "layers per graph replay, each with its own KV cache");
   app.add_option("--splits", o.splits, "force this split count (0: the plan chooses)");
-  app.add_option("--prefetch", o.prefetch,
-                 "tensor-core steps each warp prefetches into L2 ahead (-1: the plan's choice)")
-      ->check(CLI::Range(-1, 8));
   app.add_option("--overlap", o.overlap,
                  "1: read K/V before the previous launch completes (as the model does), 0: not");
   app.add_option("--mode", o.mode, "single, graph or both")
@@ -264,15 +259,10 @@ int main(int argc, char** argv) {
     std::printf("device: %s (%d SMs, L2 %.0f MiB), %s\n", prop.name, sms,
                 prop.l2CacheSize / 1048576.0, date);
     std::printf("measured read bandwidth: %.0f GB/s\n", read_bw * 1e-9);
-    // The plan's prefetch distance comes from ARBOR_DECODE_PREFETCH (unset: none).
-    const char* env_prefetch = std::getenv("ARBOR_DECODE_PREFETCH");
-    const std::string prefetch = o.prefetch >= 0 ? std::to_string(o.prefetch)
-                                                 : std::string("plan's, ARBOR_DECODE_PREFETCH=") +
-                                                       (env_prefetch ? env_prefetch : "unset");
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d, bf16; graph: %d layers/replay; "
-        "overlap %d; prefetch %s\n",
-        o.hq, o.hkv, o.head_dim, o.block_size, o.layers, int(o.overlap), prefetch.c_str());
+        "overlap %d\n",
+        o.hq, o.hkv, o.head_dim, o.block_size, o.layers, int(o.overlap));
     std::printf(
         "GB/s and %% use the graph time (else single); SDPA: dense KV, single launches\n\n");
     std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %11s %11s  %s\n", "batch", "context", "splits",

@@ -77,11 +77,4 @@ __device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint64_t* bar) {
                : "memory");
 }
 
-// Asks L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) from global memory: one
-// instruction, no registers, no shared memory, nothing to wait for. Later loads of the range
-// hit L2 instead of DRAM.
-__device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
-}
-
 }  // namespace arbor::cuda

@@ -24,8 +24,7 @@
 //      and cache blocks of 16 tokens or more (Llama-3 shapes), the kernel without a prologue
 //      runs these steps on tensor cores instead (mma_steps; H200: up to 14% faster at long
 //      contexts, 93-97% of read bandwidth from batch 8 x 32k on, bench/RESULTS.md), and with
-//      overlap_previous_kernel each warp requests its first step before the wait. A plan may
-//      also have each warp request steps ahead into L2 (bulk prefetches, plan.prefetch_steps).
+//      overlap_previous_kernel each warp requests its first step before the wait.
 //   4. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
 //      uses one split writes its output directly; otherwise each split writes its partial
 //      (m, l, unnormalized o) to the workspace, and the last block to arrive on an atomic
@@ -57,8 +56,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxSplits = 1024;
-// Most warp steps a plan may prefetch ahead (DecodeAttentionPlan::prefetch_steps).
-constexpr int kMaxPrefetchSteps = 8;
 // A split covers at least this many tokens when the plan has a choice: below it the merge
 // (one more pass over the partials) costs more than the extra parallelism buys.
 constexpr int kMinTokensPerSplit = 128;
@@ -156,7 +153,6 @@ struct KernelArgs {
   int prologue_tiles;  // plan.prologue_tiles: a split's tiles streamed into shared memory
   float scale_log2;    // scale * log2(e): scores are kept in base 2
   bool overlap_previous_kernel;
-  int prefetch_steps;  // plan.prefetch_steps: steps a warp asks L2 for ahead (kPrefetch)
 };
 
 __device__ __forceinline__ int ceil_div(int a, int b) {
@@ -435,16 +431,6 @@ __device__ __forceinline__ void mma_load_step(const KernelArgs& a, const int32_t
   }
 }
 
-// Requests the warp step of 16 tokens from t0 into L2 (lane 0 its K, lane 1 its V), if it
-// starts before `end`: 4 KiB each, contiguous in one cache block of 16 tokens or more.
-__device__ __forceinline__ void mma_prefetch_step(const KernelArgs& a, const int32_t* table,
-                                                  int kvh, int lane, int t0, int end) {
-  constexpr int D = 128;
-  if (lane >= 2 || t0 >= end) return;
-  const int64_t row = kv_row_offset(a, table, kvh, t0, D);
-  bulk_prefetch_l2((lane == 0 ? a.k_cache : a.v_cache) + row, 16 * D * sizeof(bf16));
-}
-
 // Folds the step from t0 into lane (g, t)'s share of the warp's state for heads 2t and
 // 2t + 1: m (the same in the 8 lanes of a t), l summed over its tokens,
 // o[4h + j][e + 2i] = O[head 2t + e][dim 64h + 8g + 2j + i].
@@ -506,10 +492,7 @@ __device__ __forceinline__ void mma_step(const MmaStep& st, const uint4 (&qb)[4]
 // Tokens [from, end) of a split (from a multiple of 16) for one warp: 16-token steps at
 // from + 16 · warp, every kWarps · 16 tokens, the first one already in `first` when
 // `preloaded` (requested before griddepcontrol.wait). Leaves the lane's state as mma_step.
-// With kPrefetch (a.prefetch_steps > 0) each iteration first asks L2 for the step that many
-// iterations ahead (the first ones were asked for before the wait): issued before the step's own
-// loads, where the step's 64 registers are not yet live (after them, ptxas spilled 36-44 bytes).
-template <int G, bool kPrefetch>
+template <int G>
 __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* table, int kvh,
                                           int warp, int lane, int from, int end, size_t q_row0,
                                           bool preloaded, MmaStep& first, float (&m)[2],
@@ -527,8 +510,6 @@ __device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* ta
   if (!preloaded) mma_load_step(a, table, kvh, lane, t_first, end, first);
   mma_step(first, qb, t_first, end, lane, a.scale_log2, m, l, o);
   for (int t0 = t_first + kWarps * 16; t0 < end; t0 += kWarps * 16) {
-    if constexpr (kPrefetch)
-      mma_prefetch_step(a, table, kvh, lane, t0 + a.prefetch_steps * kWarps * 16, end);
     MmaStep st;
     mma_load_step(a, table, kvh, lane, t0, end, st);
     mma_step(st, qb, t0, end, lane, a.scale_log2, m, l, o);
@@ -598,14 +579,11 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // H200 2% at long contexts: the loop recomputed indices it could no longer keep).
 // kMma: the tensor-core steps; they fit in 128 registers at GQA 8 too, for 4 resident blocks
 // per SM (their loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22%
-// longer). kPrefetch: tensor-core steps that also ask L2 for later steps
-// (plan.prefetch_steps > 0), a separate variant so that the kernel without prefetches is
-// unchanged.
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, bool kPrefetch>
+// longer).
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma>
 __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4 && !kPrologue), "mma_steps: D 128, G 4 or 8");
-  static_assert(kMma || !kPrefetch, "prefetches ahead: tensor-core steps only");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -676,12 +654,6 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
       mma_load_step(a, table, kvh, lane, t_first, end, mma_first);
       mma_preloaded = true;
     }
-    // The next steps into L2 (only L2: the row the previous kernel may be writing is read
-    // after the wait; its write lands in L2, the point of coherence, either way).
-    if constexpr (kPrefetch) {
-      for (int k = 1; k <= a.prefetch_steps; ++k)
-        mma_prefetch_step(a, table, kvh, lane, t_first + k * kWarps * 16, end);
-    }
   }
 
   if (a.overlap_previous_kernel) {
@@ -694,8 +666,8 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   float(*s_l)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4 + kWarps * G * 4);
   if constexpr (kMma) {
     float mm[2] = {-INFINITY, -INFINITY}, lm[2] = {0.0f, 0.0f}, om[8][4] = {};
-    mma_steps<G, kPrefetch>(a, table, kvh, warp, lane, begin, end, out_row0, mma_preloaded,
-                            mma_first, mm, lm, om);
+    mma_steps<G>(a, table, kvh, warp, lane, begin, end, out_row0, mma_preloaded, mma_first, mm, lm,
+                 om);
     // l over the warp's tokens; then the warp's (m, l, o) of heads 2t, 2t + 1 to shared memory.
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -954,29 +926,18 @@ bool aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-// The plan's prefetch distance: none unless ARBOR_DECODE_PREFETCH=N (clamped to [0, 8]) asks
-// for it, an A/B switch for the GPU machine until a distance is measured to help.
-int prefetch_steps_from_env() {
-  static const int steps = [] {
-    const char* v = std::getenv("ARBOR_DECODE_PREFETCH");
-    return v ? std::clamp(std::atoi(v), 0, kMaxPrefetchSteps) : 0;
-  }();
-  return steps;
-}
-
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, bool kPrefetch = false>
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   const int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
-    CUDA_CHECK(
-        cudaFuncSetAttribute(decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kPrefetch>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
-  launch_pdl(decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kPrefetch>, grid,
-             dim3(kThreads), smem, stream, args);
+  launch_pdl(decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma>, grid, dim3(kThreads), smem,
+             stream, args);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -999,11 +960,8 @@ void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
               : launch_variant<D, G, true, false>(args, grid, stream);
   } else {
     if constexpr (D == 128 && G >= 4) {
-      if (args.block_shift >= 4 && mma_enabled()) {
-        return args.prefetch_steps > 0
-                   ? launch_variant<D, G, false, true, true, true>(args, grid, stream)
-                   : launch_variant<D, G, false, true, true>(args, grid, stream);
-      }
+      if (args.block_shift >= 4 && mma_enabled())
+        return launch_variant<D, G, false, true, true>(args, grid, stream);
     }
     one_block ? launch_variant<D, G, false, true>(args, grid, stream)
               : launch_variant<D, G, false, false>(args, grid, stream);
@@ -1064,7 +1022,6 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.num_splits = int(s);
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
-  plan.prefetch_steps = prefetch_steps_from_env();
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1080,10 +1037,6 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +
          std::to_string(kMaxSplits) + "]");
-  }
-  if (plan.prefetch_steps < 0 || plan.prefetch_steps > kMaxPrefetchSteps) {
-    fail("plan.prefetch_steps " + std::to_string(plan.prefetch_steps) + " is outside [0, " +
-         std::to_string(kMaxPrefetchSteps) + "]");
   }
   if (p.num_seqs == 0) return;
   if (!p.q || !p.k_cache || !p.v_cache || !p.block_tables || !p.context_lens || !p.out) {
@@ -1127,7 +1080,6 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   a.block_shift = __builtin_ctz(unsigned(p.block_size));
   a.num_splits = plan.num_splits;
   a.prologue_tiles = plan.prologue_tiles;
-  a.prefetch_steps = plan.prefetch_steps;
   a.cp_size = p.cp_size;
   a.cp_rank = p.cp_rank;
   a.scale_log2 = p.scale * kLog2e;

@@ -62,11 +62,6 @@ struct DecodeAttentionPlan {
   // Tiles of each split streamed whole into shared memory by bulk copies before the
   // previous kernel ends (short contexts at small batch); 0 = register loads only.
   int prologue_tiles = 0;
-  // Tensor-core variant: 16-token steps each warp asks L2 to fetch ahead of its own loads
-  // (bulk prefetches: more DRAM reads in flight without registers); 0 = none. The plan
-  // leaves it at 0 unless ARBOR_DECODE_PREFETCH=N asks for N (an A/B switch until a
-  // distance is measured to help); any value in [0, 8] is valid.
-  int prefetch_steps = 0;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 

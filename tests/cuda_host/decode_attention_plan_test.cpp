@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -53,8 +52,6 @@ DecodeAttentionParams launchable(const DecodeAttentionParams& shape) {
 
 TEST_CASE("decode_attention plans use one wave of blocks and give every split tokens",
           "[cuda-host][decode]") {
-  // The prefetch distance is 0 unless ARBOR_DECODE_PREFETCH asks otherwise (an A/B switch).
-  const bool prefetch_env = std::getenv("ARBOR_DECODE_PREFETCH") != nullptr;
   for (int sms : {1, 16, 132}) {
     for (int d : {64, 128}) {
       for (int group : {1, 2, 4, 8}) {
@@ -88,7 +85,6 @@ TEST_CASE("decode_attention plans use one wave of blocks and give every split to
                 }
                 // Splits stream through shared memory before the wait only with the overlap.
                 if (!overlap) CHECK(plan.prologue_tiles == 0);
-                if (!prefetch_env) CHECK(plan.prefetch_steps == 0);
               }
             }
           }
@@ -163,7 +159,7 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
   small.workspace_bytes /= 2;
   rejects(p, small, workspace);
   // A plan made for other params: more splits than the kernel supports, a prologue larger
-  // than its shared memory, a prefetch distance outside [0, 8].
+  // than its shared memory.
   for (int splits : {0, 1025}) {
     DecodeAttentionPlan plan = multi;
     plan.num_splits = splits;
@@ -172,9 +168,4 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
   DecodeAttentionPlan bad_prologue = multi;
   bad_prologue.prologue_tiles = 1000;
   rejects(p, bad_prologue, workspace);
-  for (int steps : {-1, 9}) {
-    DecodeAttentionPlan bad_prefetch = multi;
-    bad_prefetch.prefetch_steps = steps;
-    rejects(p, bad_prefetch, workspace);
-  }
 }

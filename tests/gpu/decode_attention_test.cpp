@@ -199,9 +199,6 @@ class GpuCase {
   bf16* k_data() { return k_.data(); }
   bf16* v_data() { return v_.data(); }
   const DecodeAttentionPlan& plan() const { return plan_; }
-  // Steps the tensor-core variant prefetches into L2 ahead (the plan leaves it at 0 unless
-  // ARBOR_DECODE_PREFETCH asks otherwise); any distance must give the same results.
-  void set_prefetch_steps(int steps) { plan_.prefetch_steps = steps; }
   cudaStream_t stream() const { return stream_.get(); }
 
   // New device-side lengths (each at most what the cache was filled for).
@@ -310,8 +307,7 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
   std::ostringstream ss;
   ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
      << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
-     << " plan.prologue_tiles=" << plan.prologue_tiles
-     << " plan.prefetch_steps=" << plan.prefetch_steps << " lens=[";
+     << " plan.prologue_tiles=" << plan.prologue_tiles << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
   ss << "]";
@@ -388,23 +384,18 @@ void check_outputs(const Inputs& in, const std::vector<int>& lens, const Referen
   CHECK(rel < 5e-3);
 }
 
-// Builds inputs once, then for each split setting (with and without the overlap) and each
-// prefetch distance (-1: the plan's) runs the kernel and compares with the CPU.
+// Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
 void run_and_check(const Shape& shape, const std::vector<int>& lens,
-                   const std::vector<int>& force_splits, bool with_f32, uint64_t seed,
-                   const std::vector<int>& prefetch_steps = {-1}) {
+                   const std::vector<int>& force_splits, bool with_f32, uint64_t seed) {
   const Inputs in = make_inputs(shape, lens, seed);
   const Reference ref = cpu_reference(in, lens);
   for (int splits : force_splits) {
     for (bool overlap : {false, true}) {
-      for (int steps : prefetch_steps) {
-        GpuCase gpu(in, with_f32, splits, -1, overlap);
-        if (steps >= 0) gpu.set_prefetch_steps(steps);
-        const std::string what =
-            describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
-            " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
-        check_outputs(in, lens, ref, gpu.run(), what);
-      }
+      GpuCase gpu(in, with_f32, splits, -1, overlap);
+      const std::string what =
+          describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
+          " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
+      check_outputs(in, lens, ref, gpu.run(), what);
     }
   }
 }
@@ -459,18 +450,6 @@ TEST_CASE("decode_attention merges partials per group of splits, then across gro
   for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{8, 2, 64, 8}}) {
     run_and_check(shape, {5000, 3000, 700, 129, 1, 0}, {8, 9, 16, 17, 63, 64, 65, 130}, true,
                   seed++);
-  }
-}
-
-// The tensor-core variant (head dim 128, GQA 4 or 8, blocks of 16 tokens or more) with warps
-// asking L2 for their steps ahead: prefetches stop at the split's end, so lengths that end
-// inside a step, on a step and on a block boundary, with one split, several, and as many as
-// the plan chooses, with and without the requests before the wait.
-TEST_CASE("decode_attention with steps prefetched into L2 matches the CPU reference",
-          "[gpu][decode]") {
-  uint64_t seed = 900;
-  for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{64, 8, 128, 16}, Shape{8, 2, 128, 64}}) {
-    run_and_check(shape, {9000, 4096, 1000, 65, 17, 1, 0}, {0, 1, 7}, true, seed++, {1, 3, 8});
   }
 }
 
@@ -585,12 +564,8 @@ TEST_CASE("decode_attention with overlap_previous_kernel sees the previous kerne
       d_v.upload(as_bf16(vb), vb.size());
       d_q.upload(as_bf16(qb), qb.size());
 
-      // (force_splits, prefetch_steps): with prefetches, long splits also ask L2 for later
-      // steps before the wait.
-      const std::pair<int, int> runs[] = {{0, 0}, {1, 0}, {7, 0}, {1, 2}, {7, 2}};
-      for (const auto& [splits, prefetch] : runs) {
+      for (int splits : {0, 1, 7}) {
         GpuCase gpu(stale, /*with_f32=*/true, splits, /*max_context_len=*/-1, /*overlap=*/true);
-        gpu.set_prefetch_steps(prefetch);
         (gpu.plan().prologue_tiles > 0 ? with_prologue : without_prologue)++;
         arbor::test::LateRowWrite w;
         w.k_cache = gpu.k_data();
