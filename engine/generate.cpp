@@ -43,9 +43,20 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
   IncrementalDetokenizer detok(tokenizer, prompt_ids);
   std::vector<float> logits;
 
+  const auto stop_requested = [&] { return options.stop_requested && options.stop_requested(); };
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+
   // Chunked prefill: only the last chunk's last token needs logits.
   const auto t0 = Clock::now();
   for (int start = 0; start < prompt_len; start += chunk_size) {
+    if (stop_requested()) {
+      result.finish_reason = FinishReason::kAbort;
+      result.prefill_seconds = seconds_since(t0);
+      blocks.release(block_table);
+      return result;
+    }
     ScheduledChunk chunk{tokens, block_table, start, std::min(chunk_size, prompt_len - start),
                          false};
     chunk.want_logits = start + chunk.count == prompt_len;
@@ -69,11 +80,15 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
     }
     if (std::string text = detok.push(id); !text.empty()) on_text(text);
     if (step + 1 == max_new) break;  // no logits needed after the last token
+    if (stop_requested()) {
+      result.finish_reason = FinishReason::kAbort;
+      break;
+    }
     ScheduledChunk chunk{tokens, block_table, int(tokens.size()) - 1, 1, true};
     runner.forward(build_forward_batch({&chunk, 1}, block_size), logits);
   }
   if (std::string rest = detok.flush(); !rest.empty()) on_text(rest);
-  result.decode_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  result.decode_seconds = seconds_since(t1);
   blocks.release(block_table);
   return result;
 }

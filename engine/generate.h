@@ -21,6 +21,9 @@ struct GenerateOptions {
   int max_tokens = 128;
   bool ignore_eos = false;
   int prefill_chunk = 512;  // tokens per prefill step; bounds activation memory
+  // Asked before every model step; true ends generation there with FinishReason::kAbort and
+  // what was generated until then (e.g. Ctrl-C in `arbor generate`).
+  std::function<bool()> stop_requested;
 };
 
 struct GenerateResult {
@@ -35,8 +38,9 @@ struct GenerateResult {
 // Generates from prompt_ids on `runner` (whose KV cache it uses from block 0 on; nothing
 // else may run on the runner meanwhile). Every text increment goes to on_text as soon as it
 // is stable. Stops at an EOS id (config's list, unless ignore_eos), after max_tokens, or at
-// the model's context limit. Throws std::invalid_argument when the prompt is empty, already
-// fills the context, or needs more KV blocks than the runner has.
+// the model's context limit, or when options.stop_requested says so. Throws
+// std::invalid_argument when the prompt is empty, already fills the context, or needs more KV
+// blocks than the runner has.
 GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
                         const std::vector<int32_t>& prompt_ids, const GenerateOptions& options,
                         const std::function<void(std::string_view)>& on_text);

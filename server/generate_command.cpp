@@ -125,54 +125,6 @@ class SigintCatcher {
   struct sigaction previous_ {};
 };
 
-struct Interrupted {};
-
-// The model, stopping generate() (by throwing Interrupted) at the next step once SIGINT has
-// arrived, and counting what the summary line needs: the step that completes the prompt
-// gives the first token; every later step follows one more sampled token.
-class InterruptibleRunner final : public ModelRunner {
- public:
-  using Clock = std::chrono::steady_clock;
-  InterruptibleRunner(ModelRunner& model, int prompt_tokens)
-      : model_(model), prompt_tokens_(prompt_tokens) {}
-
-  const LlamaConfig& config() const override { return model_.config(); }
-  int num_kv_blocks() const override { return model_.num_kv_blocks(); }
-  int block_size() const override { return model_.block_size(); }
-  int max_batch_tokens() const override { return model_.max_batch_tokens(); }
-  int max_logits_rows() const override { return model_.max_logits_rows(); }
-  std::string device_name() const override { return model_.device_name(); }
-  void forward(const ForwardBatch& batch, std::vector<float>& logits) override {
-    before_step();
-    model_.forward(batch, logits);
-    after_step(batch);
-  }
-  void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) override {
-    before_step();
-    model_.forward_greedy(batch, ids);
-    after_step(batch);
-  }
-
-  // Tokens sampled so far, and when the prompt's last step ended.
-  int tokens_sampled() const { return prefill_end_ ? decode_steps_ + 1 : 0; }
-  std::optional<Clock::time_point> prefill_end() const { return prefill_end_; }
-
- private:
-  void before_step() const {
-    if (g_interrupted) throw Interrupted{};
-  }
-  void after_step(const ForwardBatch& batch) {
-    const int context = batch.context_lens.empty() ? 0 : batch.context_lens[0];
-    if (context == prompt_tokens_) prefill_end_ = Clock::now();
-    if (context > prompt_tokens_) ++decode_steps_;
-  }
-
-  ModelRunner& model_;
-  int prompt_tokens_;
-  int decode_steps_ = 0;
-  std::optional<Clock::time_point> prefill_end_;
-};
-
 void print_summary(int prompt_tokens, double prefill_s, int generated, double decode_s,
                    const char* finish) {
   // The first token comes out of the prefill step; decode speed counts the rest.
@@ -231,32 +183,22 @@ int run_generate(const GenerateArgs& args) {
 
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
-  InterruptibleRunner runner(*model, prompt_tokens);
-  const auto start = std::chrono::steady_clock::now();
-  std::optional<GenerateResult> r;
+  opts.stop_requested = [] { return g_interrupted != 0; };
+  GenerateResult r;
   {
     SigintCatcher catch_sigint;
-    try {
-      r = generate(runner, *tokenizer, ids, opts, [](std::string_view text) {
-        std::fwrite(text.data(), 1, text.size(), stdout);
-        std::fflush(stdout);
-      });
-    } catch (const Interrupted&) {
-    }
+    r = generate(*model, *tokenizer, ids, opts, [](std::string_view text) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    });
   }
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  if (!r) {  // SIGINT: what was done until then
-    const auto now = std::chrono::steady_clock::now();
-    const auto prefill_end = runner.prefill_end().value_or(now);
-    print_summary(prompt_tokens, std::chrono::duration<double>(prefill_end - start).count(),
-                  runner.tokens_sampled(), std::chrono::duration<double>(now - prefill_end).count(),
-                  "interrupted");
-    return 128 + SIGINT;
-  }
-  print_summary(r->prompt_tokens, r->prefill_seconds, int(r->output_ids.size()), r->decode_seconds,
-                finish_reason_name(r->finish_reason));
-  return 0;
+  // SIGINT: the summary of what was done until then, and the shell's exit code for it.
+  const bool interrupted = r.finish_reason == FinishReason::kAbort;
+  print_summary(r.prompt_tokens, r.prefill_seconds, int(r.output_ids.size()), r.decode_seconds,
+                interrupted ? "interrupted" : finish_reason_name(r.finish_reason));
+  return interrupted ? 128 + SIGINT : 0;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // The engine over the real CPU model (tiny-llama fixture): batch invariance under chunked
 // prefill and preemption, prefix caching, n > 1, stop strings with a real tokenizer, aborts.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <memory>
 #include <random>
@@ -99,6 +100,44 @@ TEST_CASE("engine (tiny-llama): greedy output alone = inside a preempting batch"
       CHECK(sinks[i]->finish() == FinishReason::kLength);
     }
   }
+}
+
+TEST_CASE("generate (tiny-llama) stops where stop_requested says, keeping what it made",
+          "[engine][model]") {
+  std::mt19937 rng(11);
+  const std::vector<int32_t> prompt = random_ids(rng, 20);
+  CpuModelRunner runner(tiny().model, 64, 4);
+  GenerateOptions g;
+  g.sampling.temperature = 0;
+  g.max_tokens = 12;
+  g.ignore_eos = true;
+  g.prefill_chunk = 8;  // 3 prefill steps
+  auto quiet = [](std::string_view) {};
+  const GenerateResult full = generate(runner, *tiny().tokenizer, prompt, g, quiet);
+  REQUIRE(full.output_ids.size() == 12);
+  CHECK(full.finish_reason == FinishReason::kLength);
+
+  // Asked before every step: 3 prefill chunks, then one decode step per token after the
+  // first. Stopping at the k-th question leaves the tokens sampled until then.
+  for (int stop_at : {1, 3, 4, 5, 9}) {
+    int asked = 0;
+    g.stop_requested = [&] { return ++asked >= stop_at; };
+    std::string text;
+    const GenerateResult r =
+        generate(runner, *tiny().tokenizer, prompt, g, [&](std::string_view t) { text += t; });
+    INFO("stop at question " << stop_at);
+    CHECK(asked == stop_at);
+    CHECK(r.finish_reason == FinishReason::kAbort);
+    const size_t made = stop_at <= 3 ? 0 : size_t(stop_at - 3);
+    REQUIRE(r.output_ids.size() == made);
+    CHECK(std::equal(r.output_ids.begin(), r.output_ids.end(), full.output_ids.begin()));
+    CHECK(r.prompt_tokens == 20);
+  }
+  // A stop that never comes changes nothing.
+  g.stop_requested = [] { return false; };
+  const GenerateResult again = generate(runner, *tiny().tokenizer, prompt, g, quiet);
+  CHECK(again.output_ids == full.output_ids);
+  CHECK(again.finish_reason == FinishReason::kLength);
 }
 
 TEST_CASE("engine (tiny-llama): a repeated prompt hits the prefix cache, same output",
