@@ -36,10 +36,10 @@ int run(int argc, char** argv) {
   int steps = 64, warmup = 8;
   bool graphs = true;
   bool gemv = true;
-  // Default from ARBOR_FUSED_GEMV=1, so that tools/device_decode_attention.sh can A/B it as
-  // a variant's environment setting.
+  // Default on, off with ARBOR_FUSED_GEMV=0, so that tools/device_decode_attention.sh can A/B
+  // it as a variant's environment setting.
   const char* fused_env = std::getenv("ARBOR_FUSED_GEMV");
-  bool fused_gemv = fused_env && std::string(fused_env) == "1";
+  bool fused_gemv = !(fused_env && std::string(fused_env) == "0");
   bool gemm_autotune = true;
   int prefill_tokens = 8192;
   std::string peer;
@@ -51,8 +51,8 @@ int run(int argc, char** argv) {
   app.add_option("--graphs", graphs, "capture decode steps in CUDA graphs (1/0)");
   app.add_option("--gemv", gemv, "steps of <= 2 tokens use the gemv kernel, else cuBLASLt (1/0)");
   app.add_option("--fused-gemv", fused_gemv,
-                 "gemv steps compute RMSNorm and SiLU·mul inside the gemv (1/0; default "
-                 "ARBOR_FUSED_GEMV or 0)");
+                 "single-token steps compute RMSNorm inside the gemv (1/0; default 1, or "
+                 "ARBOR_FUSED_GEMV)");
   app.add_option("--gemm-autotune", gemm_autotune,
                  "prefill products keep the fastest cuBLASLt candidate, else its first (1/0)");
   app.add_option("--prefill-tokens", prefill_tokens,
@@ -94,7 +94,7 @@ int run(int argc, char** argv) {
   o.max_batch_tokens = 8192;
   o.cuda_graphs = graphs;
   o.small_batch_gemv = gemv;
-  o.fused_gemv_inputs = fused_gemv;
+  o.fused_gemv_norms = fused_gemv;
   o.gemm_autotune = gemm_autotune;
   const int block_size = o.block_size;
   auto runner = arbor::make_cuda_runner(model, o);
@@ -108,8 +108,8 @@ int run(int argc, char** argv) {
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
   std::printf(
-      "# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s, fused "
-      "gemv inputs for steps of <= %d tokens, gemm autotune %s\n",
+      "# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s, norms "
+      "fused into the gemv for steps of <= %d tokens, gemm autotune %s\n",
       date, runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
       graphs ? "on" : "off", gemv ? "on" : "off", arbor::cuda_fused_gemv_rows(*runner),
       gemm_autotune ? "on" : "off");

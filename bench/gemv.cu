@@ -145,17 +145,6 @@ int main(int argc, char** argv) {
                                             sh.n, sh.k, out.data(), s);
             }));
       }
-      if (shape_name == "down" && arbor::cuda::gemv_silu_mul_supported(m, sh.k)) {
-        arbor::cuda::DeviceArray<bf16> gate_up(size_t(m) * 2 * sh.k), act(x.size());
-        arbor::cuda::fill_normal_bf16(gate_up.data(), gate_up.size(), 10, 0, 1, s);
-        row("silu_mul + gemv", time_us([&](const bf16* wp) {
-              arbor::cuda::silu_mul(gate_up.data(), m, sh.k, act.data(), s);
-              arbor::cuda::gemv(act.data(), wp, m, sh.n, sh.k, out.data(), s);
-            }));
-        row("gemv_silu_mul (fused)", time_us([&](const bf16* wp) {
-              arbor::cuda::gemv_silu_mul(gate_up.data(), wp, m, sh.n, sh.k, out.data(), s);
-            }));
-      }
     }
   }
   return 0;

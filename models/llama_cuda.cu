@@ -121,9 +121,9 @@ class LlamaCudaRunner final : public ModelRunner {
   int num_blocks_ = 0;
 
   cuda::DeviceArray<bf16> x_, normed_, qkv_, q_, attn_, proj_, gate_up_, act_, rows_;
-  // Steps of up to fused_gemv_rows_ tokens fuse the gemv inputs: the fused residual add writes
-  // the new residual stream to the other buffer (every block still reads the old one), so
-  // the stream alternates between x_ and x_alt_ (fused_gemv_rows_ rows).
+  // Steps of up to fused_gemv_rows_ tokens fuse the norms into the gemvs: the fused residual
+  // add writes the new residual stream to the other buffer (every block still reads the old
+  // one), so the stream alternates between x_ and x_alt_ (fused_gemv_rows_ rows).
   int fused_gemv_rows_ = 0;
   cuda::DeviceArray<bf16> x_alt_;
   cuda::DeviceArray<bf16> logits_bf16_;  // lm_head output, as transformers and vLLM keep it
@@ -218,7 +218,7 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
   gate_up_ = cuda::DeviceArray<bf16>(T * 2 * I);
   act_ = cuda::DeviceArray<bf16>(T * I);
   rows_ = cuda::DeviceArray<bf16>(S * H);
-  if (opt_.fused_gemv_inputs && opt_.small_batch_gemv) {
+  if (opt_.fused_gemv_norms && opt_.small_batch_gemv) {
     fused_gemv_rows_ = fused_gemv_rows_supported();
     if (fused_gemv_rows_ > 0) x_alt_ = cuda::DeviceArray<bf16>(size_t(fused_gemv_rows_) * H);
   }
@@ -342,21 +342,18 @@ void LlamaCudaRunner::upload_weights(const WeightStore* store) {
   if (!c_.tie_word_embeddings) upload_tensor(*store, "lm_head.weight", {V, H}, lm_head_);
 }
 
-// The most tokens per step (0 .. kGemvMaxRowsRouted) for which the fused gemv inputs
-// (kernels/cuda/gemv.h) take this model's shapes (shared memory bounds the rows: Llama-3-70B's
-// SiLU·mul width of 28672 fits one row); none when a weight is not 16-byte aligned.
+// 1 when the fused norms (kernels/cuda/gemv.h) take this model's shapes and weights (16-byte
+// aligned), else 0. Only single-token steps: at 2 tokens every block re-reading both rows
+// cost more than the saved kernel (H200, bench/RESULTS.md).
 int LlamaCudaRunner::fused_gemv_rows_supported() const {
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   for (const LayerWeights& w : layers_) {
-    for (const bf16* p : {w.attn_norm, w.wqkv, w.mlp_norm, w.w_gate_up, w.w_down})
+    for (const bf16* p : {w.attn_norm, w.wqkv, w.mlp_norm, w.w_gate_up})
       if (!aligned(p)) return 0;
   }
-  const int H = c_.hidden_size, I = c_.intermediate_size;
-  int rows = 0;
-  while (rows < cuda::Gemm::kGemvMaxRowsRouted && cuda::gemv_rmsnorm_supported(rows + 1, H) &&
-         cuda::gemv_silu_mul_supported(rows + 1, I))
-    ++rows;
-  return rows;
+  const bool fits =
+      cuda::Gemm::kGemvMaxRowsRouted >= 1 && cuda::gemv_rmsnorm_supported(1, c_.hidden_size);
+  return fits ? 1 : 0;
 }
 
 cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_context_len) const {
@@ -392,7 +389,7 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
   const int H = c_.hidden_size, I = c_.intermediate_size, V = c_.vocab_size;
   const float eps = c_.rms_norm_eps;
   const int32_t* meta = meta_.data();
-  // Steps of the gemv's size compute each norm and SiLU·mul inside the product after it.
+  // Single-token steps compute each norm inside the product after it.
   const bool fuse = n <= fused_gemv_rows_;
   bf16* residual = x_.data();  // the residual stream (fused steps: x_ and x_alt_ in turn)
   bf16* residual_next = x_alt_.data();
@@ -466,13 +463,12 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
       cuda::gemv_add_rmsnorm(residual, proj_.data(), residual_next, w.mlp_norm, eps, w.w_gate_up, n,
                              2 * I, H, gate_up_.data(), s);
       std::swap(residual, residual_next);
-      cuda::gemv_silu_mul(gate_up_.data(), w.w_down, n, H, I, proj_.data(), s);
     } else {
       cuda::add_rmsnorm(residual, proj_.data(), w.mlp_norm, n, H, eps, normed_.data(), s);
       gemm_.run(normed_.data(), w.w_gate_up, n, 2 * I, H, gate_up_.data(), s);
-      cuda::silu_mul(gate_up_.data(), n, I, act_.data(), s);
-      gemm_.run(act_.data(), w.w_down, n, H, I, proj_.data(), s);
     }
+    cuda::silu_mul(gate_up_.data(), n, I, act_.data(), s);
+    gemm_.run(act_.data(), w.w_down, n, H, I, proj_.data(), s);
   }
   cuda::add_rmsnorm(residual, proj_.data(), final_norm_, n, H, eps, normed_.data(), s);
   // Gather the rows whose logits are wanted (the embedding kernel is exactly a row gather).

@@ -28,11 +28,11 @@ struct CudaRunnerOptions {
   uint64_t dummy_seed = 0;
   bool cuda_graphs = true;       // capture decode steps per batch-size bucket
   bool small_batch_gemv = true;  // steps of <= 2 tokens use the gemv kernel (kernels/cuda/gemv.h)
-  // Steps the gemv serves compute RMSNorm (with the residual add) and SiLU·mul inside the
-  // gemv that consumes them (kernels/cuda/gemv.h): 3 kernels fewer per layer, same bits,
-  // for as many rows as the model's shapes allow (cuda_fused_gemv_rows). Off until measured
-  // faster (bench/RESULTS.md; arbor_bench_decode --fused-gemv 1).
-  bool fused_gemv_inputs = false;
+  // Single-token steps compute each RMSNorm (with its residual add) inside the qkv and
+  // gate_up gemvs that consume it (kernels/cuda/gemv.h): 2 kernels fewer per layer, same
+  // bits. H200, 8B batch 1 × 1k: +1.2% tok/s; at 2 tokens, and with SiLU·mul fused into the
+  // down gemv, it was slower (bench/RESULTS.md), so those steps keep the separate kernels.
+  bool fused_gemv_norms = true;
   // Prefill-sized products time cuBLASLt's candidate algorithms once per shape and keep the
   // fastest (kernels/cuda/gemm.h); off: the heuristic's first choice, bitwise reproducible.
   bool gemm_autotune = true;
@@ -79,9 +79,9 @@ std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
     const std::filesystem::path& model_dir, const CudaRunnerOptions& options,
     const CudaContextParallelOptions& cp);
 
-// The most tokens per step whose gemv inputs the runner fuses (CudaRunnerOptions::
-// fused_gemv_inputs; 0: none, also for runners that are not make_cuda_runner's): the
-// option asks, the model's shapes decide (kernels/cuda/gemv.h).
+// The most tokens per step whose norms the runner fuses into the gemvs (CudaRunnerOptions::
+// fused_gemv_norms: 1, or 0 when off, when the model's shapes do not allow it, and for
+// runners that are not make_cuda_runner's).
 int cuda_fused_gemv_rows(const ModelRunner& runner);
 
 // True when this binary has the CUDA backend and a CUDA device is visible.

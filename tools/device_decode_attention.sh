@@ -13,7 +13,7 @@
 #        EXTRA (more arbor_bench_attention runs per variant and pass, graph mode: argument
 #        lists separated by ';', e.g. "--hq 64 --batch 1 --context 32768 --splits 66"),
 #        E2E_VARIANTS (the 8B decode step's variants, default VARIANT...: e.g. add
-#        "NAME:ARBOR_FUSED_GEMV=1" there only, as it does not change the attention kernel)
+#        "NAME:ARBOR_FUSED_GEMV=0" there only, as it does not change the attention kernel)
 set -uo pipefail
 main=${1:?usage: device_decode_attention.sh NAME "VARIANT..."}
 variants=${2:-$main}

@@ -120,10 +120,6 @@ bool gemv_rmsnorm_supported(int m, int k) {
   return shape_supported(m, k) && rmsnorm_layout(k / 8).threads <= kWarps * 32;
 }
 
-bool gemv_silu_mul_supported(int m, int k) {
-  return shape_supported(m, k);
-}
-
 void gemv_rmsnorm(const bf16* x, const bf16* norm_weight, float eps, const bf16* w, int m, int n,
                   int k, bf16* out, cudaStream_t stream) {
   const char* op = "gemv_rmsnorm";
@@ -150,13 +146,6 @@ void gemv_add_rmsnorm(const bf16* residual_in, const bf16* x, bf16* residual_out
   norm.residual_in = residual_in;
   norm.residual_out = residual_out;
   launch_rows<GemvInput::kAddRmsNorm>(x, w, m, n, k, out, norm, stream);
-}
-
-void gemv_silu_mul(const bf16* gate_up, const bf16* w, int m, int n, int k, bf16* out,
-                   cudaStream_t stream) {
-  check_fused("gemv_silu_mul", gemv_silu_mul_supported(m, k), "", m, n, k, w, out,
-              {{gate_up, size_t(m) * 2 * k}});
-  launch_rows<GemvInput::kSiluMul>(gate_up, w, m, n, k, out, GemvNorm{}, stream);
 }
 
 }  // namespace arbor::cuda

@@ -4,10 +4,11 @@
 // reads; this kernel reads each weight row once with 16-byte non-caching loads, several in
 // flight per lane, x staged in shared memory, one warp per output column n.
 //
-// The fused entry points compute the product's input from the op that precedes it in the
-// decoder while staging it (every block computes the whole input; it is small), so that op
-// needs no kernel of its own: the same bits as running cuda::rmsnorm / add_rmsnorm /
-// silu_mul (kernels/cuda/ops.h) and then gemv(), one launch fewer.
+// The fused entry points compute the product's input, an RMSNorm (with the residual add),
+// while staging it (every block computes the whole input; it is small), so that the norm
+// needs no kernel of its own: the same bits as running cuda::rmsnorm / add_rmsnorm
+// (kernels/cuda/ops.h) and then gemv(), one launch fewer. (A fused SiLU·mul was measured
+// slower than the two kernels — 14336 expf per block — and dropped: bench/RESULTS.md.)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,8 +29,6 @@ void gemv(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, cudaStre
 // True when gemv_rmsnorm / gemv_add_rmsnorm handle m rows of k: gemv_supported's shape rules,
 // and the norm's row fits one gemv block in cuda::rmsnorm's thread layout (k ≤ 16384).
 bool gemv_rmsnorm_supported(int m, int k);
-// True when gemv_silu_mul handles m rows of k outputs of SiLU·mul: gemv_supported's rules.
-bool gemv_silu_mul_supported(int m, int k);
 
 // Each fused entry point throws std::invalid_argument when its *_supported is false, n ≤ 0,
 // eps is negative or not finite, a pointer is null or not 16-byte aligned, or the output
@@ -47,10 +46,5 @@ void gemv_rmsnorm(const bf16* x, const bf16* norm_weight, float eps, const bf16*
 void gemv_add_rmsnorm(const bf16* residual_in, const bf16* x, bf16* residual_out,
                       const bf16* norm_weight, float eps, const bf16* w, int m, int n, int k,
                       bf16* out, cudaStream_t stream);
-
-// out = gemv(silu(gate) · up, w) with gate_up as m rows of [gate (k) | up (k)]: cuda::silu_mul
-// then gemv(), bit for bit.
-void gemv_silu_mul(const bf16* gate_up, const bf16* w, int m, int n, int k, bf16* out,
-                   cudaStream_t stream);
 
 }  // namespace arbor::cuda

@@ -1,8 +1,8 @@
 // The gemv kernel (kernels/cuda/gemv.h) as a template, shared by gemv.cu and the tuning
 // benchmark (bench/gemv.cu): M rows of x, kLoads 16-byte weight loads in flight per lane,
-// kWarps output columns per block, and the input either x itself or the op that produced x
-// in the decoder (RMSNorm, residual add + RMSNorm, SiLU·mul), computed by every block while
-// it stages its input in shared memory (GemvInput).
+// kWarps output columns per block, and the input either x itself or the norm that produced
+// x in the decoder (RMSNorm, residual add + RMSNorm), computed by every block while it
+// stages its input in shared memory (GemvInput).
 #pragma once
 
 #include <cstdint>
@@ -38,10 +38,9 @@ enum class GemvInput {
   kPlain,       // x
   kRmsNorm,     // cuda::rmsnorm(x, norm_weight)
   kAddRmsNorm,  // h = x + residual_in (written to residual_out), then cuda::rmsnorm(h, norm_weight)
-  kSiluMul,     // cuda::silu_mul(x) with x as M rows of [gate (k) | up (k)]
 };
 
-// The operands of the fused inputs (unused by kPlain and kSiluMul).
+// The operands of the fused norms (unused by kPlain).
 struct GemvNorm {
   const bf16* residual_in = nullptr;  // kAddRmsNorm: [M][k], not written
   bf16* residual_out = nullptr;       // kAddRmsNorm: [M][k], written by block 0 only
@@ -71,16 +70,6 @@ __device__ __forceinline__ void gemv_stage_input(const bf16* __restrict__ x, con
   if constexpr (kIn == GemvInput::kPlain) {
     const uint4* xg = reinterpret_cast<const uint4*>(x);
     for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) sx[i] = xg[i];
-  } else if constexpr (kIn == GemvInput::kSiluMul) {
-    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) {
-      const bf16* g = x + size_t(i / chunks) * 2 * k + size_t(i % chunks) * 8;
-      float gv[8], uv[8], o[8];
-      unpack8(load16(g), gv);
-      unpack8(load16(g + k), uv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = silu_mul_value(gv[e], uv[e]);
-      sx[i] = pack8(o);
-    }
   } else {
     // 1. h (x, or x + residual rounded) into sx, and each row's sum of squares with the
     // threads and vector order of cuda::rmsnorm's kernel (threads beyond its count add 0).

@@ -39,25 +39,22 @@ void require_rejected(F&& call, const std::string& what) {
 TEST_CASE("the fused gemv inputs take the shapes the gemv takes, norms up to 16384 wide",
           "[cuda-host][gemv]") {
   using arbor::cuda::gemv_rmsnorm_supported;
-  using arbor::cuda::gemv_silu_mul_supported;
   for (int m = 1; m <= arbor::cuda::kMaxGemvRows; ++m) {
     for (int k : {8, 120, 256, 4096, 4104, 8192, 14336, 16384, 16392, 28672}) {
       INFO("m " << m << ", k " << k);
       const bool fits = size_t(m) * k * 2 <= 96 * 1024;
-      CHECK(gemv_silu_mul_supported(m, k) == fits);
       CHECK(gemv_rmsnorm_supported(m, k) == (fits && k <= 16384));
     }
   }
   for (int k : {0, -8, 12, 4100}) {  // not a positive multiple of 8
-    CHECK_FALSE(gemv_silu_mul_supported(1, k));
     CHECK_FALSE(gemv_rmsnorm_supported(1, k));
   }
   CHECK_FALSE(gemv_rmsnorm_supported(0, 4096));
   CHECK_FALSE(gemv_rmsnorm_supported(arbor::cuda::kMaxGemvRows + 1, 4096));
-  // Llama-3.1-8B's decode steps of 1 and 2 tokens are all fused.
+  // Llama-3.1-8B's and Llama-3-70B's hidden sizes.
   for (int m : {1, 2}) {
     CHECK(gemv_rmsnorm_supported(m, 4096));
-    CHECK(gemv_silu_mul_supported(m, 14336));
+    CHECK(gemv_rmsnorm_supported(m, 8192));
   }
 }
 
@@ -69,7 +66,6 @@ TEST_CASE("the fused gemv inputs reject bad arguments before launching", "[cuda-
   const float eps = 1e-5f;
   using arbor::cuda::gemv_add_rmsnorm;
   using arbor::cuda::gemv_rmsnorm;
-  using arbor::cuda::gemv_silu_mul;
 
   auto add_norm = [&](const bf16* r_in, const bf16* xx, bf16* r_out, const bf16* nw, float e,
                       const bf16* ww, int mm, int nn, int kk, bf16* o) {
@@ -113,10 +109,6 @@ TEST_CASE("the fused gemv inputs reject bad arguments before launching", "[cuda-
   require_rejected([&] { gemv_rmsnorm(x, norm_w, eps, w, m, n, 16392, out, nullptr); },
                    "k <= 16384");
   require_rejected([&] { gemv_rmsnorm(x, norm_w, INFINITY, w, m, n, k, out, nullptr); }, "eps");
-
-  // SiLU·mul reads m rows of 2k: an output inside the up half overlaps.
-  require_rejected([&] { gemv_silu_mul(x, w, m, n, k, at(0x110000 + 2 * (3 * k)), nullptr); },
-                   "overlaps");
-  require_rejected([&] { gemv_silu_mul(x, w, 4, n, 16384, out, nullptr); }, "unsupported shape");
-  require_rejected([&] { gemv_silu_mul(nullptr, w, m, n, k, out, nullptr); }, "null pointer");
+  require_rejected([&] { gemv_rmsnorm(nullptr, norm_w, eps, w, m, n, k, out, nullptr); },
+                   "null pointer");
 }

@@ -1,5 +1,5 @@
 // The gemv's fused inputs (kernels/cuda/gemv.h) against the separate ops they replace:
-// cuda::rmsnorm / add_rmsnorm / silu_mul into a buffer, then cuda::gemv. The fused kernel
+// cuda::rmsnorm / add_rmsnorm into a buffer, then cuda::gemv. The fused kernel
 // computes each input element with the same arithmetic in the same order (the norm's sum of
 // squares in cuda::rmsnorm's thread layout), so the outputs and the new residual must match
 // bit for bit (tolerance 0); the separate ops are checked against the CPU reference and HF's
@@ -99,35 +99,4 @@ TEST_CASE("gemv with a fused RMSNorm gives the bits of rmsnorm / add_rmsnorm the
     require_mostly_equal("fused product [m][n] vs rmsnorm + gemv", from_device_bf16(got),
                          from_device_bf16(want), 0.0);
   }
-}
-
-TEST_CASE("gemv with a fused SiLU·mul gives the bits of silu_mul then gemv", "[gpu][gemm][gemv]") {
-  // k = the MLP width: Llama-3-8B (14336), Llama-3-70B (28672: one row only fits shared
-  // memory), the demo model (704), and a single vector; n smaller than the models' hidden
-  // size where that only costs time (every column is computed alike).
-  const int m = GENERATE(1, 2, 3, 4);
-  const auto nk =
-      GENERATE(std::pair{1024, 14336}, std::pair{96, 28672}, std::pair{256, 704}, std::pair{33, 8});
-  const int n = nk.first, k = nk.second;
-  INFO("m " << m << ", n " << n << ", k " << k);
-  const bool supported = arbor::cuda::gemv_silu_mul_supported(m, k);
-  CHECK(supported == (size_t(m) * k * 2 <= 96 * 1024));
-  if (!supported) return;
-
-  // Gates over the range where SiLU bends and saturates.
-  const auto gate_up = bf16_rounded(random_floats(size_t(m) * 2 * k, 800 + k, -8.0f, 8.0f));
-  auto d_gate_up = to_device_bf16(gate_up);
-  const DeviceArray<bf16> w = weights(n, k, 801 + n);
-  Stream stream;
-
-  auto act = bf16_buffer(size_t(m) * k);
-  auto want = bf16_buffer(size_t(m) * n);
-  arbor::cuda::silu_mul(d_gate_up.data(), m, k, act.data(), stream.get());
-  arbor::cuda::gemv(act.data(), w.data(), m, n, k, want.data(), stream.get());
-
-  auto got = bf16_buffer(size_t(m) * n);
-  arbor::cuda::gemv_silu_mul(d_gate_up.data(), w.data(), m, n, k, got.data(), stream.get());
-  stream.sync();
-  require_mostly_equal("fused product [m][n] vs silu_mul + gemv", from_device_bf16(got),
-                       from_device_bf16(want), 0.0);
 }

@@ -112,11 +112,11 @@ TEST_CASE("CUDA Llama matches the CPU reference on the demo model", "[gpu][model
   }
 }
 
-TEST_CASE("fused gemv inputs leave the CUDA model's logits unchanged, bit for bit",
+TEST_CASE("norms fused into the gemv leave the CUDA model's logits unchanged, bit for bit",
           "[gpu][model][gemv]") {
-  // Steps of 1 and 2 tokens (the gemv's) compute the norms and SiLU·mul inside the products
-  // (CudaRunnerOptions::fused_gemv_inputs) with the separate kernels' arithmetic: the same
-  // logits to the bit, over a prefill chunk and then decode steps at batch 1 and 2.
+  // Single-token steps compute the norms inside the products (CudaRunnerOptions::
+  // fused_gemv_norms) with the separate kernels' arithmetic: the same logits to the bit, over
+  // a prefill chunk and then decode steps at batch 1 (fused) and 2 (not).
   auto tokenizer = load_tokenizer(demo_dir());
   std::vector<std::vector<int32_t>> prompts;
   for (const char* text : {"The jury said that the city", "It was a cold morning, and the wind"})
@@ -133,11 +133,12 @@ TEST_CASE("fused gemv inputs leave the CUDA model's logits unchanged, bit for bi
       o.max_batch_tokens = 256;
       o.max_num_seqs = 4;
       o.cuda_graphs = graphs;
+      o.fused_gemv_norms = false;
       auto separate = make_cuda_runner(demo_dir(), o);
-      o.fused_gemv_inputs = true;
+      o.fused_gemv_norms = true;
       auto fused = make_cuda_runner(demo_dir(), o);
       REQUIRE(cuda_fused_gemv_rows(*separate) == 0);
-      REQUIRE(cuda_fused_gemv_rows(*fused) == 2);  // hidden 256, MLP 704: both gemv sizes
+      REQUIRE(cuda_fused_gemv_rows(*fused) == 1);
       const std::vector<std::vector<int32_t>> batch_prompts(prompts.begin(),
                                                             prompts.begin() + batch);
       compare_steps(*fused, *separate, batch_prompts, /*chunk=*/2, 16, /*bitwise=*/true);
