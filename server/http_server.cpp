@@ -11,7 +11,9 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
+#include <regex>
 #include <thread>
 #include <unordered_map>
 
@@ -123,17 +125,6 @@ class OutputQueue : public RequestSink {
 };
 
 constexpr std::chrono::milliseconds kPollInterval{50};
-
-// The methods a route answers besides OPTIONS (register_routes), so that a wrong method gets
-// 405 and not 404; empty: no such route.
-std::string route_methods(const std::string& path) {
-  for (const char* post : {"/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"})
-    if (path == post) return "POST";
-  if (path == "/v1/models" || path == "/health" || path == "/metrics" ||
-      (path.rfind("/v1/models/", 0) == 0 && path.size() > 11))
-    return "GET";
-  return {};
-}
 
 }  // namespace
 
@@ -536,6 +527,15 @@ void HttpServer::handle_generation(ApiKind kind, const httplib::Request& http_re
       });
 }
 
+std::string HttpServer::allowed_methods(const std::string& path) const {
+  std::string methods;
+  for (const auto& [method, pattern] : route_patterns_) {
+    if (std::regex_match(path, pattern) && methods.find(method) == std::string::npos)
+      methods += (methods.empty() ? "" : ", ") + method;
+  }
+  return methods;
+}
+
 void HttpServer::register_routes() {
   httplib::Server& s = *svr_;
   s.new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(size_t(n)); };
@@ -566,7 +566,7 @@ void HttpServer::register_routes() {
     const bool body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
                              req.method == "DELETE";
     if (body_method && !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
-      const std::string allowed = route_methods(req.path);
+      const std::string allowed = allowed_methods(req.path);
       if (allowed.empty()) {
         send_error(res, route_not_found(req.method, req.path));
       } else if (allowed != req.method) {
@@ -587,7 +587,7 @@ void HttpServer::register_routes() {
   });
   s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    const std::string allowed = route_methods(req.path);
+    const std::string allowed = allowed_methods(req.path);
     if (res.status == 404 && !allowed.empty()) {
       res.set_header("Allow", allowed + ", OPTIONS");
       send_error(res, method_not_allowed(req.method, req.path, allowed));
@@ -611,19 +611,15 @@ void HttpServer::register_routes() {
         }
       });
 
-  // POST routes read their bodies themselves (read_body: the size limit holds for chunked
-  // bodies too).
-  using httplib::ContentReader;
-  s.Post("/v1/completions",
-         [this](const httplib::Request& req, httplib::Response& res, const ContentReader& reader) {
-           guarded(res, [&] {
-             handle_generation(ApiKind::kCompletion, req, read_body(reader, res), res);
-           });
-         });
-  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
-                                        const ContentReader& reader) {
-    guarded(res, [&] { handle_generation(ApiKind::kChat, req, read_body(reader, res), res); });
-  });
+  // Every route once, in one table: httplib gets its handler from here and allowed_methods()
+  // its (method, path pattern), so that a wrong method gets 405 and not 404.
+  using Handler =
+      std::function<void(const httplib::Request&, httplib::Response&, const std::string& body)>;
+  struct Route {
+    const char* method;   // "GET" or "POST" (OPTIONS answers every path, above)
+    const char* pattern;  // httplib's: a regular expression matched against the whole path
+    Handler handle;       // POST: with the body read by read_body; GET: with ""
+  };
   auto model_card = [this] {
     return json{{"id", options_.served_model_name},
                 {"object", "model"},
@@ -631,67 +627,89 @@ void HttpServer::register_routes() {
                 {"owned_by", "arbor"},
                 {"max_model_len", max_model_len_}};
   };
-  s.Get("/v1/models", [model_card](const httplib::Request&, httplib::Response& res) {
-    res.set_content(dump({{"object", "list"}, {"data", json::array({model_card()})}}),
-                    "application/json");
-  });
-  s.Get(R"(/v1/models/(.+))",
-        [this, model_card](const httplib::Request& req, httplib::Response& res) {
-          guarded(res, [&] {
-            const std::string id = req.matches[1];
-            if (id != options_.served_model_name) throw model_not_found(id);
-            res.set_content(dump(model_card()), "application/json");
-          });
-        });
-  s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-    if (ready_) {
-      res.set_content("{\"status\":\"ok\"}", "application/json");
+  const Route routes[] = {
+      {"POST", "/v1/completions",
+       [this](const httplib::Request& req, httplib::Response& res, const std::string& body) {
+         handle_generation(ApiKind::kCompletion, req, body, res);
+       }},
+      {"POST", "/v1/chat/completions",
+       [this](const httplib::Request& req, httplib::Response& res, const std::string& body) {
+         handle_generation(ApiKind::kChat, req, body, res);
+       }},
+      {"GET", "/v1/models",
+       [model_card](const httplib::Request&, httplib::Response& res, const std::string&) {
+         res.set_content(dump({{"object", "list"}, {"data", json::array({model_card()})}}),
+                         "application/json");
+       }},
+      {"GET", R"(/v1/models/(.+))",
+       [this, model_card](const httplib::Request& req, httplib::Response& res, const std::string&) {
+         const std::string id = req.matches[1];
+         if (id != options_.served_model_name) throw model_not_found(id);
+         res.set_content(dump(model_card()), "application/json");
+       }},
+      {"GET", "/health",
+       [this](const httplib::Request&, httplib::Response& res, const std::string&) {
+         if (ready_) {
+           res.set_content("{\"status\":\"ok\"}", "application/json");
+         } else {
+           send_error(res, unavailable(draining_ ? "shutting down" : "the model is loading"));
+         }
+       }},
+      {"GET", "/metrics",
+       [this](const httplib::Request&, httplib::Response& res, const std::string&) {
+         res.set_content(metrics_.render(engine_.stats(), options_.served_model_name, in_flight_),
+                         "text/plain; version=0.0.4");
+       }},
+      {"POST", "/tokenize",
+       [this](const httplib::Request&, httplib::Response& res, const std::string& text) {
+         const json body = parse_json_body(text);
+         std::vector<int32_t> ids;
+         if (body.contains("messages")) {
+           const bool agp = body.value("add_generation_prompt", true);
+           ids = tokenizer_.encode(render_chat(body["messages"], chat_, agp), false);
+         } else {
+           if (!body.contains("prompt") || !body["prompt"].is_string())
+             throw invalid_param("prompt", "'prompt' must be a string");
+           const auto& add = body.value("add_special_tokens", json(true));
+           if (!add.is_boolean())
+             throw invalid_param("add_special_tokens", "'add_special_tokens' must be a boolean");
+           ids = tokenizer_.encode(body["prompt"].get<std::string>(), add.get<bool>());
+         }
+         res.set_content(
+             dump({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", max_model_len_}}),
+             "application/json");
+       }},
+      {"POST", "/detokenize",
+       [this](const httplib::Request&, httplib::Response& res, const std::string& text) {
+         const json body = parse_json_body(text);
+         if (!body.contains("tokens") || !body["tokens"].is_array())
+           throw invalid_param("tokens", "'tokens' must be a list of token ids");
+         std::vector<int32_t> ids;
+         for (const json& t : body["tokens"]) {
+           if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
+               t.get<int64_t>() >= tokenizer_.vocab_size())
+             throw invalid_param("tokens", "token ids must be integers in [0, " +
+                                               std::to_string(tokenizer_.vocab_size()) + ")");
+           ids.push_back(t.get<int32_t>());
+         }
+         res.set_content(dump({{"prompt", tokenizer_.decode(ids, false)}}), "application/json");
+       }},
+  };
+  for (const Route& r : routes) {
+    route_patterns_.emplace_back(r.method, std::regex(r.pattern));
+    if (std::string(r.method) == "POST") {
+      // POST routes read their bodies themselves (read_body: the size limit holds for chunked
+      // bodies too).
+      s.Post(r.pattern, [this, h = r.handle](const httplib::Request& req, httplib::Response& res,
+                                             const httplib::ContentReader& reader) {
+        guarded(res, [&] { h(req, res, read_body(reader, res)); });
+      });
     } else {
-      send_error(res, unavailable(draining_ ? "shutting down" : "the model is loading"));
+      s.Get(r.pattern, [h = r.handle](const httplib::Request& req, httplib::Response& res) {
+        guarded(res, [&] { h(req, res, std::string()); });
+      });
     }
-  });
-  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.render(engine_.stats(), options_.served_model_name, in_flight_),
-                    "text/plain; version=0.0.4");
-  });
-  s.Post("/tokenize", [this](const httplib::Request&, httplib::Response& res,
-                             const ContentReader& reader) {
-    guarded(res, [&] {
-      const json body = parse_json_body(read_body(reader, res));
-      std::vector<int32_t> ids;
-      if (body.contains("messages")) {
-        const bool agp = body.value("add_generation_prompt", true);
-        ids = tokenizer_.encode(render_chat(body["messages"], chat_, agp), false);
-      } else {
-        if (!body.contains("prompt") || !body["prompt"].is_string())
-          throw invalid_param("prompt", "'prompt' must be a string");
-        const auto& add = body.value("add_special_tokens", json(true));
-        if (!add.is_boolean())
-          throw invalid_param("add_special_tokens", "'add_special_tokens' must be a boolean");
-        ids = tokenizer_.encode(body["prompt"].get<std::string>(), add.get<bool>());
-      }
-      res.set_content(
-          dump({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", max_model_len_}}),
-          "application/json");
-    });
-  });
-  s.Post("/detokenize",
-         [this](const httplib::Request&, httplib::Response& res, const ContentReader& reader) {
-           guarded(res, [&] {
-             const json body = parse_json_body(read_body(reader, res));
-             if (!body.contains("tokens") || !body["tokens"].is_array())
-               throw invalid_param("tokens", "'tokens' must be a list of token ids");
-             std::vector<int32_t> ids;
-             for (const json& t : body["tokens"]) {
-               if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
-                   t.get<int64_t>() >= tokenizer_.vocab_size())
-                 throw invalid_param("tokens", "token ids must be integers in [0, " +
-                                                   std::to_string(tokenizer_.vocab_size()) + ")");
-               ids.push_back(t.get<int32_t>());
-             }
-             res.set_content(dump({{"prompt", tokenizer_.decode(ids, false)}}), "application/json");
-           });
-         });
+  }
 }
 
 }  // namespace arbor

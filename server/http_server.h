@@ -7,7 +7,9 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <regex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/engine.h"
@@ -67,6 +69,9 @@ class HttpServer {
   // closes): httplib 0.11 enforces its payload limit on Content-Length bodies only.
   std::string read_body(const httplib::ContentReader& reader, httplib::Response& res) const;
   void register_routes();
+  // The methods register_routes() serves `path` with besides OPTIONS, e.g. "POST"; empty: no
+  // route (404, where a known path with another method gets 405 and this as its Allow).
+  std::string allowed_methods(const std::string& path) const;
 
   Engine& engine_;
   const Tokenizer& tokenizer_;
@@ -77,6 +82,7 @@ class HttpServer {
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
   std::atomic<int> in_flight_{0};
+  std::vector<std::pair<std::string, std::regex>> route_patterns_;  // (method, path), one per route
   int max_model_len_ = 0;
   int64_t created_ = 0;  // /v1/models' "created": when this server was made (Unix seconds)
   // listen() and shutdown() may race (a server stopped right after it started): see there.

@@ -292,20 +292,23 @@ TEST_CASE("models, health, metrics, tokenize round trip", "[server]") {
   CHECK(json::parse(one->body) == m["data"][0]);
   check_error(c.Get("/v1/models/gpt-9"), 404, "model_not_found");
   // A route asked with the wrong method: 405 and the methods it takes.
-  for (const auto& [method, path] :
-       {std::pair{"GET", "/v1/completions"}, std::pair{"DELETE", "/v1/chat/completions"},
-        std::pair{"POST", "/v1/models"}, std::pair{"PUT", "/health"}}) {
-    INFO(method << " " << path);
+  struct WrongMethod {
+    const char *method, *path, *allowed;
+  };
+  for (const WrongMethod& w :
+       {WrongMethod{"GET", "/v1/completions", "POST"},
+        WrongMethod{"DELETE", "/v1/chat/completions", "POST"},
+        WrongMethod{"POST", "/v1/models", "GET"}, WrongMethod{"DELETE", "/v1/models/demo", "GET"},
+        WrongMethod{"PUT", "/health", "GET"}, WrongMethod{"POST", "/metrics", "GET"},
+        WrongMethod{"GET", "/tokenize", "POST"}, WrongMethod{"GET", "/detokenize", "POST"}}) {
+    INFO(w.method << " " << w.path);
     httplib::Request req;
-    req.method = method;
-    req.path = path;
+    req.method = w.method;
+    req.path = w.path;
     req.set_header("Authorization", "Bearer sekret");
     const auto res = c.send(req);
     check_error(res, 405, "method_not_allowed");
-    CHECK(res->get_header_value("Allow") ==
-          std::string(std::string(method) == "GET" || std::string(method) == "DELETE" ? "POST"
-                                                                                      : "GET") +
-              ", OPTIONS");
+    CHECK(res->get_header_value("Allow") == std::string(w.allowed) + ", OPTIONS");
   }
   check_error(c.Get("/v2/nothing"), 404, "not_found");
   httplib::Client anon("127.0.0.1", server().port);
