@@ -17,13 +17,17 @@ namespace {
 using detail::GemvInput;
 using detail::GemvNorm;
 
-constexpr int kWarps = kGemvWarps;
 constexpr int kMaxSmemBytes = 96 * 1024;
+// Two-row products at least this wide (Llama-3.1-8B's gate_up, 28672, and lm_head, 128256)
+// run with 8 warps of 8 loads in flight: on the H200 (bench/RESULTS.md) gate_up 59.4 -> 56.9
+// us and lm_head 249.4 -> 236.8 us against 16 warps of 4, while the narrower products are
+// best or within 0.6 us with 16 warps (every configuration alike on the H100).
+constexpr int kWideTwoRowN = 16384;
 
-template <int M, GemvInput kIn>
+template <int M, GemvInput kIn, int kLoads = kGemvLoadsInFlight, int kWarps = kGemvWarps>
 void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, const GemvNorm& norm,
             cudaStream_t stream) {
-  auto kernel = detail::gemv_kernel<M, kGemvLoadsInFlight, kWarps, kIn>;
+  auto kernel = detail::gemv_kernel<M, kLoads, kWarps, kIn>;
   const size_t smem = detail::gemv_smem_bytes<M, kIn>(k);
   if (smem > 48 * 1024) {
     CUDA_CHECK(
@@ -41,6 +45,9 @@ void launch_rows(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, c
     case 1:
       return launch<1, kIn>(x, w, n, k, out, norm, stream);
     case 2:
+      if constexpr (kIn == GemvInput::kPlain) {
+        if (n >= kWideTwoRowN) return launch<2, kIn, 8, 8>(x, w, n, k, out, norm, stream);
+      }
       return launch<2, kIn>(x, w, n, k, out, norm, stream);
     case 3:
       return launch<3, kIn>(x, w, n, k, out, norm, stream);
@@ -117,7 +124,7 @@ void gemv(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, cudaStre
 }
 
 bool gemv_rmsnorm_supported(int m, int k) {
-  return shape_supported(m, k) && rmsnorm_layout(k / 8).threads <= kWarps * 32;
+  return shape_supported(m, k) && rmsnorm_layout(k / 8).threads <= kGemvWarps * 32;
 }
 
 void gemv_rmsnorm(const bf16* x, const bf16* norm_weight, float eps, const bf16* w, int m, int n,

@@ -16,7 +16,8 @@ namespace arbor::cuda {
 
 // The configuration gemv() uses: on an H100 (bench/gemv.cu, bench/RESULTS.md) 16 warps
 // per block were best or within 1% for every Llama-3.1-8B shape at m = 1 and 2; the loads in
-// flight matter little from 2 on.
+// flight matter little from 2 on. (On the H200 the widest two-row products run best with 8
+// warps of 8 loads: gemv.cu's kWideTwoRowN.)
 constexpr int kGemvLoadsInFlight = 4;
 constexpr int kGemvWarps = 16;
 

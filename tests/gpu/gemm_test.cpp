@@ -169,8 +169,11 @@ TEST_CASE("gemv matches cpu::matmul and cuBLASLt on Llama shapes; Gemm routes m 
   // Same tolerances as the GEMM (only the fp32 summation order differs: the gemv sums each
   // lane's products in order, then a butterfly over the 32 lanes).
   const int m = GENERATE(1, 2, 3, 4);
-  const auto nk = GENERATE(std::pair{4096, 4096}, std::pair{3, 14336}, std::pair{6144, 4096},
-                           std::pair{37, 8}, std::pair{1000, 520});
+  // n >= 16384: the wide configuration of two-row products (kernels/cuda/gemv.cu), with a
+  // partial last block.
+  const auto nk =
+      GENERATE(std::pair{4096, 4096}, std::pair{3, 14336}, std::pair{6144, 4096}, std::pair{37, 8},
+               std::pair{1000, 520}, std::pair{16390, 264}, std::pair{28672, 4096});
   const int n = nk.first, k = nk.second;
   INFO("m " << m << ", n " << n << ", k " << k);
   const Problem p = make_problem(m, n, k, 500 + m + n);
