@@ -76,6 +76,7 @@ struct Options {
   int iters = 200, warmup = 20, layers = 32, splits = 0;
   bool overlap = true;
   std::string mode = "both";
+  std::string block_order = "shuffled";
   std::string peer;
 };
 
@@ -137,10 +138,11 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
     caches.emplace_back(layer_bytes);
     fill_random(caches.back().as<bf16>(), 2 * cache_elems, 1000 + uint64_t(l), stream);
   }
-  // Shuffled block tables, as a long-running server's pool would give.
+  // Shuffled block tables, as a long-running server's pool would give; sequential ones lay
+  // each sequence's blocks out in order, to measure what the scattered pages cost.
   std::vector<int32_t> perm(num_blocks);
   std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(42));
+  if (o.block_order == "shuffled") std::shuffle(perm.begin(), perm.end(), std::mt19937_64(42));
   DeviceArray<int32_t> tables(num_blocks);
   DeviceArray<int32_t> lens{size_t(batch)};
   tables.upload(perm.data(), perm.size(), stream);
@@ -229,6 +231,9 @@ int main(int argc, char** argv) {
   app.add_option("--iters", o.iters, "timed iterations (graph mode: a quarter as many replays)");
   app.add_option("--warmup", o.warmup, "untimed iterations first");
   app.add_option("--layers", o.layers, "layers per graph replay, each with its own KV cache");
+  app.add_option("--block-order", o.block_order,
+                 "shuffled (a server's pool after a while) or sequential block tables")
+      ->check(CLI::IsMember({"shuffled", "sequential"}));
   app.add_option("--splits", o.splits, "force this split count (0: the plan chooses)");
   app.add_option("--overlap", o.overlap,
                  "1: read K/V before the previous launch completes (as the model does), 0: not");
@@ -260,9 +265,9 @@ int main(int argc, char** argv) {
                 prop.l2CacheSize / 1048576.0, date);
     std::printf("measured read bandwidth: %.0f GB/s\n", read_bw * 1e-9);
     std::printf(
-        "shape: hq=%d hkv=%d head_dim=%d block_size=%d, bf16; graph: %d layers/replay; "
+        "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
         "overlap %d\n",
-        o.hq, o.hkv, o.head_dim, o.block_size, o.layers, int(o.overlap));
+        o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap));
     std::printf(
         "GB/s and %% use the graph time (else single); SDPA: dense KV, single launches\n\n");
     std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %11s %11s  %s\n", "batch", "context", "splits",
