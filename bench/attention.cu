@@ -2,7 +2,8 @@
 // launches and inside a CUDA graph that replays --layers layers back to back (each layer its
 // own KV cache, so the caches together exceed L2), and the bandwidth that implies against
 // the device's own measured read bandwidth. With --peer it also runs a peer script
-// (tools/bench_sdpa.py: torch SDPA flash and cuDNN on the same shapes) and prints one table.
+// (tools/bench_sdpa.py: torch SDPA flash and cuDNN on the same shapes, as single calls and
+// in a CUDA graph of --layers calls) and prints one table.
 //
 //   arbor_bench_attention --batch 1,8 --context 1024,4096,32768,131072
 //       --peer "python3 tools/bench_sdpa.py"
@@ -80,10 +81,11 @@ struct Options {
   std::string peer;
 };
 
-// Peer results keyed by (batch, context, backend): microseconds, or NaN with a note.
+// Peer results keyed by (batch, context, backend): microseconds of a single call and per
+// call in a graph, or NaN with a note.
 using PeerKey = std::tuple<int, int, std::string>;
 struct PeerResult {
-  double us = NAN;
+  double us = NAN, graph_us = NAN;
   std::string note;
 };
 
@@ -97,8 +99,13 @@ std::map<PeerKey, PeerResult> run_peer(const Options& o) {
   arbor::bench::run_peer_command(cmd, "backend", [&results](const nlohmann::json& j) {
     PeerResult r;
     if (j.contains("us") && j["us"].is_number()) r.us = j["us"].get<double>();
-    if (j.contains("error")) r.note = j["error"].get<std::string>();
-    if (j.contains("gqa") && j["gqa"] == "expanded") r.note = "kv heads expanded";
+    if (j.contains("graph_us") && j["graph_us"].is_number())
+      r.graph_us = j["graph_us"].get<double>();
+    std::vector<std::string> notes;
+    if (j.contains("error")) notes.push_back(j["error"].get<std::string>());
+    if (j.contains("graph_error")) notes.push_back("graph: " + j["graph_error"].get<std::string>());
+    if (j.contains("gqa") && j["gqa"] == "expanded") notes.push_back("kv heads expanded");
+    for (const auto& n : notes) r.note += (r.note.empty() ? "" : ", ") + n;
     results[{j.value("batch", 0), j.value("context", 0), j.value("backend", "")}] = r;
   });
   return results;
@@ -269,10 +276,12 @@ int main(int argc, char** argv) {
         "overlap %d\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap));
     std::printf(
-        "GB/s and %% use the graph time (else single); SDPA: dense KV, single launches\n\n");
-    std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %11s %11s  %s\n", "batch", "context", "splits",
-                "caches", "single_us", "graph_us/ly", "GB/s", "%read", "sdpa_flash", "sdpa_cudnn",
-                "note");
+        "GB/s and %% use the graph time (else single); SDPA: dense KV, µs of a single call "
+        "(flash, cudnn) and per call in a graph of %d calls (flash_g, cudnn_g)\n\n",
+        o.layers);
+    std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %9s %9s %9s %9s  %s\n", "batch", "context",
+                "splits", "caches", "single_us", "graph_us/ly", "GB/s", "%read", "flash", "cudnn",
+                "flash_g", "cudnn_g", "note");
     for (int b : o.batches) {
       for (int c : o.contexts) {
         const Row r = run_case(o, b, c, sms, stream.get());
@@ -287,11 +296,14 @@ int main(int argc, char** argv) {
                 (note.empty() ? "" : "; ") + std::get<2>((*it)->first) + ": " + (*it)->second.note;
           }
         }
-        std::printf("%6d %8d %6d %7d %10s %12s %8s %7s %11s %11s  %s\n", b, c, r.splits,
+        const PeerResult none;
+        const PeerResult& flash = pf != peer.end() ? pf->second : none;
+        const PeerResult& cudnn = pc != peer.end() ? pc->second : none;
+        std::printf("%6d %8d %6d %7d %10s %12s %8s %7s %9s %9s %9s %9s  %s\n", b, c, r.splits,
                     r.layers_used, fmt(r.single_us).c_str(), fmt(r.graph_us).c_str(),
                     fmt(gbs, "%.0f").c_str(), fmt(100.0 * gbs * 1e9 / read_bw, "%.1f").c_str(),
-                    fmt(pf != peer.end() ? pf->second.us : NAN).c_str(),
-                    fmt(pc != peer.end() ? pc->second.us : NAN).c_str(), note.c_str());
+                    fmt(flash.us).c_str(), fmt(cudnn.us).c_str(), fmt(flash.graph_us).c_str(),
+                    fmt(cudnn.graph_us).c_str(), note.c_str());
         std::fflush(stdout);
       }
     }

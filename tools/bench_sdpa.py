@@ -3,11 +3,13 @@
 token per sequence (q [B, Hq, 1, D] over dense K/V [B, Hkv, L, D], bf16) with the flash and
 cuDNN backends. Prints one JSON object per line:
 
-  {"batch": 1, "context": 4096, "backend": "flash", "us": 12.3, "gqa": "native", ...}
+  {"batch": 1, "context": 4096, "backend": "flash", "us": 12.3, "graph_us": 5.1, ...}
 
 or, when a backend cannot run the shape, the same keys with "error" instead of "us".
-Times are medians of single calls timed with CUDA events, rotating over enough K/V copies
-that they exceed L2 (like the arbor benchmark's graph of many layers).
+Both times rotate over enough K/V copies that they exceed L2, like the arbor benchmark:
+"us" is the median of single calls timed with CUDA events (launch latency included);
+"graph_us" the median time per call of a CUDA graph that replays --layers calls back to
+back, as arbor's "graph_us/ly" (when capture fails, "graph_error" says why).
 
   python3 tools/bench_sdpa.py --batch 1,8 --context 1024,4096 --hq 32 --hkv 8 --head-dim 128
 """
@@ -72,9 +74,9 @@ def main():
                     emit(b, c, name, error="unknown backend")
                     continue
                 try:
-                    us = time_backend(torch, F, sdpa_kernel, backends[name], q, ks, vs, scale,
-                                      True, a)
-                    emit(b, c, name, us=us, gqa="native", copies=copies)
+                    us, graph = time_backend(torch, F, sdpa_kernel, backends[name], q, ks, vs,
+                                             scale, True, a)
+                    emit(b, c, name, us=us, **graph, gqa="native", copies=copies)
                 except Exception as e_native:
                     # Some backends lack native GQA: repeat the KV heads (more bytes read).
                     try:
@@ -82,9 +84,9 @@ def main():
                             raise RuntimeError("expanded K/V does not fit") from e_native
                         kx = [k.repeat_interleave(group, dim=1) for k in ks[:1]]
                         vx = [v.repeat_interleave(group, dim=1) for v in vs[:1]]
-                        us = time_backend(torch, F, sdpa_kernel, backends[name], q, kx, vx,
-                                          scale, False, a)
-                        emit(b, c, name, us=us, gqa="expanded", copies=1)
+                        us, graph = time_backend(torch, F, sdpa_kernel, backends[name], q, kx,
+                                                 vx, scale, False, a)
+                        emit(b, c, name, us=us, **graph, gqa="expanded", copies=1)
                         del kx, vx
                     except Exception as e:
                         emit(b, c, name, error=one_line(e_native) + " / " + one_line(e))
@@ -94,6 +96,7 @@ def main():
 
 
 def time_backend(torch, F, sdpa_kernel, backend, q, ks, vs, scale, gqa, a):
+    """Median µs of a single call, and {"graph_us": ...} or {"graph_error": ...}."""
     kw = {"enable_gqa": True} if gqa else {}
     with sdpa_kernel(backend):
         call = lambda i: F.scaled_dot_product_attention(  # noqa: E731
@@ -110,7 +113,40 @@ def time_backend(torch, F, sdpa_kernel, backend, q, ks, vs, scale, gqa, a):
             stop.record()
             stop.synchronize()
             times.append(start.elapsed_time(stop) * 1e3)
-    times.sort()
+        try:
+            graph = {"graph_us": time_graph(torch, call, start, stop, a)}
+        except Exception as e:  # a backend that cannot be captured keeps its single-call time
+            graph = {"graph_error": one_line(e)}
+    return median(times), graph
+
+
+def time_graph(torch, call, start, stop, a):
+    """Median µs per call of a CUDA graph of a.layers calls, each on the next K/V copy."""
+    side = torch.cuda.Stream()  # warm up off the default stream, as capture requires
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(3):
+            call(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [call(i) for i in range(a.layers)]  # noqa: F841 (kept alive with the graph)
+    for _ in range(max(3, a.warmup // 4)):
+        graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(max(5, a.iters // 4)):
+        start.record()
+        graph.replay()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) * 1e3 / a.layers)
+    del graph, outs
+    return median(times)
+
+
+def median(times):
+    times = sorted(times)
     return times[len(times) // 2]
 
 
