@@ -75,7 +75,7 @@ struct Options {
   std::vector<int> contexts = {1024, 4096, 32768, 131072};
   int hq = 32, hkv = 8, head_dim = 128, block_size = 16;
   int iters = 200, warmup = 20, layers = 32, splits = 0;
-  bool overlap = true;
+  bool overlap = true, prologue = true;
   std::string mode = "both";
   std::string block_order = "shuffled";
   std::string peer;
@@ -174,7 +174,8 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
   // The launch before each one is another attention, which writes only `out`: K/V and the
   // tables may be read early, as in a model's step after its RoPE + KV write.
   p.overlap_previous_kernel = o.overlap;
-  const auto plan = arbor::cuda::plan_decode_attention(p, sms, o.splits);
+  auto plan = arbor::cuda::plan_decode_attention(p, sms, o.splits);
+  if (!o.prologue) plan.prologue_tiles = 0;  // always valid: the splits read from global memory
   row.splits = plan.num_splits;
   DeviceBuffer workspace(plan.workspace_bytes);
   if (plan.workspace_bytes) CUDA_CHECK(cudaMemset(workspace.get(), 0, plan.workspace_bytes));
@@ -244,6 +245,9 @@ int main(int argc, char** argv) {
   app.add_option("--splits", o.splits, "force this split count (0: the plan chooses)");
   app.add_option("--overlap", o.overlap,
                  "1: read K/V before the previous launch completes (as the model does), 0: not");
+  app.add_option("--prologue", o.prologue,
+                 "1: the plan decides whether short splits stream into shared memory first, 0: "
+                 "they never do");
   app.add_option("--mode", o.mode, "single, graph or both")
       ->check(CLI::IsMember({"single", "graph", "both"}));
   app.add_option("--peer", o.peer,
@@ -273,8 +277,9 @@ int main(int argc, char** argv) {
     std::printf("measured read bandwidth: %.0f GB/s\n", read_bw * 1e-9);
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
-        "overlap %d\n",
-        o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap));
+        "overlap %d, prologue %s\n",
+        o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),
+        o.prologue ? "as planned" : "off");
     std::printf(
         "GB/s and %% use the graph time (else single); SDPA: dense KV, µs of a single call "
         "(flash, cudnn) and per call in a graph of %d calls (flash_g, cudnn_g)\n\n",
