@@ -75,7 +75,8 @@ struct Options {
   std::vector<int> contexts = {1024, 4096, 32768, 131072};
   int hq = 32, hkv = 8, head_dim = 128, block_size = 16;
   int iters = 200, warmup = 20, layers = 32, splits = 0;
-  bool overlap = true, prologue = true;
+  int prologue = -1;  // tiles of each split streamed into shared memory first; -1: as planned
+  bool overlap = true;
   std::string mode = "both";
   std::string block_order = "shuffled";
   std::string peer;
@@ -175,7 +176,9 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
   // tables may be read early, as in a model's step after its RoPE + KV write.
   p.overlap_previous_kernel = o.overlap;
   auto plan = arbor::cuda::plan_decode_attention(p, sms, o.splits);
-  if (!o.prologue) plan.prologue_tiles = 0;  // always valid: the splits read from global memory
+  // Any count up to the kernel's maximum is valid: tokens past the prologue are read from
+  // global memory (with more shared memory per block, fewer blocks may fit one wave).
+  if (o.prologue >= 0) plan.prologue_tiles = o.prologue;
   row.splits = plan.num_splits;
   DeviceBuffer workspace(plan.workspace_bytes);
   if (plan.workspace_bytes) CUDA_CHECK(cudaMemset(workspace.get(), 0, plan.workspace_bytes));
@@ -246,8 +249,8 @@ int main(int argc, char** argv) {
   app.add_option("--overlap", o.overlap,
                  "1: read K/V before the previous launch completes (as the model does), 0: not");
   app.add_option("--prologue", o.prologue,
-                 "1: the plan decides whether short splits stream into shared memory first, 0: "
-                 "they never do");
+                 "tiles of each split streamed into shared memory before the previous launch "
+                 "ends: -1 as the plan decides (whole short splits), 0 none, N the first N");
   app.add_option("--mode", o.mode, "single, graph or both")
       ->check(CLI::IsMember({"single", "graph", "both"}));
   app.add_option("--peer", o.peer,
@@ -279,7 +282,7 @@ int main(int argc, char** argv) {
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
         "overlap %d, prologue %s\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),
-        o.prologue ? "as planned" : "off");
+        o.prologue < 0 ? "as planned" : (std::to_string(o.prologue) + " tiles").c_str());
     std::printf(
         "GB/s and %% use the graph time (else single); SDPA: dense KV, µs of a single call "
         "(flash, cudnn) and per call in a graph of %d calls (flash_g, cudnn_g)\n\n",
