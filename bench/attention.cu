@@ -75,7 +75,8 @@ struct Options {
   std::vector<int> contexts = {1024, 4096, 32768, 131072};
   int hq = 32, hkv = 8, head_dim = 128, block_size = 16;
   int iters = 200, warmup = 20, layers = 32, splits = 0;
-  int prologue = -1;  // tiles of each split streamed into shared memory first; -1: as planned
+  int prologue = -1;     // tiles of each split streamed into shared memory first; -1: as planned
+  int plan_context = 0;  // plan for this many tokens (>= the context); 0: the context
   bool overlap = true;
   std::string mode = "both";
   std::string block_order = "shuffled";
@@ -151,9 +152,17 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
   std::vector<int32_t> perm(num_blocks);
   std::iota(perm.begin(), perm.end(), 0);
   if (o.block_order == "shuffled") std::shuffle(perm.begin(), perm.end(), std::mt19937_64(42));
-  DeviceArray<int32_t> tables(num_blocks);
+  // A plan for a longer context needs table rows that long (the blocks past the context are
+  // never read; block 0 stands in for them).
+  const int plan_ctx = std::max(context, o.plan_context);
+  const int table_stride = std::max(blocks_per_seq, (plan_ctx + o.block_size - 1) / o.block_size);
+  std::vector<int32_t> host_tables(size_t(batch) * size_t(table_stride), 0);
+  for (int s = 0; s < batch; ++s)
+    std::copy_n(perm.begin() + size_t(s) * blocks_per_seq, blocks_per_seq,
+                host_tables.begin() + size_t(s) * table_stride);
+  DeviceArray<int32_t> tables(host_tables.size());
   DeviceArray<int32_t> lens{size_t(batch)};
-  tables.upload(perm.data(), perm.size(), stream);
+  tables.upload(host_tables.data(), host_tables.size(), stream);
   const std::vector<int32_t> host_lens(size_t(batch), context);
   lens.upload(host_lens.data(), host_lens.size(), stream);
   DeviceArray<bf16> q(q_elems), out(q_elems);
@@ -168,9 +177,9 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
   p.num_kv_heads = o.hkv;
   p.head_dim = o.head_dim;
   p.block_size = o.block_size;
-  p.max_blocks_per_seq = blocks_per_seq;
+  p.max_blocks_per_seq = table_stride;
   p.scale = 1.0f / std::sqrt(float(o.head_dim));
-  p.max_context_len = context;
+  p.max_context_len = plan_ctx;
   p.out = out.data();
   // The launch before each one is another attention, which writes only `out`: K/V and the
   // tables may be read early, as in a model's step after its RoPE + KV write.
@@ -251,6 +260,9 @@ int main(int argc, char** argv) {
   app.add_option("--prologue", o.prologue,
                  "tiles of each split streamed into shared memory before the previous launch "
                  "ends: -1 as the plan decides (whole short splits), 0 none, N the first N");
+  app.add_option("--plan-context", o.plan_context,
+                 "plan for this many tokens and run at each --context, as the model's captured "
+                 "decode graphs do (planned for its longest context); 0: plan for the context");
   app.add_option("--mode", o.mode, "single, graph or both")
       ->check(CLI::IsMember({"single", "graph", "both"}));
   app.add_option("--peer", o.peer,
@@ -280,9 +292,10 @@ int main(int argc, char** argv) {
     std::printf("measured read bandwidth: %.0f GB/s\n", read_bw * 1e-9);
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
-        "overlap %d, prologue %s\n",
+        "overlap %d, prologue %s, plan for %s\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),
-        o.prologue < 0 ? "as planned" : (std::to_string(o.prologue) + " tiles").c_str());
+        o.prologue < 0 ? "as planned" : (std::to_string(o.prologue) + " tiles").c_str(),
+        o.plan_context > 0 ? (std::to_string(o.plan_context) + " tokens").c_str() : "the context");
     std::printf(
         "GB/s and %% use the graph time (else single); SDPA: dense KV, µs of a single call "
         "(flash, cudnn) and per call in a graph of %d calls (flash_g, cudnn_g)\n\n",
