@@ -104,23 +104,29 @@ def time_backend(torch, F, sdpa_kernel, backend, q, ks, vs, scale, gqa, a):
         for i in range(a.warmup):
             call(i)
         torch.cuda.synchronize()
-        start = torch.cuda.Event(enable_timing=True)
-        stop = torch.cuda.Event(enable_timing=True)
-        times = []
-        for i in range(a.iters):
-            start.record()
-            call(i)
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) * 1e3)
+        single = median_us(torch, call, a.iters)
         try:
-            graph = {"graph_us": time_graph(torch, call, start, stop, a)}
+            graph = {"graph_us": time_graph(torch, call, a)}
         except Exception as e:  # a backend that cannot be captured keeps its single-call time
             graph = {"graph_error": one_line(e)}
-    return median(times), graph
+    return single, graph
 
 
-def time_graph(torch, call, start, stop, a):
+def median_us(torch, run, n, calls_per_run=1):
+    """Median µs per call of run(i), i = 0..n-1, each run timed alone with CUDA events."""
+    start = torch.cuda.Event(enable_timing=True)
+    stop = torch.cuda.Event(enable_timing=True)
+    times = []
+    for i in range(n):
+        start.record()
+        run(i)
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) * 1e3 / calls_per_run)
+    return sorted(times)[len(times) // 2]
+
+
+def time_graph(torch, call, a):
     """Median µs per call of a CUDA graph of a.layers calls, each on the next K/V copy."""
     side = torch.cuda.Stream()  # warm up off the default stream, as capture requires
     side.wait_stream(torch.cuda.current_stream())
@@ -134,20 +140,9 @@ def time_graph(torch, call, start, stop, a):
     for _ in range(max(3, a.warmup // 4)):
         graph.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(max(5, a.iters // 4)):
-        start.record()
-        graph.replay()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) * 1e3 / a.layers)
+    us = median_us(torch, lambda _: graph.replay(), max(5, a.iters // 4), a.layers)
     del graph, outs
-    return median(times)
-
-
-def median(times):
-    times = sorted(times)
-    return times[len(times) // 2]
+    return us
 
 
 def one_line(e):
