@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <random>
 #include <stdexcept>
 #include <string>
 
@@ -44,6 +45,7 @@ struct Engine::SeqState {
   SeqState(uint64_t request_id, int index, const Request& req, const Tokenizer& tokenizer)
       : seq(request_id, index, req.prompt_ids),
         sampler(seeded_params(req.sampling, index)),
+        device_seed(sampler.params().seed ? *sampler.params().seed : random_seed()),
         detok(tokenizer, req.prompt_ids),
         stops(req.stop) {}
 
@@ -51,9 +53,16 @@ struct Engine::SeqState {
     if (p.seed) *p.seed += uint64_t(index);
     return p;
   }
+  static uint64_t random_seed() {
+    std::random_device rd;
+    return (uint64_t(rd()) << 32) ^ rd();
+  }
 
   Sequence seq;
-  Sampler sampler;
+  Sampler sampler;  // draws on the host (runners without device sampling)
+  // The key of the sequence's draws on the device (ModelRunner::forward_sample), whose step
+  // is the output index: a seeded request draws the same tokens whatever the batch.
+  uint64_t device_seed;
   IncrementalDetokenizer detok;
   StopStringMatcher stops;
   Clock::time_point first_scheduled{};  // epoch: not scheduled yet
@@ -283,15 +292,71 @@ bool Engine::step() {
     if (ss.first_scheduled == Clock::time_point{}) ss.first_scheduled = t0;
   }
   totals_.schedule_seconds += std::chrono::duration<double>(t1 - t0).count();
-  bool greedy_only = true;  // then only argmax ids come back from the device, not logits
-  for (size_t i = 0; i < out.seqs.size() && greedy_only; ++i)
-    if (out.chunks[i].want_logits)
-      greedy_only = plain_greedy(requests_.at(out.seqs[i]->request_id)->req.sampling);
+  // How tokens are drawn: argmax ids from the device when every row is plain greedy; else
+  // on the device when the runner can (only the tokens come back, not [rows][vocab] fp32
+  // logits: then every draw of a sequence is made there, keyed by its seed and output index,
+  // whatever else the step holds); else on the host from the logits.
+  bool greedy_only = true;
+  size_t logits_rows = 0, fork_rows = 0;
+  for (size_t i = 0; i < out.seqs.size(); ++i) {
+    if (!out.chunks[i].want_logits) continue;
+    const RequestState& rs = *requests_.at(out.seqs[i]->request_id);
+    greedy_only = greedy_only && plain_greedy(rs.req.sampling);
+    ++logits_rows;
+    if (!rs.forked) fork_rows += rs.seqs.size() - 1;
+  }
+  // An n > 1 request forks its other samples off its prompt's last row: on the device each
+  // of them draws from a copy of that row (the row repeated in the batch), unless the copies
+  // would pass the runner's row limit; then this step draws on the host.
+  const bool device_sampling = !greedy_only && runner_.samples_on_device() &&
+                               logits_rows + fork_rows <= size_t(runner_.max_logits_rows());
+  std::vector<size_t> first_fork_row(out.seqs.size(), 0);  // device: row of a parent's child 1
   try {
-    if (greedy_only)
+    if (greedy_only) {
       runner_.forward_greedy(batch, greedy_ids_);
-    else
+    } else if (device_sampling) {
+      device_rows_.clear();
+      auto add_row = [&](const RequestState& rs, const SeqState& ss, const Sequence& from) {
+        const SamplingParams& p = rs.req.sampling;
+        DeviceSamplingRow row;
+        row.temperature = p.temperature;
+        row.top_k = p.top_k;
+        row.top_p = p.top_p;
+        row.min_p = p.min_p;
+        row.repetition_penalty = p.repetition_penalty;
+        row.presence_penalty = p.presence_penalty;
+        row.frequency_penalty = p.frequency_penalty;
+        row.logprobs = p.logprobs;
+        row.seed = ss.device_seed;
+        row.step = uint64_t(from.num_output());
+        row.prompt_ids = from.prompt();
+        row.output_ids = from.output();
+        row.logit_bias = p.logit_bias;
+        device_rows_.push_back(row);
+      };
+      for (size_t i = 0; i < out.seqs.size(); ++i) {
+        if (!out.chunks[i].want_logits) continue;
+        const Sequence& seq = *out.seqs[i];
+        const RequestState& rs = *requests_.at(seq.request_id);
+        add_row(rs, *rs.seqs[seq.index], seq);
+      }
+      size_t parent_row = 0;
+      for (size_t i = 0; i < out.seqs.size(); ++i) {
+        if (!out.chunks[i].want_logits) continue;
+        const size_t this_row = parent_row++;
+        const Sequence& seq = *out.seqs[i];
+        const RequestState& rs = *requests_.at(seq.request_id);
+        if (rs.forked) continue;
+        first_fork_row[i] = device_rows_.size();
+        for (size_t k = 1; k < rs.seqs.size(); ++k) {  // child k: row first + k - 1
+          batch.logits_rows.push_back(batch.logits_rows[this_row]);
+          add_row(rs, *rs.seqs[k], seq);  // the child starts from the parent's prompt
+        }
+      }
+      runner_.forward_sample(batch, device_rows_, device_tokens_);
+    } else {
       runner_.forward(batch, logits_);
+    }
   } catch (const std::exception& e) {
     totals_.forward_seconds += seconds_since(t1);
     const std::string msg = std::string("model step failed: ") + e.what();
@@ -308,7 +373,8 @@ bool Engine::step() {
 
   scheduler_.complete_step(out);
   // Which sequences sample from which logits row; n > 1 requests fork their other samples
-  // off the first one when its prompt is done (they share its row this once).
+  // off the first one when its prompt is done (on the host they share its row this once; on
+  // the device each has its copy of it, after the step's other rows).
   struct Job {
     RequestState* rs;
     SeqState* ss;
@@ -332,7 +398,8 @@ bool Engine::step() {
         if (child.seq.is_finished()) continue;
         scheduler_.fork(*seq, &child.seq);
         child.first_scheduled = rs.seqs[seq->index]->first_scheduled;
-        jobs.push_back({&rs, &child, this_row, {}, {}});
+        jobs.push_back(
+            {&rs, &child, device_sampling ? first_fork_row[i] + k - 1 : this_row, {}, {}});
       }
     }
   }
@@ -340,12 +407,24 @@ bool Engine::step() {
   // 128k vocabulary costs tens of microseconds per row.
   const size_t vocab = size_t(runner_.config().vocab_size);
   const int num_jobs = int(jobs.size());
-#pragma omp parallel for schedule(dynamic, 1) if (num_jobs >= 8 && !greedy_only)
+  const bool host_sampling = !greedy_only && !device_sampling;
+#pragma omp parallel for schedule(dynamic, 1) if (num_jobs >= 8 && host_sampling)
   for (int j = 0; j < num_jobs; ++j) {
     Job& job = jobs[j];
     const Sequence& seq = job.ss->seq;
     if (greedy_only) {
       job.tok.id = greedy_ids_[job.row];
+      continue;
+    }
+    if (device_sampling) {
+      DeviceSampledToken& d = device_tokens_[job.row];
+      if (d.id < 0) {  // the host sampler's words for the same case
+        job.error = "sampler: every logit is -inf or NaN after processing";
+      } else {
+        job.tok.id = d.id;
+        job.tok.logprob = d.logprob;
+        job.tok.top_logprobs = std::move(d.top_logprobs);
+      }
       continue;
     }
     try {

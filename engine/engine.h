@@ -125,6 +125,8 @@ class Engine {
   std::vector<uint64_t> done_;  // requests whose sequences all finished, erased after the step
   std::vector<float> logits_;
   std::vector<int32_t> greedy_ids_;
+  std::vector<DeviceSamplingRow> device_rows_;  // forward_sample's input and output
+  std::vector<DeviceSampledToken> device_tokens_;
   EngineStats totals_;  // step thread only; copied to stats_ after each step
 
   std::atomic<uint64_t> next_id_{1};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include <spdlog/spdlog.h>
 
@@ -122,6 +123,21 @@ void ContextParallelRunner::forward(const ForwardBatch& batch, std::vector<float
 void ContextParallelRunner::forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) {
   broadcast(batch, kForwardGreedy);
   ranks_[0]->forward_greedy(batch, ids);
+}
+
+// The followers run the step as for greedy decoding (only ids come back to their host); the
+// leader draws the tokens. What only the leader would reject is rejected before the
+// broadcast: the followers would otherwise run a step whose collectives the leader skips.
+void ContextParallelRunner::forward_sample(const ForwardBatch& batch,
+                                           std::span<const DeviceSamplingRow> rows,
+                                           std::vector<DeviceSampledToken>& tokens) {
+  if (!samples_on_device()) ModelRunner::forward_sample(batch, rows, tokens);  // throws
+  if (rows.size() != batch.logits_rows.size())
+    throw std::invalid_argument("forward_sample: " + std::to_string(rows.size()) +
+                                " sampling rows for " + std::to_string(batch.logits_rows.size()) +
+                                " logits rows");
+  broadcast(batch, kForwardGreedy);
+  ranks_[0]->forward_sample(batch, rows, tokens);
 }
 
 std::unique_ptr<ContextParallelRunner> make_cpu_context_parallel_runner(

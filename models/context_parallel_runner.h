@@ -44,6 +44,9 @@ class ContextParallelRunner final : public ModelRunner {
   int max_logits_rows() const override { return ranks_[0]->max_logits_rows(); }
   void forward(const ForwardBatch& batch, std::vector<float>& logits) override;
   void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) override;
+  bool samples_on_device() const override { return ranks_[0]->samples_on_device(); }
+  void forward_sample(const ForwardBatch& batch, std::span<const DeviceSamplingRow> rows,
+                      std::vector<DeviceSampledToken>& tokens) override;
   std::string device_name() const override;
 
   int cp_size() const { return comms_[0]->size(); }

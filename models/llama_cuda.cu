@@ -81,6 +81,9 @@ class LlamaCudaRunner final : public ModelRunner {
   int max_logits_rows() const override { return opt_.max_num_seqs; }
   void forward(const ForwardBatch& batch, std::vector<float>& logits) override;
   void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) override;
+  bool samples_on_device() const override { return true; }
+  void forward_sample(const ForwardBatch& batch, std::span<const DeviceSamplingRow> rows,
+                      std::vector<DeviceSampledToken>& tokens) override;
   int fused_gemv_rows() const { return fused_gemv_rows_; }
   std::string device_name() const override { return device_name_; }
 
@@ -147,6 +150,17 @@ class LlamaCudaRunner final : public ModelRunner {
   // Device-side greedy sampling (forward_greedy): one parameter row per logits row.
   cuda::DeviceArray<cuda::SamplingRowParams> greedy_params_;
   cuda::DeviceArray<int32_t> sampled_;
+  // Device-side sampling (forward_sample): the rows' parameters, their penalty and bias
+  // lists (CSR, grown on demand), the processed rows' workspace (allocated with the logits,
+  // before the KV cache takes the rest) and the outputs, with pinned host copies.
+  PinnedArray<cuda::SamplingRowParams> sample_params_host_;
+  cuda::DeviceArray<cuda::SamplingRowParams> sample_params_;
+  cuda::DeviceBuffer sample_lists_;
+  cuda::DeviceBuffer sample_workspace_;
+  cuda::DeviceArray<float> sampled_logprobs_, top_logprobs_;
+  cuda::DeviceArray<int32_t> top_ids_;
+  PinnedArray<int32_t> sampled_host_, top_ids_host_;
+  PinnedArray<float> sampled_logprobs_host_, top_logprobs_host_;
 };
 
 LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
@@ -245,6 +259,16 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
     greedy_params_ = cuda::DeviceArray<cuda::SamplingRowParams>(S);
     greedy_params_.upload(greedy.data(), S, stream_.get());
     sampled_ = cuda::DeviceArray<int32_t>(S);
+    sample_params_host_ = PinnedArray<cuda::SamplingRowParams>(S);
+    sample_params_ = cuda::DeviceArray<cuda::SamplingRowParams>(S);
+    sample_workspace_ = cuda::DeviceBuffer(cuda::sampling_workspace_bytes(int(S), V));
+    sampled_logprobs_ = cuda::DeviceArray<float>(S);
+    top_logprobs_ = cuda::DeviceArray<float>(S * cuda::kMaxTopLogprobs);
+    top_ids_ = cuda::DeviceArray<int32_t>(S * cuda::kMaxTopLogprobs);
+    sampled_host_ = PinnedArray<int32_t>(S);
+    sampled_logprobs_host_ = PinnedArray<float>(S);
+    top_ids_host_ = PinnedArray<int32_t>(S * cuda::kMaxTopLogprobs);
+    top_logprobs_host_ = PinnedArray<float>(S * cuda::kMaxTopLogprobs);
   }
 
   // Decode-attention workspace: the largest any batch size may need at full context.
@@ -505,6 +529,107 @@ void LlamaCudaRunner::forward_greedy(const ForwardBatch& b, std::vector<int32_t>
   stream_.sync();
 }
 
+void LlamaCudaRunner::forward_sample(const ForwardBatch& b, std::span<const DeviceSamplingRow> rows,
+                                     std::vector<DeviceSampledToken>& tokens) {
+  if (rows.size() != b.logits_rows.size())
+    throw std::invalid_argument("forward_sample: " + std::to_string(rows.size()) +
+                                " sampling rows for " + std::to_string(b.logits_rows.size()) +
+                                " logits rows");
+  const int n_rows = run_step(b);
+  const int V = c_.vocab_size;
+  cudaStream_t st = stream_.get();
+
+  // Parameters, and the penalty / bias lists of the rows that have them (CSR; a row with
+  // neither reads its logits directly).
+  std::vector<int32_t> penalty_offsets{0}, bias_offsets{0};
+  std::vector<cuda::SamplingPenaltyEntry> penalties;
+  std::vector<cuda::SamplingBiasEntry> biases;
+  bool any_logprobs = false, any_top = false;
+  for (int r = 0; r < n_rows; ++r) {
+    const DeviceSamplingRow& row = rows[size_t(r)];
+    cuda::SamplingRowParams& p = sample_params_host_.data()[r];
+    p.temperature = row.temperature;
+    p.top_k = row.top_k;
+    p.top_p = row.top_p;
+    p.min_p = row.min_p;
+    p.repetition_penalty = row.repetition_penalty;
+    p.presence_penalty = row.presence_penalty;
+    p.frequency_penalty = row.frequency_penalty;
+    p.logprobs = row.logprobs;
+    p.seed = row.seed;
+    p.step = row.step;
+    any_logprobs = any_logprobs || row.logprobs >= 0;
+    any_top = any_top || row.logprobs >= 1;
+    if (row.repetition_penalty != 1.0f || row.presence_penalty != 0.0f ||
+        row.frequency_penalty != 0.0f)
+      cuda::append_penalty_entries(row.prompt_ids, row.output_ids, penalties);
+    penalty_offsets.push_back(int32_t(penalties.size()));
+    for (const auto& [id, bias] : row.logit_bias) biases.push_back({id, bias});
+    bias_offsets.push_back(int32_t(biases.size()));
+  }
+  sample_params_.upload(sample_params_host_.data(), size_t(n_rows), st);
+
+  cuda::SamplingBatch sb;
+  sb.logits = logits_.data();
+  sb.rows = n_rows;
+  sb.vocab = V;
+  sb.params = sample_params_.data();
+  sb.tokens = sampled_.data();
+  sb.logprobs = any_logprobs ? sampled_logprobs_.data() : nullptr;
+  sb.top_ids = any_top ? top_ids_.data() : nullptr;
+  sb.top_logprobs = any_top ? top_logprobs_.data() : nullptr;
+  const bool lists = !penalties.empty() || !biases.empty();
+  if (lists) {
+    // One upload: both offset arrays, then the entries (each part 16-byte aligned).
+    auto align16 = [](size_t x) { return (x + 15) / 16 * 16; };
+    const size_t offsets_bytes = align16(penalty_offsets.size() * sizeof(int32_t));
+    const size_t penalties_bytes = align16(penalties.size() * sizeof(cuda::SamplingPenaltyEntry));
+    const size_t total =
+        2 * offsets_bytes + penalties_bytes + biases.size() * sizeof(cuda::SamplingBiasEntry);
+    if (sample_lists_.bytes() < total) sample_lists_ = cuda::DeviceBuffer(total);
+    std::vector<char> host(total);
+    std::memcpy(host.data(), penalty_offsets.data(), penalty_offsets.size() * sizeof(int32_t));
+    std::memcpy(host.data() + offsets_bytes, bias_offsets.data(),
+                bias_offsets.size() * sizeof(int32_t));
+    std::memcpy(host.data() + 2 * offsets_bytes, penalties.data(),
+                penalties.size() * sizeof(cuda::SamplingPenaltyEntry));
+    std::memcpy(host.data() + 2 * offsets_bytes + penalties_bytes, biases.data(),
+                biases.size() * sizeof(cuda::SamplingBiasEntry));
+    // Pageable source: the copy is done when the call returns, so `host` may go.
+    CUDA_CHECK(
+        cudaMemcpyAsync(sample_lists_.get(), host.data(), total, cudaMemcpyHostToDevice, st));
+    char* d = static_cast<char*>(sample_lists_.get());
+    sb.penalty_offsets = reinterpret_cast<const int32_t*>(d);
+    sb.bias_offsets = reinterpret_cast<const int32_t*>(d + offsets_bytes);
+    sb.penalty_entries = reinterpret_cast<const cuda::SamplingPenaltyEntry*>(d + 2 * offsets_bytes);
+    sb.bias_entries =
+        reinterpret_cast<const cuda::SamplingBiasEntry*>(d + 2 * offsets_bytes + penalties_bytes);
+  }
+  cuda::sample(sb, lists ? sample_workspace_.get() : nullptr, lists ? sample_workspace_.bytes() : 0,
+               st);
+
+  sampled_.download(sampled_host_.data(), size_t(n_rows), st);
+  if (any_logprobs) sampled_logprobs_.download(sampled_logprobs_host_.data(), size_t(n_rows), st);
+  const size_t top_n = size_t(n_rows) * cuda::kMaxTopLogprobs;
+  if (any_top) {
+    top_ids_.download(top_ids_host_.data(), top_n, st);
+    top_logprobs_.download(top_logprobs_host_.data(), top_n, st);
+  }
+  stream_.sync();
+  tokens.resize(size_t(n_rows));
+  for (int r = 0; r < n_rows; ++r) {
+    DeviceSampledToken& t = tokens[size_t(r)];
+    t.id = sampled_host_.data()[r];
+    t.logprob = rows[size_t(r)].logprobs >= 0 ? sampled_logprobs_host_.data()[r] : 0.0f;
+    t.top_logprobs.clear();
+    for (int i = 0; i < rows[size_t(r)].logprobs; ++i) {
+      const size_t at = size_t(r) * cuda::kMaxTopLogprobs + size_t(i);
+      if (top_ids_host_.data()[at] < 0) break;  // fewer tokens than asked for
+      t.top_logprobs.emplace_back(top_ids_host_.data()[at], top_logprobs_host_.data()[at]);
+    }
+  }
+}
+
 int LlamaCudaRunner::run_step(const ForwardBatch& b) {
   const int n = b.num_tokens(), n_seqs = b.num_seqs(), n_rows = int(b.logits_rows.size());
   const int V = c_.vocab_size;
@@ -555,7 +680,9 @@ int LlamaCudaRunner::run_step(const ForwardBatch& b) {
   // sequences have empty contexts and padding slots, so they read and write nothing.
   int bucket = 0;
   const bool capturable = !opt_.cp.enabled() || opt_.cp.comm->graph_capturable();
-  if (decode && opt_.cuda_graphs && capturable) {
+  // (A step with more logits rows than sequences, an n > 1 request's forks drawing from
+  // copies of its row, runs eagerly: the graphs gather one row per sequence.)
+  if (decode && n_rows <= n_seqs && opt_.cuda_graphs && capturable) {
     bucket = 1;
     while (bucket < n_seqs) bucket *= 2;
     bucket = std::min(bucket, opt_.max_num_seqs);

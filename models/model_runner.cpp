@@ -1,6 +1,7 @@
 #include "models/model_runner.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include <omp.h>
 
@@ -15,6 +16,11 @@ void ModelRunner::forward_greedy(const ForwardBatch& batch, std::vector<int32_t>
     const float* row = logits.data() + r * vocab;
     ids[r] = int32_t(std::max_element(row, row + vocab) - row);
   }
+}
+
+void ModelRunner::forward_sample(const ForwardBatch&, std::span<const DeviceSamplingRow>,
+                                 std::vector<DeviceSampledToken>&) {
+  throw std::logic_error("this model runner (" + device_name() + ") does not sample on its device");
 }
 
 CpuModelRunner::CpuModelRunner(LlamaCpu model, int num_kv_blocks, int block_size,

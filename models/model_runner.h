@@ -4,9 +4,12 @@
 // (models/llama_cuda.h) is the fast path.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/config.h"
@@ -14,6 +17,32 @@
 #include "models/llama.h"
 
 namespace arbor {
+
+// What sampling on the device needs for one logits row (the contract of
+// kernels/cuda/sampling.h: the engine's sampler semantics, drawn with a counter-based
+// generator keyed by (seed, step), so a row's token depends only on its logits and these).
+struct DeviceSamplingRow {
+  float temperature = 1.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int logprobs = -1;  // -1: none; 0: the chosen token's; N in [1, 20]: and the top N
+  uint64_t seed = 0;  // the sequence's random stream
+  uint64_t step = 0;  // output index of the token being drawn
+  // Read only when a penalty is set: the ids of prompt and output (repetition) and of the
+  // output (presence, frequency).
+  std::span<const int32_t> prompt_ids, output_ids;
+  std::span<const std::pair<int32_t, float>> logit_bias;  // added to the logits first
+};
+
+struct DeviceSampledToken {
+  int32_t id = -1;       // -1: every logit was -inf (or NaN) after processing
+  float logprob = 0.0f;  // raw log_softmax at id, when logprobs >= 0
+  std::vector<std::pair<int32_t, float>> top_logprobs;  // when logprobs >= 1, best first
+};
 
 class ModelRunner {
  public:
@@ -29,6 +58,14 @@ class ModelRunner {
   // Runs one step and picks each requested row's argmax (ties to the lowest id). Runners
   // that can, do it on the device and skip copying logits to the host.
   virtual void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids);
+  // Whether forward_sample is available: it draws the tokens on the device, so that only
+  // they (not [rows][vocab] fp32 logits) come back to the host.
+  virtual bool samples_on_device() const { return false; }
+  // Runs one step and draws one token per requested logits row (rows[i] for row i) on the
+  // device; tokens is resized to the row count. Throws std::logic_error unless
+  // samples_on_device(), std::invalid_argument for a rows/batch mismatch.
+  virtual void forward_sample(const ForwardBatch& batch, std::span<const DeviceSamplingRow> rows,
+                              std::vector<DeviceSampledToken>& tokens);
   // "cpu (2 threads)", "NVIDIA H100 80GB HBM3", ...
   virtual std::string device_name() const = 0;
 };

@@ -49,6 +49,24 @@ Expected reference(const FakeRunner& runner, const Request& req) {
   return e;
 }
 
+// What the fake runner's device draws give for `req` alone with this seed (ignore_eos off).
+std::vector<int32_t> device_reference(const FakeRunner& runner, const Request& req, uint64_t seed) {
+  std::vector<int32_t> ctx = req.prompt_ids, out;
+  std::vector<float> row(size_t(runner.config().vocab_size));
+  DeviceSamplingRow p;
+  p.temperature = req.sampling.temperature;
+  p.seed = seed;
+  while (int(out.size()) < req.max_tokens) {
+    runner.fill_logits(ctx, row.data());
+    p.step = out.size();
+    const int32_t t = runner.device_draw(row.data(), p);
+    out.push_back(t);
+    ctx.push_back(t);
+    if (t == 1) break;
+  }
+  return out;
+}
+
 Request greedy_request(std::vector<int32_t> prompt, int max_tokens,
                        std::shared_ptr<CollectSink> sink) {
   Request r;
@@ -207,6 +225,8 @@ TEST_CASE("engine (fake model): a failed step ends only the sequences in it", "[
 
 TEST_CASE("engine (fake model): n > 1 shares the prompt's blocks", "[engine][n]") {
   FakeRunner runner(kVocab, 64, 4, 256, 0);
+  // Drawn on the host, or on the device, where each fork draws from its copy of the row.
+  runner.device_sampling_ = GENERATE(false, true);
   FakeTokenizer tok(kVocab);
   Engine engine(runner, tok);
   std::mt19937 rng(4);
@@ -366,6 +386,104 @@ TEST_CASE("engine (fake model): stopping the loop aborts what is unfinished", "[
   }  // destroyed mid-generation
   CHECK(sink->finish() == FinishReason::kAbort);
   CHECK(sink->tokens().size() == 1);
+}
+
+TEST_CASE("engine (fake model): runners that sample on the device draw every non-greedy token",
+          "[engine][sampling]") {
+  FakeRunner runner(kVocab, 64, 4, 256, 0);
+  runner.device_sampling_ = true;
+  FakeTokenizer tok(kVocab);
+  Engine engine(runner, tok, {32, 8, true});
+  std::mt19937 rng(11);
+  std::vector<std::pair<Request, std::shared_ptr<CollectSink>>> reqs;
+  for (int i = 0; i < 6; ++i) {
+    auto sink = std::make_shared<CollectSink>();
+    Request r = greedy_request(random_prompt(rng, 3 + 5 * i), 4 + i, sink);
+    if (i != 2) {  // one greedy request among them
+      r.sampling.temperature = 0.8f;
+      r.sampling.seed = 100 + uint64_t(i);
+    }
+    if (i == 3) r.sampling.repetition_penalty = 1.3f;  // the penalties read prompt and output
+    engine.add_request(r);
+    reqs.emplace_back(r, sink);
+  }
+  engine.run_until_idle();
+  for (int i = 0; i < 6; ++i) {
+    const auto& [req, sink] = reqs[size_t(i)];
+    INFO("request " << i);
+    if (i == 2)
+      CHECK(sink->tokens() == reference(runner, req).tokens);
+    else
+      CHECK(sink->tokens() == device_reference(runner, req, 100 + uint64_t(i)));
+    CHECK(sink->finish().has_value());
+  }
+  CHECK(runner.sample_steps_ > 0);
+  // Every row said which token it draws (its output index) after which prompt and output.
+  REQUIRE(!runner.rows_seen_.empty());
+  for (const auto& row : runner.rows_seen_) CHECK(row.output.size() == row.step);
+  bool seen_prompt = false;
+  for (const auto& row : runner.rows_seen_)
+    seen_prompt = seen_prompt || (row.seed == 103 && row.prompt == reqs[3].first.prompt_ids);
+  CHECK(seen_prompt);
+  CHECK(engine.stats().kv.used_blocks == 0);
+}
+
+TEST_CASE("engine (fake model): a seeded request draws the same tokens whatever the batch",
+          "[engine][sampling]") {
+  for (bool device : {false, true}) {
+    FakeRunner runner(kVocab, 64, 4, 256, 0);
+    runner.device_sampling_ = device;
+    FakeTokenizer tok(kVocab);
+    Engine engine(runner, tok, {32, 8, true});
+    std::mt19937 rng(12);
+    auto alone = std::make_shared<CollectSink>();
+    Request r = greedy_request(random_prompt(rng, 9), 10, alone);
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = 5;
+    engine.add_request(r);
+    engine.run_until_idle();
+    // Again, among others: sampled and greedy ones and an n = 2 request that forks.
+    auto again = std::make_shared<CollectSink>();
+    r.sink = again;
+    for (int i = 0; i < 4; ++i) {
+      Request o = greedy_request(random_prompt(rng, 2 + 7 * i), 8,
+                                 std::make_shared<CollectSink>(i == 1 ? 2 : 1));
+      o.sampling.temperature = i == 0 ? 0.0f : 0.7f;
+      o.n = i == 1 ? 2 : 1;
+      engine.add_request(o);
+      if (i == 1) engine.add_request(r);
+    }
+    engine.run_until_idle();
+    INFO("device sampling " << device);
+    CHECK(again->tokens() == alone->tokens());
+    if (device) CHECK(alone->tokens() == device_reference(runner, r, 5));
+  }
+}
+
+TEST_CASE("engine (fake model): a device row with nothing to draw from ends only its sequence",
+          "[engine][sampling]") {
+  FakeRunner runner(kVocab, 64, 4, 256, 0);
+  runner.device_sampling_ = true;
+  runner.poison_seed_ = 666;
+  FakeTokenizer tok(kVocab);
+  Engine engine(runner, tok);
+  std::mt19937 rng(13);
+  auto bad = std::make_shared<CollectSink>();
+  auto good = std::make_shared<CollectSink>();
+  Request rb = greedy_request(random_prompt(rng, 5), 6, bad);
+  rb.sampling.temperature = 1.0f;
+  rb.sampling.seed = 666;
+  Request rg = greedy_request(random_prompt(rng, 5), 6, good);
+  rg.sampling.temperature = 1.0f;
+  rg.sampling.seed = 7;
+  engine.add_request(rb);
+  engine.add_request(rg);
+  engine.run_until_idle();
+  CHECK(bad->finish() == FinishReason::kError);
+  CHECK(bad->events.back().error.find("every logit is -inf or NaN") != std::string::npos);
+  CHECK(good->tokens() == device_reference(runner, rg, 7));
+  CHECK(good->finish() == FinishReason::kLength);
+  CHECK(engine.stats().kv.used_blocks == 0);
 }
 
 }  // namespace arbor

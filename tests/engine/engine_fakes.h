@@ -135,7 +135,57 @@ class FakeRunner : public ModelRunner {
     }
   }
 
+  // Sampling "on the device" (when device_sampling_ is set): the token depends only on the
+  // row's logits, temperature, seed and step, as with kernels/cuda/sampling.h, and every row
+  // is recorded. A row whose seed is poison_seed_ has nothing to draw from (id -1).
+  bool samples_on_device() const override { return device_sampling_; }
+  void forward_sample(const ForwardBatch& b, std::span<const DeviceSamplingRow> rows,
+                      std::vector<DeviceSampledToken>& tokens) override {
+    if (!device_sampling_) return ModelRunner::forward_sample(b, rows, tokens);
+    if (rows.size() != b.logits_rows.size()) throw std::invalid_argument("rows != logits rows");
+    std::vector<float> logits;
+    forward(b, logits);
+    ++sample_steps_;
+    tokens.assign(rows.size(), {});
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const DeviceSamplingRow& row = rows[r];
+      rows_seen_.push_back({row.seed,
+                            row.step,
+                            {row.prompt_ids.begin(), row.prompt_ids.end()},
+                            {row.output_ids.begin(), row.output_ids.end()}});
+      if (row.seed == poison_seed_) continue;
+      tokens[r].id = device_draw(logits.data() + r * size_t(config_.vocab_size), row);
+      if (row.logprobs >= 0) tokens[r].logprob = -0.5f;
+    }
+  }
+  // The fake device draw: argmax of logit + 8 u(seed, step, id), u in [0, 1) from a hash
+  // (8 outweighs the intended token's +4), or the plain argmax at greedy temperatures.
+  int32_t device_draw(const float* row, const DeviceSamplingRow& p) const {
+    int32_t best = 0;
+    float best_value = -1.0f;
+    for (int v = 0; v < config_.vocab_size; ++v) {
+      float value = row[v];
+      if (p.temperature >= 1e-5f) {
+        uint64_t x = p.seed * 0x9e3779b97f4a7c15ull + p.step * 0xbf58476d1ce4e5b9ull + uint64_t(v);
+        x ^= x >> 31;
+        x *= 0x94d049bb133111ebull;
+        x ^= x >> 29;
+        value += 8.0f * float(x >> 40) / float(1 << 24);
+      }
+      if (value > best_value) best = v, best_value = value;
+    }
+    return best;
+  }
+  struct SampledRowRecord {
+    uint64_t seed, step;
+    std::vector<int32_t> prompt, output;
+  };
+
   int max_batch_tokens_ = 1 << 20;
+  bool device_sampling_ = false;
+  uint64_t poison_seed_ = ~0ull;
+  int sample_steps_ = 0;
+  std::vector<SampledRowRecord> rows_seen_;
   bool fail_next_ = false;
   int steps_ = 0;
   int max_tokens_seen_ = 0;

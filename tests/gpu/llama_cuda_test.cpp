@@ -19,6 +19,8 @@
 #include "engine/batch_builder.h"
 #include "engine/generate.h"
 #include "engine/kv_block_manager.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/sampling.h"
 #include "models/llama_cuda.h"
 #include "tests/test_util.h"
 #include "tokenizer/tokenizer.h"
@@ -84,6 +86,80 @@ void compare_steps(ModelRunner& gpu, ModelRunner& cpu,
   }
 }
 
+// cuda::sample run directly on host logits ([rows][V]) with the rows' parameters and lists.
+std::vector<DeviceSampledToken> sample_directly(const std::vector<float>& logits, int V,
+                                                const std::vector<DeviceSamplingRow>& rows) {
+  const int n = int(rows.size());
+  const size_t count = rows.size();
+  std::vector<cuda::SamplingRowParams> params(count);
+  std::vector<int32_t> penalty_offsets{0}, bias_offsets{0};
+  std::vector<cuda::SamplingPenaltyEntry> penalties;
+  std::vector<cuda::SamplingBiasEntry> biases;
+  for (int r = 0; r < n; ++r) {
+    const DeviceSamplingRow& row = rows[size_t(r)];
+    params[size_t(r)] = {row.temperature,
+                         row.top_k,
+                         row.top_p,
+                         row.min_p,
+                         row.repetition_penalty,
+                         row.presence_penalty,
+                         row.frequency_penalty,
+                         row.logprobs,
+                         row.seed,
+                         row.step};
+    cuda::append_penalty_entries(row.prompt_ids, row.output_ids, penalties);
+    penalty_offsets.push_back(int32_t(penalties.size()));
+    for (const auto& [id, bias] : row.logit_bias) biases.push_back({id, bias});
+    bias_offsets.push_back(int32_t(biases.size()));
+  }
+  cuda::DeviceArray<float> d_logits(logits.size()), d_logprobs(count);
+  cuda::DeviceArray<cuda::SamplingRowParams> d_params(count);
+  cuda::DeviceArray<int32_t> d_tokens(count), d_pen_off(penalty_offsets.size()),
+      d_bias_off(bias_offsets.size()), d_top_ids(count * cuda::kMaxTopLogprobs);
+  cuda::DeviceArray<cuda::SamplingPenaltyEntry> d_pen(std::max<size_t>(1, penalties.size()));
+  cuda::DeviceArray<cuda::SamplingBiasEntry> d_bias(std::max<size_t>(1, biases.size()));
+  cuda::DeviceArray<float> d_top_lp(count * cuda::kMaxTopLogprobs);
+  d_logits.upload(logits.data(), logits.size());
+  d_params.upload(params.data(), params.size());
+  d_pen_off.upload(penalty_offsets.data(), penalty_offsets.size());
+  d_bias_off.upload(bias_offsets.data(), bias_offsets.size());
+  d_pen.upload(penalties.data(), penalties.size());
+  d_bias.upload(biases.data(), biases.size());
+  cuda::SamplingBatch sb;
+  sb.logits = d_logits.data();
+  sb.rows = n;
+  sb.vocab = V;
+  sb.params = d_params.data();
+  sb.penalty_offsets = d_pen_off.data();
+  sb.penalty_entries = d_pen.data();
+  sb.bias_offsets = d_bias_off.data();
+  sb.bias_entries = d_bias.data();
+  sb.tokens = d_tokens.data();
+  sb.logprobs = d_logprobs.data();
+  sb.top_ids = d_top_ids.data();
+  sb.top_logprobs = d_top_lp.data();
+  const size_t ws_bytes = cuda::sampling_workspace_bytes(n, V);
+  cuda::DeviceBuffer ws(ws_bytes);
+  cuda::sample(sb, ws.get(), ws_bytes, nullptr);
+  std::vector<int32_t> tokens(count), top_ids(count * cuda::kMaxTopLogprobs);
+  std::vector<float> lps(count), top_lps(top_ids.size());
+  d_tokens.download(tokens.data(), tokens.size());
+  d_logprobs.download(lps.data(), lps.size());
+  d_top_ids.download(top_ids.data(), top_ids.size());
+  d_top_lp.download(top_lps.data(), top_lps.size());
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  std::vector<DeviceSampledToken> out(count);
+  for (int r = 0; r < n; ++r) {
+    out[size_t(r)].id = tokens[size_t(r)];
+    out[size_t(r)].logprob = rows[size_t(r)].logprobs >= 0 ? lps[size_t(r)] : 0.0f;
+    for (int i = 0; i < rows[size_t(r)].logprobs; ++i) {
+      const size_t at = size_t(r) * cuda::kMaxTopLogprobs + size_t(i);
+      if (top_ids[at] >= 0) out[size_t(r)].top_logprobs.emplace_back(top_ids[at], top_lps[at]);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("CUDA Llama matches the CPU reference on the demo model", "[gpu][model]") {
@@ -144,6 +220,81 @@ TEST_CASE("norms fused into the gemv leave the CUDA model's logits unchanged, bi
       compare_steps(*fused, *separate, batch_prompts, /*chunk=*/2, 16, /*bitwise=*/true);
     }
   }
+}
+
+TEST_CASE("CUDA forward_sample draws as cuda::sample does on the step's logits",
+          "[gpu][model][sampling]") {
+  // The same batch through forward (logits to the host) and forward_sample (tokens only):
+  // sampling forward's logits directly must give forward_sample's tokens, logprobs and top
+  // logprobs bit for bit — in a prefill, in a decode step (a graph replay) and in a decode
+  // step whose first row is repeated (an n > 1 request's forks; it runs without the graph).
+  CudaRunnerOptions o;
+  o.num_kv_blocks = 64;
+  o.max_num_seqs = 8;
+  auto gpu = make_cuda_runner(demo_dir(), o);
+  REQUIRE(gpu->samples_on_device());
+  const int V = gpu->config().vocab_size;
+  auto tokenizer = load_tokenizer(demo_dir());
+  std::vector<int32_t> a = tokenizer->encode("The jury said", true);
+  std::vector<int32_t> b = tokenizer->encode("It was a cold morning, and", true);
+  const std::vector<int32_t> table_a = {0, 1, 2, 3}, table_b = {4, 5, 6, 7};
+  const std::vector<int32_t> output_b = {b[1], 17, 17};  // what the penalties count
+  const std::vector<std::pair<int32_t, float>> bias = {{17, 4.0f}, {b[1], -2.0f}};
+  std::vector<DeviceSamplingRow> rows(2);
+  rows[0].temperature = 0.8f;
+  rows[0].top_k = 40;
+  rows[0].seed = 11;
+  rows[0].step = 3;
+  rows[0].logprobs = 3;
+  rows[1].temperature = 1.2f;
+  rows[1].top_p = 0.9f;
+  rows[1].min_p = 0.02f;
+  rows[1].repetition_penalty = 1.3f;
+  rows[1].presence_penalty = 0.5f;
+  rows[1].frequency_penalty = 0.25f;
+  rows[1].prompt_ids = b;
+  rows[1].output_ids = output_b;
+  rows[1].logit_bias = bias;
+  rows[1].seed = 12;
+  rows[1].logprobs = 0;
+  std::vector<float> logits;
+  std::vector<DeviceSampledToken> tokens;
+  for (const std::string what : {"prefill", "decode", "decode with a repeated row"}) {
+    const bool decode = what != "prefill";
+    const int len_a = int(a.size()), len_b = int(b.size());
+    ScheduledChunk ca{a, table_a, decode ? len_a - 1 : 0, decode ? 1 : len_a, true};
+    ScheduledChunk cb{b, table_b, decode ? len_b - 1 : 0, decode ? 1 : len_b, true};
+    const std::vector<ScheduledChunk> chunks = {ca, cb};
+    ForwardBatch batch = build_forward_batch(chunks, 16);
+    std::vector<DeviceSamplingRow> step_rows = rows;
+    if (what == "decode with a repeated row") {
+      batch.logits_rows.push_back(batch.logits_rows[0]);
+      step_rows.push_back(rows[0]);
+      step_rows.back().seed = 13;  // a fork: its own stream, the same logits
+      step_rows.back().step = 0;
+    }
+    INFO(what);
+    gpu->forward(batch, logits);
+    gpu->forward_sample(batch, step_rows, tokens);
+    const std::vector<DeviceSampledToken> expected = sample_directly(logits, V, step_rows);
+    REQUIRE(tokens.size() == expected.size());
+    for (size_t r = 0; r < tokens.size(); ++r) {
+      INFO("row " << r);
+      CHECK(tokens[r].id >= 0);
+      CHECK(tokens[r].id == expected[r].id);
+      CHECK(tokens[r].logprob == expected[r].logprob);
+      CHECK(tokens[r].top_logprobs == expected[r].top_logprobs);
+    }
+    CHECK(tokens[0].top_logprobs.size() == 3);
+    a.push_back(tokens[0].id);  // the next step decodes after the drawn tokens
+    b.push_back(tokens[1].id);
+  }
+  // A row count that does not match the batch is refused; the runner goes on.
+  ScheduledChunk c{a, table_a, int(a.size()) - 1, 1, true};
+  const ForwardBatch one = build_forward_batch({&c, 1}, 16);
+  CHECK_THROWS_AS(gpu->forward_sample(one, rows, tokens), std::invalid_argument);
+  gpu->forward_sample(one, std::span(rows).first(1), tokens);
+  CHECK(tokens.size() == 1);
 }
 
 TEST_CASE("CUDA greedy decoding follows the CPU's on the demo model", "[gpu][model]") {
