@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <stdexcept>
@@ -81,7 +82,14 @@ class LlamaCudaRunner final : public ModelRunner {
   int max_logits_rows() const override { return opt_.max_num_seqs; }
   void forward(const ForwardBatch& batch, std::vector<float>& logits) override;
   void forward_greedy(const ForwardBatch& batch, std::vector<int32_t>& ids) override;
-  bool samples_on_device() const override { return true; }
+  // ARBOR_DEVICE_SAMPLING=0: the engine samples on the host, for before/after measurements.
+  bool samples_on_device() const override {
+    static const bool enabled = [] {
+      const char* v = std::getenv("ARBOR_DEVICE_SAMPLING");
+      return !(v && std::string(v) == "0");
+    }();
+    return enabled;
+  }
   void forward_sample(const ForwardBatch& batch, std::span<const DeviceSamplingRow> rows,
                       std::vector<DeviceSampledToken>& tokens) override;
   int fused_gemv_rows() const { return fused_gemv_rows_; }
