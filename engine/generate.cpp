@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <stdexcept>
 
 #include "engine/batch_builder.h"
@@ -42,6 +43,36 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
   Sampler sampler(options.sampling);
   IncrementalDetokenizer detok(tokenizer, prompt_ids);
   std::vector<float> logits;
+  // Runners that sample on their device draw there, as the serving engine does (same seed,
+  // same tokens): each step that wants logits returns the next token instead.
+  const bool on_device = runner.samples_on_device();
+  const SamplingParams& sp = options.sampling;
+  DeviceSamplingRow row;
+  row.temperature = sp.temperature;
+  row.top_k = sp.top_k;
+  row.top_p = sp.top_p;
+  row.min_p = sp.min_p;
+  row.repetition_penalty = sp.repetition_penalty;
+  row.presence_penalty = sp.presence_penalty;
+  row.frequency_penalty = sp.frequency_penalty;
+  row.logprobs = sp.logprobs;
+  row.logit_bias = sp.logit_bias;
+  row.prompt_ids = prompt_ids;
+  if (sp.seed) {
+    row.seed = *sp.seed;
+  } else {
+    std::random_device rd;
+    row.seed = (uint64_t(rd()) << 32) ^ rd();
+  }
+  std::vector<DeviceSampledToken> drawn;
+  // One model step: logits for the host sampler, or the token drawn on the device.
+  const auto run = [&](const ScheduledChunk& chunk) {
+    const ForwardBatch batch = build_forward_batch({&chunk, 1}, block_size);
+    if (!on_device || !chunk.want_logits) return runner.forward(batch, logits);
+    row.output_ids = std::span<const int32_t>(tokens).subspan(size_t(prompt_len));
+    row.step = row.output_ids.size();
+    runner.forward_sample(batch, {&row, 1}, drawn);
+  };
 
   const auto stop_requested = [&] { return options.stop_requested && options.stop_requested(); };
   const auto seconds_since = [](Clock::time_point t) {
@@ -60,7 +91,7 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
     ScheduledChunk chunk{tokens, block_table, start, std::min(chunk_size, prompt_len - start),
                          false};
     chunk.want_logits = start + chunk.count == prompt_len;
-    runner.forward(build_forward_batch({&chunk, 1}, block_size), logits);
+    run(chunk);
   }
   const auto t1 = Clock::now();
   result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -69,7 +100,16 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
   std::span<const int32_t> prompt_span(prompt_ids);
   for (int step = 0; step < max_new; ++step) {
     std::span<const int32_t> output_span(tokens.data() + prompt_len, tokens.size() - prompt_len);
-    SampledToken tok = sampler.sample(logits, prompt_span, output_span);
+    SampledToken tok;
+    if (!on_device) {
+      tok = sampler.sample(logits, prompt_span, output_span);
+    } else if (drawn.at(0).id < 0) {  // the host sampler's words for the same case
+      throw std::runtime_error("sampler: every logit is -inf or NaN after processing");
+    } else {
+      tok.id = drawn[0].id;
+      tok.logprob = drawn[0].logprob;
+      tok.top_logprobs = std::move(drawn[0].top_logprobs);
+    }
     tokens.push_back(tok.id);
     result.output_ids.push_back(tok.id);
     result.sampled.push_back(std::move(tok));
@@ -85,7 +125,7 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
       break;
     }
     ScheduledChunk chunk{tokens, block_table, int(tokens.size()) - 1, 1, true};
-    runner.forward(build_forward_batch({&chunk, 1}, block_size), logits);
+    run(chunk);
   }
   if (std::string rest = detok.flush(); !rest.empty()) on_text(rest);
   result.decode_seconds = seconds_since(t1);

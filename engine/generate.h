@@ -1,5 +1,6 @@
-// Offline generation of one prompt on the CPU backend: chunked prefill, then a decode loop
-// with sampling, stop conditions and streaming of UTF-8-safe text increments. This is what
+// Offline generation of one prompt: chunked prefill, then a decode loop with sampling (on the
+// runner's device when it can, ModelRunner::forward_sample, as the serving engine does; else
+// on the host), stop conditions and streaming of UTF-8-safe text increments. This is what
 // `arbor generate` runs; the serving engine (continuous batching) builds on the same parts.
 #pragma once
 

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "engine/engine.h"
+#include "engine/generate.h"
 #include "tests/engine/engine_fakes.h"
 
 namespace arbor {
@@ -484,6 +485,31 @@ TEST_CASE("engine (fake model): a device row with nothing to draw from ends only
   CHECK(good->tokens() == device_reference(runner, rg, 7));
   CHECK(good->finish() == FinishReason::kLength);
   CHECK(engine.stats().kv.used_blocks == 0);
+}
+
+TEST_CASE("generate (fake model): runners that sample on the device draw there",
+          "[engine][sampling]") {
+  FakeRunner runner(kVocab, 64, 4, 256, 0);
+  FakeTokenizer tok(kVocab);
+  std::mt19937 rng(14);
+  Request r = greedy_request(random_prompt(rng, 11), 12, nullptr);
+  r.sampling.temperature = 0.9f;
+  r.sampling.seed = 3;
+  GenerateOptions options;
+  options.sampling = r.sampling;
+  options.max_tokens = r.max_tokens;
+  options.prefill_chunk = 4;  // the prompt's last chunk draws the first token
+  const auto ignore = [](std::string_view) {};
+  runner.device_sampling_ = true;
+  const GenerateResult device = generate(runner, tok, r.prompt_ids, options, ignore);
+  CHECK(device.output_ids == device_reference(runner, r, 3));
+  CHECK(runner.sample_steps_ == int(device.output_ids.size()));
+  // On the host the seeded draws come from the host sampler's generator instead.
+  runner.device_sampling_ = false;
+  const GenerateResult host = generate(runner, tok, r.prompt_ids, options, ignore);
+  CHECK(host.output_ids.size() == device.output_ids.size());
+  CHECK(host.output_ids != device.output_ids);
+  CHECK(runner.sample_steps_ == int(device.output_ids.size()));
 }
 
 }  // namespace arbor
