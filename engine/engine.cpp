@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <random>
 #include <stdexcept>
 #include <string>
 
@@ -45,17 +44,13 @@ struct Engine::SeqState {
   SeqState(uint64_t request_id, int index, const Request& req, const Tokenizer& tokenizer)
       : seq(request_id, index, req.prompt_ids),
         sampler(seeded_params(req.sampling, index)),
-        device_seed(sampler.params().seed ? *sampler.params().seed : random_seed()),
+        device_seed(sampler.params().seed ? *sampler.params().seed : random_sampling_seed()),
         detok(tokenizer, req.prompt_ids),
         stops(req.stop) {}
 
   static SamplingParams seeded_params(SamplingParams p, int index) {
     if (p.seed) *p.seed += uint64_t(index);
     return p;
-  }
-  static uint64_t random_seed() {
-    std::random_device rd;
-    return (uint64_t(rd()) << 32) ^ rd();
   }
 
   Sequence seq;
@@ -317,21 +312,10 @@ bool Engine::step() {
     } else if (device_sampling) {
       device_rows_.clear();
       auto add_row = [&](const RequestState& rs, const SeqState& ss, const Sequence& from) {
-        const SamplingParams& p = rs.req.sampling;
-        DeviceSamplingRow row;
-        row.temperature = p.temperature;
-        row.top_k = p.top_k;
-        row.top_p = p.top_p;
-        row.min_p = p.min_p;
-        row.repetition_penalty = p.repetition_penalty;
-        row.presence_penalty = p.presence_penalty;
-        row.frequency_penalty = p.frequency_penalty;
-        row.logprobs = p.logprobs;
-        row.seed = ss.device_seed;
+        DeviceSamplingRow row = device_sampling_row(rs.req.sampling, ss.device_seed);
         row.step = uint64_t(from.num_output());
         row.prompt_ids = from.prompt();
         row.output_ids = from.output();
-        row.logit_bias = p.logit_bias;
         device_rows_.push_back(row);
       };
       for (size_t i = 0; i < out.seqs.size(); ++i) {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <random>
 #include <stdexcept>
 
 #include "engine/batch_builder.h"
@@ -43,27 +42,12 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
   Sampler sampler(options.sampling);
   IncrementalDetokenizer detok(tokenizer, prompt_ids);
   std::vector<float> logits;
-  // Runners that sample on their device draw there, as the serving engine does (same seed,
-  // same tokens): each step that wants logits returns the next token instead.
+  // Runners that sample on their device draw there, as the serving engine does (the same
+  // generator and keys): each step that wants logits returns the next token instead.
   const bool on_device = runner.samples_on_device();
   const SamplingParams& sp = options.sampling;
-  DeviceSamplingRow row;
-  row.temperature = sp.temperature;
-  row.top_k = sp.top_k;
-  row.top_p = sp.top_p;
-  row.min_p = sp.min_p;
-  row.repetition_penalty = sp.repetition_penalty;
-  row.presence_penalty = sp.presence_penalty;
-  row.frequency_penalty = sp.frequency_penalty;
-  row.logprobs = sp.logprobs;
-  row.logit_bias = sp.logit_bias;
+  DeviceSamplingRow row = device_sampling_row(sp, sp.seed ? *sp.seed : random_sampling_seed());
   row.prompt_ids = prompt_ids;
-  if (sp.seed) {
-    row.seed = *sp.seed;
-  } else {
-    std::random_device rd;
-    row.seed = (uint64_t(rd()) << 32) ^ rd();
-  }
   std::vector<DeviceSampledToken> drawn;
   // One model step: logits for the host sampler, or the token drawn on the device.
   const auto run = [&](const ScheduledChunk& chunk) {

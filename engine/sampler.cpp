@@ -112,6 +112,26 @@ void SamplingParams::validate(int vocab_size) const {
     reject("logprobs", std::to_string(logprobs), "in [-1, 20] (-1: none)");
 }
 
+DeviceSamplingRow device_sampling_row(const SamplingParams& params, uint64_t seed) {
+  DeviceSamplingRow row;
+  row.temperature = params.temperature;
+  row.top_k = params.top_k;
+  row.top_p = params.top_p;
+  row.min_p = params.min_p;
+  row.repetition_penalty = params.repetition_penalty;
+  row.presence_penalty = params.presence_penalty;
+  row.frequency_penalty = params.frequency_penalty;
+  row.logprobs = params.logprobs;
+  row.logit_bias = params.logit_bias;
+  row.seed = seed;
+  return row;
+}
+
+uint64_t random_sampling_seed() {
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
 Sampler::Sampler(SamplingParams params) : params_(std::move(params)) {
   if (params_.seed) {
     rng_.seed(*params_.seed);

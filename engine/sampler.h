@@ -19,6 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "models/model_runner.h"
+
 namespace arbor {
 
 // Temperatures below this are treated as 0 (greedy), as vLLM does.
@@ -54,6 +56,13 @@ struct SampledToken {
   // The min(logprobs, vocab) most likely raw tokens, best first, when logprobs >= 1.
   std::vector<std::pair<int32_t, float>> top_logprobs;
 };
+
+// The row a runner that samples on its device (ModelRunner::forward_sample) needs for these
+// parameters: the draw keyed by `seed` (the step and the prompt/output ids are the caller's).
+DeviceSamplingRow device_sampling_row(const SamplingParams& params, uint64_t seed);
+
+// A random 64-bit seed (std::random_device), for requests that set none.
+uint64_t random_sampling_seed();
 
 // One sampler per sequence: it owns the sequence's random generator, so a seeded request
 // gives the same tokens whatever else is in the batch.
