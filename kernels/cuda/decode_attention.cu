@@ -21,9 +21,10 @@
 //      (pre-multiplied by scale·log2 e), so each K/V byte is read once for all of them;
 //      scores are summed across the lanes of a row with xor shuffles; the softmax is online
 //      (running max per head, base 2), accumulated in fp32. For head dim 128 with GQA 4 or 8
-//      and cache blocks of 16 tokens or more (Llama-3 shapes), the kernel without a prologue
-//      runs these steps on tensor cores instead (mma_steps; H200: up to 14% faster at long
-//      contexts, 93-97% of read bandwidth from batch 8 x 32k on, bench/RESULTS.md), and with
+//      and cache blocks of 16 tokens or more (Llama-3 shapes), these steps run on tensor
+//      cores instead (mma_steps; H200: up to 14% faster at long contexts, 93-97% of read
+//      bandwidth from batch 8 x 32k on, bench/RESULTS.md), over global memory or over the
+//      prologue's tiles (mma_prologue_steps); without a prologue and with
 //      overlap_previous_kernel each warp requests its first step before the wait.
 //   4. At the end the warps' (m, l, o) are merged through shared memory. A sequence that
 //      uses one split writes its output directly; otherwise each split writes its partial
@@ -403,23 +404,29 @@ struct MmaStep {
   uint4 v[2][4];  // dims 64h + 8g .. + 8 of tokens 2t + {0, 1, 8, 9}
 };
 
-// Loads the warp step of 16 tokens from t0 (a multiple of 16: 16 tokens lie in one cache
-// block of 16 or more); rows past `end` are zero (for V, p = 0 multiplies them).
-__device__ __forceinline__ void mma_load_step(const KernelArgs& a, const int32_t* table, int kvh,
-                                              int lane, int t0, int end, MmaStep& st) {
+// Loads the warp step of 16 tokens from t0, whose K and V rows are consecutive (D apart)
+// from k_rows and v_rows, in global memory or (kShared) in a prologue tile; rows past `end`
+// are zero (for V, p = 0 multiplies them; in a tile they hold whatever was there before).
+template <bool kShared>
+__device__ __forceinline__ void mma_load_rows(const bf16* k_rows, const bf16* v_rows, int lane,
+                                              int t0, int end, MmaStep& st) {
   constexpr int D = 128;
   const int g = lane / 4, t = lane % 4;
-  const int shift = a.block_shift;
-  const int64_t base = int64_t(__ldg(table + (t0 >> shift))) * ((a.num_kv_heads * D) << shift) +
-                       (t0 & ((1 << shift) - 1)) * D + ((kvh * D) << shift);
-  const bf16* kp = a.k_cache + base + g * D + 8 * t;
-  const bf16* vp = a.v_cache + base + 2 * t * D + 8 * g;
+  const auto load = [](const bf16* p) {
+    if constexpr (kShared) {
+      return *reinterpret_cast<const uint4*>(p);
+    } else {
+      return load_stream16(p);
+    }
+  };
+  const bf16* kp = k_rows + g * D + 8 * t;
+  const bf16* vp = v_rows + 2 * t * D + 8 * g;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const bool valid = t0 + g + 8 * r < end;
 #pragma unroll
     for (int p = 0; p < 4; ++p)
-      st.k[r][p] = valid ? load_stream16(kp + r * 8 * D + 32 * p) : make_uint4(0, 0, 0, 0);
+      st.k[r][p] = valid ? load(kp + r * 8 * D + 32 * p) : make_uint4(0, 0, 0, 0);
   }
   constexpr int kVRow[4] = {0, 1, 8, 9};  // tokens 2t + kVRow[i]
 #pragma unroll
@@ -427,8 +434,19 @@ __device__ __forceinline__ void mma_load_step(const KernelArgs& a, const int32_t
     const bool valid = t0 + 2 * t + kVRow[i] < end;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      st.v[h][i] = valid ? load_stream16(vp + kVRow[i] * D + 64 * h) : make_uint4(0, 0, 0, 0);
+      st.v[h][i] = valid ? load(vp + kVRow[i] * D + 64 * h) : make_uint4(0, 0, 0, 0);
   }
+}
+
+// Loads the warp step of 16 tokens from t0 (a multiple of 16: 16 tokens lie in one cache
+// block of 16 or more) from the paged cache.
+__device__ __forceinline__ void mma_load_step(const KernelArgs& a, const int32_t* table, int kvh,
+                                              int lane, int t0, int end, MmaStep& st) {
+  constexpr int D = 128;
+  const int shift = a.block_shift;
+  const int64_t base = int64_t(__ldg(table + (t0 >> shift))) * ((a.num_kv_heads * D) << shift) +
+                       (t0 & ((1 << shift) - 1)) * D + ((kvh * D) << shift);
+  mma_load_rows<false>(a.k_cache + base, a.v_cache + base, lane, t0, end, st);
 }
 
 // Folds the step from t0 into lane (g, t)'s share of the warp's state for heads 2t and
@@ -489,29 +507,75 @@ __device__ __forceinline__ void mma_step(const MmaStep& st, const uint4 (&qb)[4]
   }
 }
 
-// Tokens [from, end) of a split (from a multiple of 16) for one warp: 16-token steps at
-// from + 16 · warp, every kWarps · 16 tokens, the first one already in `first` when
-// `preloaded` (requested before griddepcontrol.wait). Leaves the lane's state as mma_step.
+// The B fragments of Q for mma_step: lane (g, t) holds head g's dims 32p + 8t .. + 8 in
+// qb[p] (zero for the padding heads g >= G).
 template <int G>
-__device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* table, int kvh,
-                                          int warp, int lane, int from, int end, size_t q_row0,
-                                          bool preloaded, MmaStep& first, float (&m)[2],
-                                          float (&l)[2], float (&o)[8][4]) {
+__device__ __forceinline__ void load_q_fragments(const KernelArgs& a, size_t q_row0, int lane,
+                                                 uint4 (&qb)[4]) {
   constexpr int D = 128;
   const int g = lane / 4, t = lane % 4;
-  const int t_first = from + warp * 16;
-  if (t_first >= end) return;
-  uint4 qb[4];  // head g, dims 32p + 8t .. + 8 (zero for the padding heads)
 #pragma unroll
   for (int p = 0; p < 4; ++p) {
     qb[p] = g < G ? __ldcg(reinterpret_cast<const uint4*>(a.q + (q_row0 + g) * D + 32 * p + 8 * t))
                   : make_uint4(0, 0, 0, 0);
   }
+}
+
+// Tokens [from, end) of a split (from a multiple of 16) for one warp: 16-token steps at
+// from + 16 · warp, every kWarps · 16 tokens, the first one already in `first` when
+// `preloaded` (requested before griddepcontrol.wait). Leaves the lane's state as mma_step.
+__device__ __forceinline__ void mma_steps(const KernelArgs& a, const int32_t* table, int kvh,
+                                          int warp, int lane, int from, int end,
+                                          const uint4 (&qb)[4], bool preloaded, MmaStep& first,
+                                          float (&m)[2], float (&l)[2], float (&o)[8][4]) {
+  const int t_first = from + warp * 16;
+  if (t_first >= end) return;
   if (!preloaded) mma_load_step(a, table, kvh, lane, t_first, end, first);
   mma_step(first, qb, t_first, end, lane, a.scale_log2, m, l, o);
   for (int t0 = t_first + kWarps * 16; t0 < end; t0 += kWarps * 16) {
     MmaStep st;
     mma_load_step(a, table, kvh, lane, t0, end, st);
+    mma_step(st, qb, t0, end, lane, a.scale_log2, m, l, o);
+  }
+}
+
+// The tensor-core steps over a split streamed into the prologue's tiles (kMma with
+// kPrologue): tokens past the prologue first, from global memory (none when the split fits,
+// as the plan arranges), while the tiles land; then the tiles' 16-token steps, warp w taking
+// steps w, w + kWarps, ... (so warps 0-1 wait for tile 0 and 2-3 for tile 1 first). A tile
+// holds the rows in cache order, as mma_load_rows reads them: the step that the register
+// steps take 600 instructions a lane for (8 tokens, bench/RESULTS.md) costs about a sixth
+// here, which at batch 1 and 1k-4k tokens is on the critical path once the bytes are in.
+// `fresh_tok` (or -1): the sequence's last row, which the previous kernel may have written
+// while the prologue's copy read it; the warp whose step holds it reads it again from global
+// memory (after griddepcontrol.wait) over the tile's copy, once that copy has landed.
+template <int G>
+__device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const int32_t* table,
+                                                   int kvh, int warp, int lane, int begin, int end,
+                                                   int prologue_tiles, int fresh_tok, bf16* tiles,
+                                                   uint64_t* full, const uint4 (&qb)[4],
+                                                   float (&m)[2], float (&l)[2], float (&o)[8][4]) {
+  constexpr int D = 128;
+  constexpr int kTileTokens = Tile<D, G>::kTileTokens;
+  static_assert(kTileTokens % 16 == 0, "a tile holds whole 16-token steps");
+  const int prologue_end = begin + prologue_tiles * kTileTokens;
+  MmaStep st;
+  mma_steps(a, table, kvh, warp, lane, prologue_end, end, qb, false, st, m, l, o);
+  for (int t0 = begin + warp * 16; t0 < min(end, prologue_end); t0 += kWarps * 16) {
+    const int tile = (t0 - begin) / kTileTokens;
+    mbar_wait(&full[tile], 0);
+    bf16* k_tile = tiles + size_t(tile) * 2 * kTileTokens * D;
+    bf16* v_tile = k_tile + kTileTokens * D;
+    const int first_row = t0 - begin - tile * kTileTokens;
+    if (fresh_tok >= t0 && fresh_tok < t0 + 16) {  // lanes 0-15: its K row, 16-31: its V row
+      const int r = fresh_tok - (t0 - first_row), col = lane % 16;
+      const int64_t elem = kv_row_offset(a, table, kvh, fresh_tok, D) + col * 8;
+      const bf16* src = (lane < 16 ? a.k_cache : a.v_cache) + elem;
+      *reinterpret_cast<uint4*>((lane < 16 ? k_tile : v_tile) + r * D + col * 8) =
+          __ldcg(reinterpret_cast<const uint4*>(src));
+      __syncwarp();
+    }
+    mma_load_rows<true>(k_tile + first_row * D, v_tile + first_row * D, lane, t0, end, st);
     mma_step(st, qb, t0, end, lane, a.scale_log2, m, l, o);
   }
 }
@@ -583,7 +647,7 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma>
 __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
-  static_assert(!kMma || (D == 128 && G >= 4 && !kPrologue), "mma_steps: D 128, G 4 or 8");
+  static_assert(!kMma || (D == 128 && G >= 4), "mma_steps: D 128, G 4 or 8");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -648,7 +712,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   // 130.6 -> 128.3; bench/RESULTS.md).
   [[maybe_unused]] MmaStep mma_first;
   [[maybe_unused]] bool mma_preloaded = false;
-  if constexpr (kMma) {
+  if constexpr (kMma && !kPrologue) {
     const int t_first = begin + warp * 16;
     if (a.overlap_previous_kernel && t_first < end && t_first + 16 < len) {
       mma_load_step(a, table, kvh, lane, t_first, end, mma_first);
@@ -664,10 +728,24 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   float(*s_o)[G][D] = reinterpret_cast<float(*)[G][D]>(smem);
   float(*s_m)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4);
   float(*s_l)[G] = reinterpret_cast<float(*)[G]>(smem + kWarps * G * D * 4 + kWarps * G * 4);
+  // The sequence's last row when the prologue holds it, the previous kernel may have written
+  // it while the copies read it, and it is read again (below, per path).
+  [[maybe_unused]] int fresh_tok = -1;
+  if constexpr (kPrologue) {
+    const int prologue_end = begin + prologue_tiles * T::kTileTokens;
+    if (a.overlap_previous_kernel && end == len && len <= prologue_end) fresh_tok = len - 1;
+  }
   if constexpr (kMma) {
     float mm[2] = {-INFINITY, -INFINITY}, lm[2] = {0.0f, 0.0f}, om[8][4] = {};
-    mma_steps<G>(a, table, kvh, warp, lane, begin, end, out_row0, mma_preloaded, mma_first, mm, lm,
-                 om);
+    uint4 qb[4];
+    load_q_fragments<G>(a, out_row0, lane, qb);
+    if constexpr (kPrologue) {
+      mma_prologue_steps<G>(a, table, kvh, warp, lane, begin, end, prologue_tiles, fresh_tok, tiles,
+                            full, qb, mm, lm, om);
+      __syncthreads();  // the warps' partials below overwrite the tiles
+    } else {
+      mma_steps(a, table, kvh, warp, lane, begin, end, qb, mma_preloaded, mma_first, mm, lm, om);
+    }
     // l over the warp's tokens; then the warp's (m, l, o) of heads 2t, 2t + 1 to shared memory.
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -712,12 +790,9 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     if constexpr (!kPrologue) {
       register_steps<D, G, kOneBlock>(a, table, kvh, warp, row, col, begin, end, q, m, l, o);
     } else {
-      // The last row of the sequence may have been written by the previous kernel while the
-      // prologue's copies read it: when it lies in the prologue, it is read again, now, into
-      // s_fresh. Exactly the threads that will use each 16 bytes load them (no barrier).
+      // The last row, when fresh_tok says so, is read again, now, into s_fresh. Exactly the
+      // threads that will use each 16 bytes load them (no barrier).
       const int prologue_end = begin + prologue_tiles * T::kTileTokens;
-      const int fresh_tok =
-          a.overlap_previous_kernel && end == len && len <= prologue_end ? len - 1 : -1;
       if (fresh_tok >= 0) {
         const int r = (fresh_tok - begin) % T::kTileTokens;
         if (warp == r / T::kTokensPerWarpIter && row == r % T::kRowsPerWarp) {
@@ -941,28 +1016,36 @@ void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-// The tensor-core steps (mma_steps) for head dim 128, GQA 4 or 8, blocks of 16 tokens or
-// more, when the split is not streamed through the prologue. ARBOR_DECODE_MMA=0 picks the
-// CUDA-core steps instead, for before/after measurements.
-bool mma_enabled() {
-  static const bool enabled = [] {
+// Where the tensor-core steps run (head dim 128, GQA 4 or 8, blocks of 16 tokens or more):
+// by default both over global memory (mma_steps) and over the prologue's tiles
+// (mma_prologue_steps). For before/after measurements, ARBOR_DECODE_MMA=0 picks the
+// CUDA-core steps everywhere, ARBOR_DECODE_MMA=steps keeps them for the prologue only.
+enum class MmaUse { kNone, kSteps, kAll };
+
+MmaUse mma_use() {
+  static const MmaUse use = [] {
     const char* v = std::getenv("ARBOR_DECODE_MMA");
-    return !(v && std::string(v) == "0");
+    const std::string s = v ? v : "";
+    return s == "0" ? MmaUse::kNone : s == "steps" ? MmaUse::kSteps : MmaUse::kAll;
   }();
-  return enabled;
+  return use;
 }
 
 template <int D, int G>
 void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   const bool one_block = (1 << args.block_shift) >= Tile<D, G>::kTokensPerWarpIter;
-  if (args.prologue_tiles > 0) {
+  const bool prologue = args.prologue_tiles > 0;
+  if constexpr (D == 128 && G >= 4) {
+    const MmaUse use = mma_use();
+    if (args.block_shift >= 4 && (use == MmaUse::kAll || (use == MmaUse::kSteps && !prologue))) {
+      return prologue ? launch_variant<D, G, true, true, true>(args, grid, stream)
+                      : launch_variant<D, G, false, true, true>(args, grid, stream);
+    }
+  }
+  if (prologue) {
     one_block ? launch_variant<D, G, true, true>(args, grid, stream)
               : launch_variant<D, G, true, false>(args, grid, stream);
   } else {
-    if constexpr (D == 128 && G >= 4) {
-      if (args.block_shift >= 4 && mma_enabled())
-        return launch_variant<D, G, false, true, true>(args, grid, stream);
-    }
     one_block ? launch_variant<D, G, false, true>(args, grid, stream)
               : launch_variant<D, G, false, false>(args, grid, stream);
   }
