@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
   int num_requests = 256, prompt_len = 512, output_len = 256;
   int max_num_seqs = 256, max_num_batched_tokens = 8192, block_size = 16;
   float gpu_mem = 0.90f, temperature = 0.0f;
-  double bandwidth_gbs = 3090;
+  double bandwidth_gbs = 0;  // measure (a fixed default was the H100's and misread an H200)
   bool no_prefix_caching = false, no_graphs = false;
   uint64_t seed = 0;
   app.add_option("--model", model, "model folder (config.json [+ safetensors])")->required();
@@ -117,8 +117,8 @@ int main(int argc, char** argv) {
   app.add_option("--gpu-memory-utilization", gpu_mem)->check(CLI::Range(0.05, 1.0));
   app.add_option("--temperature", temperature, "0: greedy")->check(CLI::Range(0.0, 2.0));
   app.add_option("--bandwidth-gbs", bandwidth_gbs,
-                 "device read bandwidth in GB/s for the roofline (H100 SXM measured: 3090); "
-                 "0: measure it here first");
+                 "device read bandwidth in GB/s for the roofline; 0 (default): measure it "
+                 "here first (H100 SXM measured: 3090)");
   app.add_flag("--no-prefix-caching", no_prefix_caching);
   app.add_flag("--no-cuda-graphs", no_graphs);
   app.add_option("--seed", seed, "seed of the random prompts");
