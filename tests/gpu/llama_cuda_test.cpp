@@ -19,9 +19,8 @@
 #include "engine/batch_builder.h"
 #include "engine/generate.h"
 #include "engine/kv_block_manager.h"
-#include "kernels/cuda/device_buffer.h"
-#include "kernels/cuda/sampling.h"
 #include "models/llama_cuda.h"
+#include "tests/gpu/sampling_batch.h"
 #include "tests/test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -89,72 +88,33 @@ void compare_steps(ModelRunner& gpu, ModelRunner& cpu,
 // cuda::sample run directly on host logits ([rows][V]) with the rows' parameters and lists.
 std::vector<DeviceSampledToken> sample_directly(const std::vector<float>& logits, int V,
                                                 const std::vector<DeviceSamplingRow>& rows) {
-  const int n = int(rows.size());
-  const size_t count = rows.size();
-  std::vector<cuda::SamplingRowParams> params(count);
-  std::vector<int32_t> penalty_offsets{0}, bias_offsets{0};
-  std::vector<cuda::SamplingPenaltyEntry> penalties;
-  std::vector<cuda::SamplingBiasEntry> biases;
-  for (int r = 0; r < n; ++r) {
-    const DeviceSamplingRow& row = rows[size_t(r)];
-    params[size_t(r)] = {row.temperature,
-                         row.top_k,
-                         row.top_p,
-                         row.min_p,
-                         row.repetition_penalty,
-                         row.presence_penalty,
-                         row.frequency_penalty,
-                         row.logprobs,
-                         row.seed,
-                         row.step};
-    cuda::append_penalty_entries(row.prompt_ids, row.output_ids, penalties);
-    penalty_offsets.push_back(int32_t(penalties.size()));
-    for (const auto& [id, bias] : row.logit_bias) biases.push_back({id, bias});
-    bias_offsets.push_back(int32_t(biases.size()));
+  std::vector<cuda::TestRow> batch(rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const DeviceSamplingRow& row = rows[r];
+    batch[r].logits.assign(logits.begin() + ptrdiff_t(r) * V,
+                           logits.begin() + ptrdiff_t(r + 1) * V);
+    batch[r].params = {row.temperature,
+                       row.top_k,
+                       row.top_p,
+                       row.min_p,
+                       row.repetition_penalty,
+                       row.presence_penalty,
+                       row.frequency_penalty,
+                       row.logprobs,
+                       row.seed,
+                       row.step};
+    batch[r].prompt.assign(row.prompt_ids.begin(), row.prompt_ids.end());
+    batch[r].output.assign(row.output_ids.begin(), row.output_ids.end());
+    batch[r].bias.assign(row.logit_bias.begin(), row.logit_bias.end());
   }
-  cuda::DeviceArray<float> d_logits(logits.size()), d_logprobs(count);
-  cuda::DeviceArray<cuda::SamplingRowParams> d_params(count);
-  cuda::DeviceArray<int32_t> d_tokens(count), d_pen_off(penalty_offsets.size()),
-      d_bias_off(bias_offsets.size()), d_top_ids(count * cuda::kMaxTopLogprobs);
-  cuda::DeviceArray<cuda::SamplingPenaltyEntry> d_pen(std::max<size_t>(1, penalties.size()));
-  cuda::DeviceArray<cuda::SamplingBiasEntry> d_bias(std::max<size_t>(1, biases.size()));
-  cuda::DeviceArray<float> d_top_lp(count * cuda::kMaxTopLogprobs);
-  d_logits.upload(logits.data(), logits.size());
-  d_params.upload(params.data(), params.size());
-  d_pen_off.upload(penalty_offsets.data(), penalty_offsets.size());
-  d_bias_off.upload(bias_offsets.data(), bias_offsets.size());
-  d_pen.upload(penalties.data(), penalties.size());
-  d_bias.upload(biases.data(), biases.size());
-  cuda::SamplingBatch sb;
-  sb.logits = d_logits.data();
-  sb.rows = n;
-  sb.vocab = V;
-  sb.params = d_params.data();
-  sb.penalty_offsets = d_pen_off.data();
-  sb.penalty_entries = d_pen.data();
-  sb.bias_offsets = d_bias_off.data();
-  sb.bias_entries = d_bias.data();
-  sb.tokens = d_tokens.data();
-  sb.logprobs = d_logprobs.data();
-  sb.top_ids = d_top_ids.data();
-  sb.top_logprobs = d_top_lp.data();
-  const size_t ws_bytes = cuda::sampling_workspace_bytes(n, V);
-  cuda::DeviceBuffer ws(ws_bytes);
-  cuda::sample(sb, ws.get(), ws_bytes, nullptr);
-  std::vector<int32_t> tokens(count), top_ids(count * cuda::kMaxTopLogprobs);
-  std::vector<float> lps(count), top_lps(top_ids.size());
-  d_tokens.download(tokens.data(), tokens.size());
-  d_logprobs.download(lps.data(), lps.size());
-  d_top_ids.download(top_ids.data(), top_ids.size());
-  d_top_lp.download(top_lps.data(), top_lps.size());
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  std::vector<DeviceSampledToken> out(count);
-  for (int r = 0; r < n; ++r) {
-    out[size_t(r)].id = tokens[size_t(r)];
-    out[size_t(r)].logprob = rows[size_t(r)].logprobs >= 0 ? lps[size_t(r)] : 0.0f;
-    for (int i = 0; i < rows[size_t(r)].logprobs; ++i) {
-      const size_t at = size_t(r) * cuda::kMaxTopLogprobs + size_t(i);
-      if (top_ids[at] >= 0) out[size_t(r)].top_logprobs.emplace_back(top_ids[at], top_lps[at]);
+  const std::vector<cuda::GpuResult> results = cuda::run_gpu(batch);
+  std::vector<DeviceSampledToken> out(rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    out[r].id = results[r].token;
+    out[r].logprob = rows[r].logprobs >= 0 ? results[r].logprob : 0.0f;
+    for (int i = 0; i < rows[r].logprobs; ++i) {
+      const int32_t id = results[r].top_ids[size_t(i)];
+      if (id >= 0) out[r].top_logprobs.emplace_back(id, results[r].top_logprobs[size_t(i)]);
     }
   }
   return out;
