@@ -132,10 +132,7 @@ void ContextParallelRunner::forward_sample(const ForwardBatch& batch,
                                            std::span<const DeviceSamplingRow> rows,
                                            std::vector<DeviceSampledToken>& tokens) {
   if (!samples_on_device()) ModelRunner::forward_sample(batch, rows, tokens);  // throws
-  if (rows.size() != batch.logits_rows.size())
-    throw std::invalid_argument("forward_sample: " + std::to_string(rows.size()) +
-                                " sampling rows for " + std::to_string(batch.logits_rows.size()) +
-                                " logits rows");
+  check_sampling_rows(batch, rows);
   broadcast(batch, kForwardGreedy);
   ranks_[0]->forward_sample(batch, rows, tokens);
 }

@@ -539,10 +539,7 @@ void LlamaCudaRunner::forward_greedy(const ForwardBatch& b, std::vector<int32_t>
 
 void LlamaCudaRunner::forward_sample(const ForwardBatch& b, std::span<const DeviceSamplingRow> rows,
                                      std::vector<DeviceSampledToken>& tokens) {
-  if (rows.size() != b.logits_rows.size())
-    throw std::invalid_argument("forward_sample: " + std::to_string(rows.size()) +
-                                " sampling rows for " + std::to_string(b.logits_rows.size()) +
-                                " logits rows");
+  check_sampling_rows(b, rows);
   const int n_rows = run_step(b);
   const int V = c_.vocab_size;
   cudaStream_t st = stream_.get();

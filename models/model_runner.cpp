@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include <omp.h>
 
@@ -16,6 +17,14 @@ void ModelRunner::forward_greedy(const ForwardBatch& batch, std::vector<int32_t>
     const float* row = logits.data() + r * vocab;
     ids[r] = int32_t(std::max_element(row, row + vocab) - row);
   }
+}
+
+void ModelRunner::check_sampling_rows(const ForwardBatch& batch,
+                                      std::span<const DeviceSamplingRow> rows) {
+  if (rows.size() != batch.logits_rows.size())
+    throw std::invalid_argument("forward_sample: " + std::to_string(rows.size()) +
+                                " sampling rows for " + std::to_string(batch.logits_rows.size()) +
+                                " logits rows");
 }
 
 void ModelRunner::forward_sample(const ForwardBatch&, std::span<const DeviceSamplingRow>,

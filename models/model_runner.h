@@ -68,6 +68,12 @@ class ModelRunner {
                               std::vector<DeviceSampledToken>& tokens);
   // "cpu (2 threads)", "NVIDIA H100 80GB HBM3", ...
   virtual std::string device_name() const = 0;
+
+ protected:
+  // forward_sample's own check of its input: one sampling row per logits row, else
+  // std::invalid_argument (for runners that must refuse before they start the step).
+  static void check_sampling_rows(const ForwardBatch& batch,
+                                  std::span<const DeviceSamplingRow> rows);
 };
 
 class CpuModelRunner : public ModelRunner {
