@@ -119,7 +119,12 @@ struct Row {
   std::string note;
 };
 
-Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t stream) {
+// `pool`: the K/V caches of every case, allocated once before the first (a case allocating
+// its own caches after a larger one freed its ran slower: H100, batch 32 x 1k 48.4 us per
+// layer alone or after shorter cases, 55.7 after batch 32 x 32k; bench/RESULTS.md). A model
+// allocates its KV cache once, at startup, too.
+Row run_case(const Options& o, int batch, int context, int sms, const DeviceBuffer& pool,
+             cudaStream_t stream) {
   Row row;
   row.batch = batch;
   row.context = context;
@@ -132,20 +137,17 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
   row.bytes = 2.0 * double(batch) * context * o.hkv * o.head_dim * sizeof(bf16) +
               2.0 * double(q_elems) * sizeof(bf16);
 
-  size_t free_bytes = 0, total = 0;
-  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
-  const size_t budget = size_t(double(free_bytes) * 0.85);
   row.layers_used =
-      int(std::min<size_t>(size_t(o.layers), budget / std::max<size_t>(layer_bytes, 1)));
+      int(std::min<size_t>(size_t(o.layers), pool.bytes() / std::max<size_t>(layer_bytes, 1)));
   if (row.layers_used == 0) {
     row.note = "KV cache does not fit";
     return row;
   }
 
-  std::vector<DeviceBuffer> caches;  // per layer: K then V
+  std::vector<bf16*> caches;  // per layer: K then V, consecutive in the pool
   for (int l = 0; l < row.layers_used; ++l) {
-    caches.emplace_back(layer_bytes);
-    fill_random(caches.back().as<bf16>(), 2 * cache_elems, 1000 + uint64_t(l), stream);
+    caches.push_back(pool.as<bf16>() + size_t(l) * 2 * cache_elems);
+    fill_random(caches.back(), 2 * cache_elems, 1000 + uint64_t(l), stream);
   }
   // Shuffled block tables, as a long-running server's pool would give; sequential ones lay
   // each sequence's blocks out in order, to measure what the scattered pages cost.
@@ -192,7 +194,7 @@ Row run_case(const Options& o, int batch, int context, int sms, cudaStream_t str
   DeviceBuffer workspace(plan.workspace_bytes);
   if (plan.workspace_bytes) CUDA_CHECK(cudaMemset(workspace.get(), 0, plan.workspace_bytes));
   auto launch_layer = [&](int layer) {
-    const bf16* k = caches[size_t(layer % row.layers_used)].as<bf16>();
+    const bf16* k = caches[size_t(layer % row.layers_used)];
     p.k_cache = k;
     p.v_cache = k + cache_elems;
     arbor::cuda::decode_attention(p, plan, workspace.get(), stream);
@@ -283,6 +285,9 @@ int main(int argc, char** argv) {
 
     Stream stream;
     const double read_bw = arbor::bench::measure_read_bandwidth();
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const DeviceBuffer kv_pool(size_t(double(free_bytes) * 0.85) / 4096 * 4096);
 
     char date[64];
     const std::time_t now = std::time(nullptr);
@@ -305,7 +310,7 @@ int main(int argc, char** argv) {
                 "flash_g", "cudnn_g", "note");
     for (int b : o.batches) {
       for (int c : o.contexts) {
-        const Row r = run_case(o, b, c, sms, stream.get());
+        const Row r = run_case(o, b, c, sms, kv_pool, stream.get());
         const double t = std::isnan(r.graph_us) ? r.single_us : r.graph_us;
         const double gbs = r.bytes / (t * 1e-6) * 1e-9;
         const auto pf = peer.find({b, c, "flash"});
