@@ -403,6 +403,9 @@ cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_c
   a.max_blocks_per_seq = max_blocks_per_seq_;
   a.scale = 1.0f / std::sqrt(float(c_.head_dim));
   a.max_context_len = max_context_len;
+  // Every plan of this runner (graph buckets, eager steps of any batch and context) shares
+  // attn_workspace_.
+  a.workspace_num_seqs = opt_.max_num_seqs;
   a.out = attn_.data();
   a.cp_size = cp_size_;
   a.cp_rank = cp_rank_;

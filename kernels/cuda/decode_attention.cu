@@ -70,6 +70,10 @@ constexpr int kMergeUnroll = 8;
 // saves an atomic round trip that costs about as much as 3 rounds of merge loads, H200).
 constexpr int kMergeGroup = kMergeUnroll;
 constexpr int kTwoLevelMinSplits = 5 * kMergeUnroll;
+// Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
+// one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
+// place whatever the plan, so that plans can share a workspace (workspace_num_seqs).
+constexpr int kCountersPerPair = 1 + (kMaxSplits + kMergeGroup - 1) / kMergeGroup;
 // Shared memory for a split streamed whole into the prologue (plan_decode_attention).
 constexpr int kMaxPrologueBytes = 64 * 1024;
 // Shared memory of one Hopper SM, and what a resident block costs beyond its dynamic part
@@ -139,12 +143,11 @@ struct KernelArgs {
   float* lse;      // may be null
   // Workspace (used only when num_splits > 1), indexed by pair = seq * num_kv_heads + kvh;
   // a pair's parts are its splits' partials, then its groups' (see the merge):
-  float* ws_o;    // [pair][parts_per_pair][G][D], unnormalized partial outputs
-  float* ws_m;    // [pair][parts_per_pair][G], running max (base 2, scaled scores)
-  float* ws_l;    // [pair][parts_per_pair][G], sum of exp2(score - m)
-  int* counters;  // [pair][counters_per_pair], arrivals (see the merge); zero between launches
-  int counters_per_pair;  // 1 + groups of kMergeGroup splits
-  int parts_per_pair;     // num_splits + groups: partials per pair in ws_o, ws_m, ws_l
+  float* ws_o;         // [pair][parts_per_pair][G][D], unnormalized partial outputs
+  float* ws_m;         // [pair][parts_per_pair][G], running max (base 2, scaled scores)
+  float* ws_l;         // [pair][parts_per_pair][G], sum of exp2(score - m)
+  int* counters;       // [pair][kCountersPerPair], arrivals (see the merge); zero between launches
+  int parts_per_pair;  // num_splits + groups: partials per pair in ws_o, ws_m, ws_l
   int num_kv_heads;
   int max_blocks_per_seq;
   int block_shift;  // log2(block_size)
@@ -901,7 +904,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   // (H200, per layer in a graph: batch 1 x 16k, 66 splits, 23.6 -> 21.0 us; x 32k 38.4 ->
   // 36.4; but with two levels at 17 and 32 splits, batch 1 x 1k 5.9 -> 6.7 and x 4k 11.4 ->
   // 12.0: hence kTwoLevelMinSplits).
-  int* pair_counters = a.counters + pair * a.counters_per_pair;  // [0] all, [1 + g] group g
+  int* pair_counters = a.counters + pair * kCountersPerPair;  // [0] all, [1 + g] group g
   const size_t parts = pair * a.parts_per_pair;  // the splits' partials, then the groups'
   if (n_used < kTwoLevelMinSplits) {
     if (arrive_last(pair_counters, n_used))
@@ -923,19 +926,17 @@ int merge_groups(int num_splits) {
   return (num_splits + kMergeGroup - 1) / kMergeGroup;
 }
 
-// Merge counters per (sequence, kv head): one for the groups, one per group of splits.
-int counters_per_pair(int num_splits) {
-  return 1 + merge_groups(num_splits);
-}
-
 // Partials per (sequence, kv head) in the workspace: one per split, then one per group.
 int parts_per_pair(int num_splits) {
   return num_splits + merge_groups(num_splits);
 }
 
-// Byte offsets of the workspace regions, each 256-byte aligned.
+// Byte offsets of the workspace regions, each 256-byte aligned: the merge counters first, for
+// workspace_num_seqs sequences at a fixed stride (the same bytes for every plan made with
+// that count), then this plan's partials. Another plan's partials may overwrite this one's
+// (they are written before they are read, in every launch), never its counters.
 struct WorkspaceLayout {
-  size_t o = 0, m = 0, l = 0, counters = 0, total = 0;
+  size_t counters = 0, o = 0, m = 0, l = 0, total = 0;
 };
 
 size_t align256(size_t x) {
@@ -945,13 +946,13 @@ size_t align256(size_t x) {
 WorkspaceLayout workspace_layout(const DecodeAttentionParams& p, int num_splits) {
   WorkspaceLayout w;
   if (num_splits <= 1) return w;  // one split: no partials, no counters
+  const size_t seqs = size_t(std::max(p.num_seqs, p.workspace_num_seqs));
   const size_t parts = size_t(p.num_seqs) * p.num_q_heads * parts_per_pair(num_splits);
-  w.o = 0;
-  w.m = align256(parts * p.head_dim * sizeof(float));
+  w.counters = 0;
+  w.o = align256(seqs * p.num_kv_heads * kCountersPerPair * sizeof(int));
+  w.m = w.o + align256(parts * p.head_dim * sizeof(float));
   w.l = w.m + align256(parts * sizeof(float));
-  w.counters = w.l + align256(parts * sizeof(float));
-  w.total = w.counters + align256(size_t(p.num_seqs) * p.num_kv_heads *
-                                  counters_per_pair(num_splits) * sizeof(int));
+  w.total = w.l + align256(parts * sizeof(float));
   return w;
 }
 
@@ -989,6 +990,10 @@ void check_shape(const DecodeAttentionParams& p) {
   if (p.max_context_len < 0 || int64_t(p.max_context_len) > int64_t(p.max_blocks_per_seq) * bs) {
     fail("max_context_len " + std::to_string(p.max_context_len) + " is outside [0, " +
          std::to_string(int64_t(p.max_blocks_per_seq) * bs) + "] (block table capacity)");
+  }
+  if (p.workspace_num_seqs < 0 || (p.workspace_num_seqs > 0 && p.workspace_num_seqs < p.num_seqs)) {
+    fail("workspace_num_seqs " + std::to_string(p.workspace_num_seqs) +
+         " is neither 0 nor >= num_seqs (" + std::to_string(p.num_seqs) + ")");
   }
   if (!std::isfinite(p.scale)) fail("scale is not finite");
   if (p.cp_size < 1 || p.cp_rank < 0 || p.cp_rank >= p.cp_size) {
@@ -1155,7 +1160,6 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     a.ws_m = reinterpret_cast<float*>(base + ws.m);
     a.ws_l = reinterpret_cast<float*>(base + ws.l);
     a.counters = reinterpret_cast<int*>(base + ws.counters);
-    a.counters_per_pair = counters_per_pair(plan.num_splits);
     a.parts_per_pair = parts_per_pair(plan.num_splits);
   }
   a.num_kv_heads = p.num_kv_heads;

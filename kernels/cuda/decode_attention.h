@@ -48,6 +48,12 @@ struct DecodeAttentionParams {
   // last row is re-read once it has completed. Off: nothing is read before it completes.
   bool overlap_previous_kernel = false;
 
+  // The most sequences of any plan that shares this launch's workspace (0: num_seqs alone).
+  // Plans of different batch sizes or split counts lay their partials out differently; made
+  // with the same workspace_num_seqs they keep every merge counter at the same place, ahead
+  // of all partials, so one workspace serves them all (a model's decode steps and graphs).
+  int workspace_num_seqs = 0;
+
   bf16* out = nullptr;  // [num_seqs][num_q_heads][head_dim], normalized attention output
 
   // Optional, for tree attention across GPUs (context parallel): when non-null, also the
@@ -72,7 +78,9 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
 
 // Launches the attention. `workspace` holds per-split partials and merge counters; it must
 // be zeroed once when allocated (the kernel leaves its counters at zero when it finishes,
-// so replays of a captured graph need no reset). Throws std::invalid_argument for
+// so replays of a captured graph need no reset). Plans share a workspace only when made with
+// the same workspace_num_seqs (>= each one's num_seqs), and it is as large as the largest
+// plan.workspace_bytes among them. Throws std::invalid_argument for
 // unsupported head_dim / GQA ratio / block size, CudaError on launch failure.
 void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
                       void* workspace, cudaStream_t stream);

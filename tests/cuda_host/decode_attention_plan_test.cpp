@@ -101,6 +101,13 @@ TEST_CASE("decode_attention plans honour a forced split count", "[cuda-host][dec
     CHECK(plan.num_splits == splits);
     CHECK((plan.workspace_bytes == 0) == (splits == 1));
   }
+  // Sized for a workspace shared with plans of up to 64 sequences: their merge counters
+  // come first, so the workspace grows; one split still needs none.
+  DecodeAttentionParams shared = p;
+  shared.workspace_num_seqs = 64;
+  CHECK(plan_decode_attention(shared, 132, 7).workspace_bytes >
+        plan_decode_attention(p, 132, 7).workspace_bytes);
+  CHECK(plan_decode_attention(shared, 132, 1).workspace_bytes == 0);
   // Nothing to attend to: one split, no workspace.
   const DecodeAttentionPlan empty = plan_decode_attention(params(0, 32, 8, 128, 16, 0, true), 132);
   CHECK(empty.num_splits == 1);
@@ -133,6 +140,12 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
                   std::invalid_argument);
   CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.scale = INFINITY; }),
                   std::invalid_argument);
+  // A shared workspace holds at least this plan's sequences.
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.workspace_num_seqs = -1; }),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(plan_with([](DecodeAttentionParams& p) { p.workspace_num_seqs = 1; }),
+                  std::invalid_argument);
+  CHECK_NOTHROW(plan_with([](DecodeAttentionParams& p) { p.workspace_num_seqs = 2; }));
   CHECK_THROWS_AS(plan_decode_attention(good, 0), std::invalid_argument);
   CHECK_THROWS_AS(plan_decode_attention(good, 132, -1), std::invalid_argument);
   CHECK_THROWS_AS(plan_decode_attention(good, 132, 5000), std::invalid_argument);

@@ -152,7 +152,7 @@ class GpuCase {
   // shared memory first, kernels/cuda/decode_attention.cu); without a concurrent writer
   // the results are the same.
   GpuCase(const Inputs& in, bool with_f32, int force_splits, int max_context_len = -1,
-          bool overlap = false)
+          bool overlap = false, int workspace_num_seqs = 0)
       : with_f32_(with_f32) {
     const auto qb = to_bf16_bits(in.q), kb = to_bf16_bits(in.k), vb = to_bf16_bits(in.v);
     const size_t n = in.lens.size(), rows = n * size_t(in.shape.hq);
@@ -188,6 +188,7 @@ class GpuCase {
     p_.out_f32 = with_f32 ? out_f32_.data() : nullptr;
     p_.lse = with_f32 ? lse_.data() : nullptr;
     p_.overlap_previous_kernel = overlap;
+    p_.workspace_num_seqs = workspace_num_seqs;
     plan_ = arbor::cuda::plan_decode_attention(p_, device_sm_count(), force_splits);
     // The caller zeroes the workspace once, at allocation (the merge counters start at 0).
     workspace_ = DeviceBuffer(plan_.workspace_bytes);
@@ -217,11 +218,16 @@ class GpuCase {
     stream_.sync();
   }
 
-  void launch() { arbor::cuda::decode_attention(p_, plan_, workspace_.get(), stream_.get()); }
+  void launch() { launch_on(workspace_.get()); }
+  // With a workspace shared by other cases (made with the same workspace_num_seqs).
+  void launch_on(void* workspace) {
+    arbor::cuda::decode_attention(p_, plan_, workspace, stream_.get());
+  }
 
-  Outputs run() {
+  Outputs run() { return run_on(workspace_.get()); }
+  Outputs run_on(void* workspace) {
     poison_outputs();
-    launch();
+    launch_on(workspace);
     return download();
   }
 
@@ -489,6 +495,51 @@ TEST_CASE(
     graph.launch(gpu.stream());
     graph.launch(gpu.stream());  // twice in a row: counters must be back at zero
     check_outputs(in, lens, cpu_reference(in, lens), gpu.download(), "graph replay");
+  }
+}
+
+TEST_CASE(
+    "plans of different batch sizes and split counts share one workspace "
+    "(workspace_num_seqs), as a model's graphs and eager steps do",
+    "[gpu][decode]") {
+  // Batches of 1, 2 and 4 sequences planned for the same longest context split into
+  // different counts, so their partials are laid out differently. Before workspace_num_seqs,
+  // a batch-1 launch wrote partials over the bytes that held the batch-4 plan's merge
+  // counters, and the next batch-4 launch found them nonzero: no block saw itself last, the
+  // outputs stayed unwritten (NaN here) and the counters never returned to zero.
+  const Shape shape{32, 8, 128, 16};
+  const std::vector<int> lens = {4096, 3000, 2048, 1500};
+  const Inputs all = make_inputs(shape, lens, 600);
+  const size_t row = size_t(shape.hq) * size_t(shape.d);
+  const auto first = [&](size_t n) {  // the first n sequences, same cache and tables
+    Inputs in = all;
+    in.lens.assign(lens.begin(), lens.begin() + std::ptrdiff_t(n));
+    in.q.assign(all.q.begin(), all.q.begin() + std::ptrdiff_t(n * row));
+    in.tables.assign(all.tables.begin(),
+                     all.tables.begin() + std::ptrdiff_t(n * size_t(all.max_blocks_per_seq)));
+    return in;
+  };
+  const Inputs in1 = first(1), in2 = first(2), in4 = first(4);
+  GpuCase b1(in1, true, 0, /*max_context_len=*/4096, false, /*workspace_num_seqs=*/4);
+  GpuCase b2(in2, true, 0, 4096, false, 4);
+  GpuCase b4(in4, true, 0, 4096, false, 4);
+  const int s1 = b1.plan().num_splits, s2 = b2.plan().num_splits, s4 = b4.plan().num_splits;
+  INFO("splits at batch 1, 2, 4: " << s1 << ", " << s2 << ", " << s4);
+  REQUIRE(s1 > 1);
+  REQUIRE(s2 > 1);
+  REQUIRE(s4 > 1);
+  REQUIRE(s1 != s4);
+  DeviceBuffer shared(
+      std::max({b1.plan().workspace_bytes, b2.plan().workspace_bytes, b4.plan().workspace_bytes}));
+  CUDA_CHECK(cudaMemset(shared.get(), 0, shared.bytes()));
+  const Reference r1 = cpu_reference(in1, in1.lens), r2 = cpu_reference(in2, in2.lens),
+                  r4 = cpu_reference(in4, in4.lens);
+  for (int round = 0; round < 2; ++round) {
+    const std::string at = " (round " + std::to_string(round) + ")";
+    check_outputs(in1, in1.lens, r1, b1.run_on(shared.get()), "batch 1" + at);
+    check_outputs(in4, in4.lens, r4, b4.run_on(shared.get()), "batch 4 after batch 1" + at);
+    check_outputs(in2, in2.lens, r2, b2.run_on(shared.get()), "batch 2 after batch 4" + at);
+    check_outputs(in1, in1.lens, r1, b1.run_on(shared.get()), "batch 1 after batch 2" + at);
   }
 }
 

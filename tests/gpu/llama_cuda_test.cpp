@@ -14,6 +14,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <utility>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "engine/batch_builder.h"
@@ -146,6 +149,32 @@ TEST_CASE("CUDA Llama matches the CPU reference on the demo model", "[gpu][model
     CpuModelRunner cpu(LlamaCpu::load(demo_dir()), 256, 16);
     compare_steps(*gpu, cpu, prompts, /*chunk=*/5, 16);
   }
+}
+
+TEST_CASE("CUDA Llama matches the CPU reference as its batch shrinks at multi-split contexts",
+          "[gpu][model]") {
+  // The decode graphs of batch buckets 4, 2 and 1 share one attention workspace, and past 384
+  // tokens each of their plans merges several splits (the demo model's plans cut 2048 tokens
+  // 16 ways, 128 a split): every bucket's merge counters must survive the other buckets'
+  // partials (DecodeAttentionParams::workspace_num_seqs). Before that, the first batch-2
+  // step after batch-4 steps found its counters overwritten and left outputs unwritten.
+  auto tokenizer = load_tokenizer(demo_dir());
+  const std::vector<int32_t> text =
+      tokenizer->encode(" and so the long story went on and on for a while.", false);
+  std::vector<std::vector<int32_t>> prompts;
+  for (const size_t len : {520, 470, 420}) {  // they end one by one: buckets 4, 2, 1
+    std::vector<int32_t> p = tokenizer->encode("Once upon a time", true);
+    while (p.size() < len) p.insert(p.end(), text.begin(), text.end());
+    p.resize(len);
+    prompts.push_back(std::move(p));
+  }
+  CudaRunnerOptions o;
+  o.num_kv_blocks = 128;
+  o.max_batch_tokens = 512;
+  o.max_num_seqs = 4;
+  auto gpu = make_cuda_runner(demo_dir(), o);
+  CpuModelRunner cpu(LlamaCpu::load(demo_dir()), 128, 4);
+  compare_steps(*gpu, cpu, prompts, /*chunk=*/5, 16);
 }
 
 TEST_CASE("norms fused into the gemv leave the CUDA model's logits unchanged, bit for bit",
