@@ -1114,6 +1114,20 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   return plan;
 }
 
+DecodeAttentionWorkspaceUse decode_attention_workspace_use(const DecodeAttentionParams& p,
+                                                           const DecodeAttentionPlan& plan) {
+  check_shape(p);
+  DecodeAttentionWorkspaceUse use;
+  const WorkspaceLayout w = workspace_layout(p, plan.num_splits);
+  if (w.total == 0) return use;
+  use.counters_begin = w.counters;
+  use.counters_end =
+      w.counters + size_t(p.num_seqs) * p.num_kv_heads * kCountersPerPair * sizeof(int);
+  use.partials_begin = w.o;
+  use.partials_end = w.total;
+  return use;
+}
+
 void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
                       void* workspace, cudaStream_t stream) {
   check_shape(p);

@@ -76,6 +76,16 @@ struct DecodeAttentionPlan {
 DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int num_sms,
                                           int force_splits = 0);
 
+// Where a plan's merge counters and partials lie in its workspace, in bytes from its start
+// (all zero for a plan of one split, which uses none): what the sharing rule above
+// (workspace_num_seqs) promises is that no plan's partials overlap another's counters.
+struct DecodeAttentionWorkspaceUse {
+  size_t counters_begin = 0, counters_end = 0;  // this plan's sequences' counters
+  size_t partials_begin = 0, partials_end = 0;  // its partial outputs, maxima and sums
+};
+DecodeAttentionWorkspaceUse decode_attention_workspace_use(const DecodeAttentionParams& p,
+                                                           const DecodeAttentionPlan& plan);
+
 // Launches the attention. `workspace` holds per-split partials and merge counters; it must
 // be zeroed once when allocated (the kernel leaves its counters at zero when it finishes,
 // so replays of a captured graph need no reset). Plans share a workspace only when made with

@@ -3,10 +3,13 @@
 // build, CI's GPU-less machine included; the kernel itself is tested in tests/gpu.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda/decode_attention.h"
 
@@ -112,6 +115,52 @@ TEST_CASE("decode_attention plans honour a forced split count", "[cuda-host][dec
   const DecodeAttentionPlan empty = plan_decode_attention(params(0, 32, 8, 128, 16, 0, true), 132);
   CHECK(empty.num_splits == 1);
   CHECK(empty.workspace_bytes == 0);
+}
+
+TEST_CASE("decode_attention plans made with one workspace_num_seqs never put partials on counters",
+          "[cuda-host][decode]") {
+  // A model's CUDA runner gives every plan one workspace: decode graphs of every batch bucket
+  // and eager steps planned for each step's context. Each plan leaves its merge counters at
+  // zero, but another plan's partials must never land on them, or that plan's next launch
+  // finds them nonzero and skips its merges (the bug 37f072b fixed: Llama-3.1-8B's batch-2
+  // partials overwrote the batch-1 counters). Every pair of plans below, Llama-3.1-8B and the
+  // demo model's attention shapes, batch 1-64 and contexts of 1 split to thousands, shares one.
+  struct ModelShape {
+    int hq, hkv, d, max_len;
+  };
+  for (const ModelShape m : {ModelShape{32, 8, 128, 131072}, ModelShape{4, 2, 64, 2048}}) {
+    std::vector<std::pair<DecodeAttentionParams, DecodeAttentionPlan>> plans;
+    for (int seqs : {1, 2, 3, 4, 8, 16, 32, 64}) {
+      for (int len : {1, 100, 1024, 5000, m.max_len}) {
+        if (len > m.max_len) continue;
+        DecodeAttentionParams p = params(seqs, m.hq, m.hkv, m.d, 16, m.max_len, true);
+        p.max_context_len = len;
+        p.workspace_num_seqs = 64;
+        plans.emplace_back(p, plan_decode_attention(p, 132));
+      }
+    }
+    size_t shared_bytes = 0;
+    for (const auto& [p, plan] : plans) shared_bytes = std::max(shared_bytes, plan.workspace_bytes);
+    for (const auto& [pa, a] : plans) {
+      const auto ua = arbor::cuda::decode_attention_workspace_use(pa, a);
+      if (a.num_splits == 1) {
+        CHECK(ua.partials_end == 0);
+        continue;
+      }
+      CHECK(ua.partials_end <= a.workspace_bytes);
+      CHECK(ua.counters_begin == 0);  // the same place for every plan
+      for (const auto& [pb, b] : plans) {
+        const auto ub = arbor::cuda::decode_attention_workspace_use(pb, b);
+        if (b.num_splits == 1) continue;
+        INFO("hq " << m.hq << ": " << pa.num_seqs << " seqs / " << a.num_splits << " splits vs "
+                   << pb.num_seqs << " seqs / " << b.num_splits << " splits");
+        const bool overlap =
+            ua.partials_begin < ub.counters_end && ub.counters_begin < ua.partials_end;
+        CHECK_FALSE(overlap);
+      }
+    }
+    CHECK(shared_bytes > 0);
+  }
 }
 
 TEST_CASE("decode_attention rejects bad shapes and plans before touching the device",
