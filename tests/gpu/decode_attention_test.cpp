@@ -504,9 +504,10 @@ TEST_CASE(
     "[gpu][decode]") {
   // Batches of 1, 2 and 4 sequences planned for the same longest context split into
   // different counts, so their partials are laid out differently. Before workspace_num_seqs,
-  // a batch-1 launch wrote partials over the bytes that held the batch-4 plan's merge
-  // counters, and the next batch-4 launch found them nonzero: no block saw itself last, the
-  // outputs stayed unwritten (NaN here) and the counters never returned to zero.
+  // the batch-4 and batch-2 launches wrote partials over the bytes that held the batch-1
+  // plan's merge counters, and the next batch-1 launch found them nonzero: no block saw
+  // itself last, the outputs stayed unwritten (NaN here) and the counters never returned to
+  // zero.
   const Shape shape{32, 8, 128, 16};
   const std::vector<int> lens = {4096, 3000, 2048, 1500};
   const Inputs all = make_inputs(shape, lens, 600);
