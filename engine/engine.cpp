@@ -400,20 +400,10 @@ bool Engine::step() {
       job.tok.id = greedy_ids_[job.row];
       continue;
     }
-    if (device_sampling) {
-      DeviceSampledToken& d = device_tokens_[job.row];
-      if (d.id < 0) {  // the host sampler's words for the same case
-        job.error = "sampler: every logit is -inf or NaN after processing";
-      } else {
-        job.tok.id = d.id;
-        job.tok.logprob = d.logprob;
-        job.tok.top_logprobs = std::move(d.top_logprobs);
-      }
-      continue;
-    }
     try {
-      job.tok = job.ss->sampler.sample({logits_.data() + job.row * vocab, vocab}, seq.prompt(),
-                                       seq.output());
+      job.tok = device_sampling ? take_device_token(device_tokens_[job.row])
+                                : job.ss->sampler.sample({logits_.data() + job.row * vocab, vocab},
+                                                         seq.prompt(), seq.output());
     } catch (const std::exception& e) {
       job.error = e.what();
     }

@@ -84,16 +84,8 @@ GenerateResult generate(ModelRunner& runner, const Tokenizer& tokenizer,
   std::span<const int32_t> prompt_span(prompt_ids);
   for (int step = 0; step < max_new; ++step) {
     std::span<const int32_t> output_span(tokens.data() + prompt_len, tokens.size() - prompt_len);
-    SampledToken tok;
-    if (!on_device) {
-      tok = sampler.sample(logits, prompt_span, output_span);
-    } else if (drawn.at(0).id < 0) {  // the host sampler's words for the same case
-      throw std::runtime_error("sampler: every logit is -inf or NaN after processing");
-    } else {
-      tok.id = drawn[0].id;
-      tok.logprob = drawn[0].logprob;
-      tok.top_logprobs = std::move(drawn[0].top_logprobs);
-    }
+    SampledToken tok = on_device ? take_device_token(drawn.at(0))
+                                 : sampler.sample(logits, prompt_span, output_span);
     tokens.push_back(tok.id);
     result.output_ids.push_back(tok.id);
     result.sampled.push_back(std::move(tok));

@@ -14,6 +14,11 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
+// What drawing from a row with no finite logit throws, on the host or after the device.
+[[noreturn]] void throw_no_finite_logit() {
+  throw std::runtime_error("sampler: every logit is -inf or NaN after processing");
+}
+
 // Histogram buckets for top-p: the top 15 bits of a float in [0, 1] (exponent and 6
 // mantissa bits, ~1.6% wide), so 1.0f (0x3F800000) lands in the last one.
 constexpr uint32_t kNumBuckets = (0x3F800000u >> 17) + 1;
@@ -127,6 +132,15 @@ DeviceSamplingRow device_sampling_row(const SamplingParams& params, uint64_t see
   return row;
 }
 
+SampledToken take_device_token(DeviceSampledToken& drawn) {
+  if (drawn.id < 0) throw_no_finite_logit();
+  SampledToken tok;
+  tok.id = drawn.id;
+  tok.logprob = drawn.logprob;
+  tok.top_logprobs = std::move(drawn.top_logprobs);
+  return tok;
+}
+
 uint64_t random_sampling_seed() {
   std::random_device rd;
   return (uint64_t(rd()) << 32) ^ rd();
@@ -167,8 +181,7 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const int3
     size_t best = 0;
     for (size_t i = 1; i < n; ++i)
       if (work_[i] > work_[best]) best = i;
-    if (!(work_[best] > kNegInf))
-      throw std::runtime_error("sampler: every logit is -inf or NaN after processing");
+    if (!(work_[best] > kNegInf)) throw_no_finite_logit();
     out.id = static_cast<int32_t>(best);
   } else {
     out.id = draw();
@@ -221,8 +234,7 @@ int32_t Sampler::draw() {
   const size_t n = work_.size();
   float xmax = kNegInf;
   for (float x : work_) xmax = std::max(xmax, x);
-  if (!(xmax > kNegInf))
-    throw std::runtime_error("sampler: every logit is -inf or NaN after processing");
+  if (!(xmax > kNegInf)) throw_no_finite_logit();
   if (xmax == kPosInf) {  // the +inf tokens take all the mass, shared equally
     for (float& x : work_) x = x == kPosInf ? 0.0f : kNegInf;
     xmax = 0.0f;

@@ -61,6 +61,11 @@ struct SampledToken {
 // parameters: the draw keyed by `seed` (the step and the prompt/output ids are the caller's).
 DeviceSamplingRow device_sampling_row(const SamplingParams& params, uint64_t seed);
 
+// The token a device draw gave (ModelRunner::forward_sample), as Sampler::sample returns it
+// (its top logprobs moved out of `drawn`); Sampler::sample's std::runtime_error when every
+// logit was -inf or NaN (id -1).
+SampledToken take_device_token(DeviceSampledToken& drawn);
+
 // A random 64-bit seed (std::random_device), for requests that set none.
 uint64_t random_sampling_seed();
 

@@ -164,6 +164,11 @@ class LlamaCudaRunner final : public ModelRunner {
   PinnedArray<cuda::SamplingRowParams> sample_params_host_;
   cuda::DeviceArray<cuda::SamplingRowParams> sample_params_;
   cuda::DeviceBuffer sample_lists_;
+  // forward_sample's host staging of those lists, kept so that steps reuse their capacity.
+  std::vector<int32_t> sample_penalty_offsets_, sample_bias_offsets_;
+  std::vector<cuda::SamplingPenaltyEntry> sample_penalties_;
+  std::vector<cuda::SamplingBiasEntry> sample_biases_;
+  std::vector<char> sample_lists_host_;
   cuda::DeviceBuffer sample_workspace_;
   cuda::DeviceArray<float> sampled_logprobs_, top_logprobs_;
   cuda::DeviceArray<int32_t> top_ids_;
@@ -549,9 +554,14 @@ void LlamaCudaRunner::forward_sample(const ForwardBatch& b, std::span<const Devi
 
   // Parameters, and the penalty / bias lists of the rows that have them (CSR; a row with
   // neither reads its logits directly).
-  std::vector<int32_t> penalty_offsets{0}, bias_offsets{0};
-  std::vector<cuda::SamplingPenaltyEntry> penalties;
-  std::vector<cuda::SamplingBiasEntry> biases;
+  std::vector<int32_t>& penalty_offsets = sample_penalty_offsets_;
+  std::vector<int32_t>& bias_offsets = sample_bias_offsets_;
+  std::vector<cuda::SamplingPenaltyEntry>& penalties = sample_penalties_;
+  std::vector<cuda::SamplingBiasEntry>& biases = sample_biases_;
+  penalty_offsets.assign(1, 0);
+  bias_offsets.assign(1, 0);
+  penalties.clear();
+  biases.clear();
   bool any_logprobs = false, any_top = false;
   for (int r = 0; r < n_rows; ++r) {
     const DeviceSamplingRow& row = rows[size_t(r)];
@@ -595,7 +605,8 @@ void LlamaCudaRunner::forward_sample(const ForwardBatch& b, std::span<const Devi
     const size_t total =
         2 * offsets_bytes + penalties_bytes + biases.size() * sizeof(cuda::SamplingBiasEntry);
     if (sample_lists_.bytes() < total) sample_lists_ = cuda::DeviceBuffer(total);
-    std::vector<char> host(total);
+    std::vector<char>& host = sample_lists_host_;
+    host.resize(total);
     std::memcpy(host.data(), penalty_offsets.data(), penalty_offsets.size() * sizeof(int32_t));
     std::memcpy(host.data() + offsets_bytes, bias_offsets.data(),
                 bias_offsets.size() * sizeof(int32_t));
@@ -603,7 +614,7 @@ void LlamaCudaRunner::forward_sample(const ForwardBatch& b, std::span<const Devi
                 penalties.size() * sizeof(cuda::SamplingPenaltyEntry));
     std::memcpy(host.data() + 2 * offsets_bytes + penalties_bytes, biases.data(),
                 biases.size() * sizeof(cuda::SamplingBiasEntry));
-    // Pageable source: the copy is done when the call returns, so `host` may go.
+    // Pageable source: the copy is done when the call returns, so `host` may be reused.
     CUDA_CHECK(
         cudaMemcpyAsync(sample_lists_.get(), host.data(), total, cudaMemcpyHostToDevice, st));
     char* d = static_cast<char*>(sample_lists_.get());
