@@ -173,7 +173,7 @@ TEST_CASE("CUDA Llama matches the CPU reference as its batch shrinks at multi-sp
   o.max_batch_tokens = 512;
   o.max_num_seqs = 4;
   auto gpu = make_cuda_runner(demo_dir(), o);
-  CpuModelRunner cpu(LlamaCpu::load(demo_dir()), 128, 4);
+  CpuModelRunner cpu(LlamaCpu::load(demo_dir()), 128, 16);
   compare_steps(*gpu, cpu, prompts, /*chunk=*/5, 16);
 }
 
