@@ -40,6 +40,8 @@ int run(int argc, char** argv) {
   // it as a variant's environment setting.
   const char* fused_env = std::getenv("ARBOR_FUSED_GEMV");
   bool fused_gemv = !(fused_env && std::string(fused_env) == "0");
+  const char* outputs_env = std::getenv("ARBOR_FUSED_GEMV_OUTPUTS");
+  bool fused_outputs = !(outputs_env && std::string(outputs_env) == "0");
   bool gemm_autotune = true;
   int prefill_tokens = 8192;
   std::string peer;
@@ -53,6 +55,9 @@ int run(int argc, char** argv) {
   app.add_option("--fused-gemv", fused_gemv,
                  "single-token steps compute RMSNorm inside the gemv (1/0; default 1, or "
                  "ARBOR_FUSED_GEMV)");
+  app.add_option("--fused-gemv-outputs", fused_outputs,
+                 "steps of <= 2 tokens compute RoPE + KV write and SiLU·mul in the gemv (1/0; "
+                 "default 1, or ARBOR_FUSED_GEMV_OUTPUTS)");
   app.add_option("--gemm-autotune", gemm_autotune,
                  "prefill products keep the fastest cuBLASLt candidate, else its first (1/0)");
   app.add_option("--prefill-tokens", prefill_tokens,
@@ -95,6 +100,7 @@ int run(int argc, char** argv) {
   o.cuda_graphs = graphs;
   o.small_batch_gemv = gemv;
   o.fused_gemv_norms = fused_gemv;
+  o.fused_gemv_outputs = fused_outputs;
   o.gemm_autotune = gemm_autotune;
   const int block_size = o.block_size;
   auto runner = arbor::make_cuda_runner(model, o);
@@ -109,10 +115,11 @@ int run(int argc, char** argv) {
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::gmtime(&now));
   std::printf(
       "# arbor decode benchmark, %s, %s, %s (%d layers, hidden %d), graphs %s, gemv %s, norms "
-      "fused into the gemv for steps of <= %d tokens, gemm autotune %s\n",
+      "fused into the gemv for steps of <= %d tokens, RoPE and SiLU·mul for <= %d, gemm "
+      "autotune %s\n",
       date, runner->device_name().c_str(), model.c_str(), c.num_layers, c.hidden_size,
       graphs ? "on" : "off", gemv ? "on" : "off", arbor::cuda_fused_gemv_rows(*runner),
-      gemm_autotune ? "on" : "off");
+      arbor::cuda_paired_gemv_rows(*runner), gemm_autotune ? "on" : "off");
   std::printf("# measured read bandwidth %.0f GB/s; weights %.2f GB\n", read_bw * 1e-9,
               weight_bytes * 1e-9);
   if (!peer_impl.empty()) std::printf("# peer: %s\n", peer_impl.c_str());

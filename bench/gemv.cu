@@ -33,7 +33,7 @@ void launch_variant(const bf16* x, const bf16* w, int n, int k, bf16* out, cudaS
   if (smem > 48 * 1024)
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<unsigned((n + kWarps - 1) / kWarps), kWarps * 32, smem, s>>>(x, w, n, k, out, {});
+  kernel<<<unsigned((n + kWarps - 1) / kWarps), kWarps * 32, smem, s>>>(x, w, n, k, out, {}, {});
   CUDA_CHECK_LAUNCH();
 }
 

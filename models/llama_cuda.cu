@@ -93,6 +93,7 @@ class LlamaCudaRunner final : public ModelRunner {
   void forward_sample(const ForwardBatch& batch, std::span<const DeviceSamplingRow> rows,
                       std::vector<DeviceSampledToken>& tokens) override;
   int fused_gemv_rows() const { return fused_gemv_rows_; }
+  int paired_gemv_rows() const { return paired_gemv_rows_; }
   std::string device_name() const override { return device_name_; }
 
  private:
@@ -104,6 +105,11 @@ class LlamaCudaRunner final : public ModelRunner {
                     int max_query_len, const cuda::DecodeAttentionPlan& plan);
   void upload_weights(const WeightStore* store);
   int fused_gemv_rows_supported() const;
+  int paired_gemv_rows_supported() const;
+  // out [rows][n] = the product of `in` (a fused norm when it has one, else the plain x
+  // through gemm_) with w [n][k].
+  void product(const cuda::GemvInputSpec& in, const bf16* w, int rows, int n, int k, bf16* out,
+               cudaStream_t s);
   void upload_tensor(const WeightStore& store, const std::string& name,
                      std::initializer_list<int64_t> shape, bf16* dst);
   cuda::DecodeAttentionParams decode_params(int n_seqs, int max_context_len) const;
@@ -136,6 +142,9 @@ class LlamaCudaRunner final : public ModelRunner {
   // add writes the new residual stream to the other buffer (every block still reads the old
   // one), so the stream alternates between x_ and x_alt_ (fused_gemv_rows_ rows).
   int fused_gemv_rows_ = 0;
+  // Steps of up to paired_gemv_rows_ tokens fuse RoPE + KV write into the qkv gemv and
+  // SiLU·mul into the gate_up gemv (CudaRunnerOptions::fused_gemv_outputs).
+  int paired_gemv_rows_ = 0;
   cuda::DeviceArray<bf16> x_alt_;
   cuda::DeviceArray<bf16> logits_bf16_;  // lm_head output, as transformers and vLLM keep it
   cuda::DeviceArray<float> logits_;
@@ -249,6 +258,7 @@ LlamaCudaRunner::LlamaCudaRunner(LlamaConfig config, const WeightStore* store,
     fused_gemv_rows_ = fused_gemv_rows_supported();
     if (fused_gemv_rows_ > 0) x_alt_ = cuda::DeviceArray<bf16>(size_t(fused_gemv_rows_) * H);
   }
+  paired_gemv_rows_ = paired_gemv_rows_supported();
   logits_bf16_ = cuda::DeviceArray<bf16>(S * V);
   logits_ = cuda::DeviceArray<float>(S * V);
   logits_host_ = PinnedArray<float>(S * V);
@@ -393,6 +403,35 @@ int LlamaCudaRunner::fused_gemv_rows_supported() const {
   return fits ? 1 : 0;
 }
 
+// The most rows whose qkv and gate_up gemvs can take the op after them (kernels/cuda/gemv.h:
+// gemv_rope_kv_write, gemv_silu_mul): the steps the gemv runs (Gemm::kGemvMaxRowsRouted),
+// with 16-byte aligned weights; 0 when off.
+int LlamaCudaRunner::paired_gemv_rows_supported() const {
+  if (!opt_.fused_gemv_outputs || !opt_.small_batch_gemv) return 0;
+  for (const LayerWeights& w : layers_) {
+    for (const bf16* p : {w.wqkv, w.w_gate_up})
+      if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 0;
+  }
+  int rows = std::min(cuda::kMaxGemvPairedRows, cuda::Gemm::kGemvMaxRowsRouted);
+  while (rows > 0 && !cuda::gemv_paired_supported(rows, c_.hidden_size, false)) --rows;
+  // Steps whose norms are fused give the paired products a norm as their input.
+  if (fused_gemv_rows_ > 0 && !cuda::gemv_paired_supported(fused_gemv_rows_, c_.hidden_size, true))
+    return 0;
+  return rows;
+}
+
+void LlamaCudaRunner::product(const cuda::GemvInputSpec& in, const bf16* w, int rows, int n, int k,
+                              bf16* out, cudaStream_t s) {
+  if (!in.norm_weight) {
+    gemm_.run(in.x, w, rows, n, k, out, s);
+  } else if (!in.residual_in) {
+    cuda::gemv_rmsnorm(in.x, in.norm_weight, in.eps, w, rows, n, k, out, s);
+  } else {
+    cuda::gemv_add_rmsnorm(in.residual_in, in.x, in.residual_out, in.norm_weight, in.eps, w, rows,
+                           n, k, out, s);
+  }
+}
+
 cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_context_len) const {
   cuda::DecodeAttentionParams a;
   a.q = q_.data();
@@ -414,7 +453,8 @@ cuda::DecodeAttentionParams LlamaCudaRunner::decode_params(int n_seqs, int max_c
   a.out = attn_.data();
   a.cp_size = cp_size_;
   a.cp_rank = cp_rank_;
-  // Launched right after rope_kv_write, which writes only q and each sequence's last K/V row.
+  // Launched right after rope_kv_write (or the qkv gemv that does its work), which writes
+  // only q and each sequence's last K/V row (and the fused residual add, the residual).
   a.overlap_previous_kernel = true;
   if (opt_.cp.enabled()) {
     a.out_f32 = combine_.partial_out();
@@ -429,29 +469,34 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
   const int H = c_.hidden_size, I = c_.intermediate_size, V = c_.vocab_size;
   const float eps = c_.rms_norm_eps;
   const int32_t* meta = meta_.data();
-  // Single-token steps compute each norm inside the product after it.
+  // Single-token steps compute each norm inside the product after it; steps the gemv runs
+  // compute RoPE + KV write and SiLU·mul in the product before them.
   const bool fuse = n <= fused_gemv_rows_;
+  const bool paired = n <= paired_gemv_rows_;
   bf16* residual = x_.data();  // the residual stream (fused steps: x_ and x_alt_ in turn)
   bf16* residual_next = x_alt_.data();
   cuda::embedding(embed_, meta + off_tokens_, n, H, residual, s);
   for (int l = 0; l < c_.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
-    if (fuse && l == 0) {
-      cuda::gemv_rmsnorm(residual, w.attn_norm, eps, w.wqkv, n, qkv_dim_, H, qkv_.data(), s);
-    } else if (fuse) {
-      cuda::gemv_add_rmsnorm(residual, proj_.data(), residual_next, w.attn_norm, eps, w.wqkv, n,
-                             qkv_dim_, H, qkv_.data(), s);
-      std::swap(residual, residual_next);
+    // The qkv product's input: the fused norm, or the separate norm's output.
+    cuda::GemvInputSpec qkv_in;
+    if (fuse) {
+      qkv_in.x = l == 0 ? residual : proj_.data();
+      qkv_in.norm_weight = w.attn_norm;
+      qkv_in.eps = eps;
+      if (l > 0) {
+        qkv_in.residual_in = residual;
+        qkv_in.residual_out = residual_next;
+      }
     } else {
       if (l == 0)
         cuda::rmsnorm(residual, w.attn_norm, n, H, eps, normed_.data(), s);
       else
         cuda::add_rmsnorm(residual, proj_.data(), w.attn_norm, n, H, eps, normed_.data(), s);
-      gemm_.run(normed_.data(), w.wqkv, n, qkv_dim_, H, qkv_.data(), s);
+      qkv_in.x = normed_.data();
     }
 
     cuda::RopeKvWriteParams r;
-    r.qkv = qkv_.data();
     r.positions = meta + off_positions_;
     r.slot_mapping = meta + off_slots_;
     r.inv_freq = inv_freq_.data();
@@ -464,7 +509,14 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
     r.q_out = q_.data();
     r.k_cache = k_cache_[l];
     r.v_cache = v_cache_[l];
-    cuda::rope_kv_write(r, s);
+    if (paired) {
+      cuda::gemv_rope_kv_write(qkv_in, w.wqkv, n, H, r, s);
+    } else {
+      product(qkv_in, w.wqkv, n, qkv_dim_, H, qkv_.data(), s);
+      r.qkv = qkv_.data();
+      cuda::rope_kv_write(r, s);
+    }
+    if (qkv_in.residual_in) std::swap(residual, residual_next);
 
     if (decode) {
       cuda::DecodeAttentionParams a = decode_params(n_seqs, max_context_len);
@@ -499,15 +551,24 @@ void LlamaCudaRunner::enqueue_step(int n, int n_seqs, int n_rows, bool decode, i
     }
     if (opt_.cp.enabled()) combine_.combine(size_t(n) * c_.num_heads, attn_.data(), s);
     gemm_.run(attn_.data(), w.wo, n, H, q_dim_, proj_.data(), s);
+    cuda::GemvInputSpec mlp_in;
     if (fuse) {
-      cuda::gemv_add_rmsnorm(residual, proj_.data(), residual_next, w.mlp_norm, eps, w.w_gate_up, n,
-                             2 * I, H, gate_up_.data(), s);
-      std::swap(residual, residual_next);
+      mlp_in.x = proj_.data();
+      mlp_in.norm_weight = w.mlp_norm;
+      mlp_in.eps = eps;
+      mlp_in.residual_in = residual;
+      mlp_in.residual_out = residual_next;
     } else {
       cuda::add_rmsnorm(residual, proj_.data(), w.mlp_norm, n, H, eps, normed_.data(), s);
-      gemm_.run(normed_.data(), w.w_gate_up, n, 2 * I, H, gate_up_.data(), s);
+      mlp_in.x = normed_.data();
     }
-    cuda::silu_mul(gate_up_.data(), n, I, act_.data(), s);
+    if (paired) {
+      cuda::gemv_silu_mul(mlp_in, w.w_gate_up, n, I, H, act_.data(), s);
+    } else {
+      product(mlp_in, w.w_gate_up, n, 2 * I, H, gate_up_.data(), s);
+      cuda::silu_mul(gate_up_.data(), n, I, act_.data(), s);
+    }
+    if (fuse) std::swap(residual, residual_next);
     gemm_.run(act_.data(), w.w_down, n, H, I, proj_.data(), s);
   }
   cuda::add_rmsnorm(residual, proj_.data(), final_norm_, n, H, eps, normed_.data(), s);
@@ -769,6 +830,11 @@ bool cuda_available(std::string* why_not) {
 int cuda_fused_gemv_rows(const ModelRunner& runner) {
   const auto* cuda_runner = dynamic_cast<const LlamaCudaRunner*>(&runner);
   return cuda_runner ? cuda_runner->fused_gemv_rows() : 0;
+}
+
+int cuda_paired_gemv_rows(const ModelRunner& runner) {
+  const auto* cuda_runner = dynamic_cast<const LlamaCudaRunner*>(&runner);
+  return cuda_runner ? cuda_runner->paired_gemv_rows() : 0;
 }
 
 std::unique_ptr<ModelRunner> make_cuda_runner(const std::filesystem::path& model_dir,

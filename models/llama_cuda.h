@@ -33,6 +33,10 @@ struct CudaRunnerOptions {
   // bits. H200, 8B batch 1 × 1k: +1.2% tok/s; at 2 tokens, and with SiLU·mul fused into the
   // down gemv, it was slower (bench/RESULTS.md), so those steps keep the separate kernels.
   bool fused_gemv_norms = true;
+  // Steps the gemv runs (<= 2 tokens) compute RoPE + KV-cache write in the qkv gemv and
+  // SiLU·mul in the gate_up gemv, as each block's epilogue on pairs of product columns
+  // (kernels/cuda/gemv.h): 2 kernels fewer per layer, same bits, no work repeated.
+  bool fused_gemv_outputs = true;
   // Prefill-sized products time cuBLASLt's candidate algorithms once per shape and keep the
   // fastest (kernels/cuda/gemm.h); off: the heuristic's first choice, bitwise reproducible.
   bool gemm_autotune = true;
@@ -83,6 +87,9 @@ std::unique_ptr<ModelRunner> make_cuda_context_parallel_runner(
 // fused_gemv_norms: 1, or 0 when off, when the model's shapes do not allow it, and for
 // runners that are not make_cuda_runner's).
 int cuda_fused_gemv_rows(const ModelRunner& runner);
+// The most tokens per step whose RoPE + KV write and SiLU·mul the runner computes in the
+// gemvs before them (CudaRunnerOptions::fused_gemv_outputs: 2, or 0 as above).
+int cuda_paired_gemv_rows(const ModelRunner& runner);
 
 // True when this binary has the CUDA backend and a CUDA device is visible.
 bool cuda_available(std::string* why_not = nullptr);

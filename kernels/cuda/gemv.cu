@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/gemv_kernel.cuh"
@@ -16,6 +17,8 @@ namespace {
 
 using detail::GemvInput;
 using detail::GemvNorm;
+using detail::GemvOutput;
+using detail::GemvRope;
 
 constexpr int kMaxSmemBytes = 96 * 1024;
 // Two-row products at least this wide (Llama-3.1-8B's gate_up, 28672, and lm_head, 128256)
@@ -24,36 +27,53 @@ constexpr int kMaxSmemBytes = 96 * 1024;
 // best or within 0.6 us with 16 warps (every configuration alike on the H100).
 constexpr int kWideTwoRowN = 16384;
 
-template <int M, GemvInput kIn, int kLoads = kGemvLoadsInFlight, int kWarps = kGemvWarps>
+template <int M, GemvInput kIn, GemvOutput kOut, int kLoads = kGemvLoadsInFlight,
+          int kWarps = kGemvWarps>
 void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, const GemvNorm& norm,
-            cudaStream_t stream) {
-  auto kernel = detail::gemv_kernel<M, kLoads, kWarps, kIn>;
+            const GemvRope& rope, cudaStream_t stream) {
+  auto kernel = detail::gemv_kernel<M, kLoads, kWarps, kIn, kOut>;
   const size_t smem = detail::gemv_smem_bytes<M, kIn>(k);
   if (smem > 48 * 1024) {
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
+  // kWarps columns per block; paired outputs take kWarps / 2 pairs of an even n: the same.
   const unsigned blocks = unsigned((n + kWarps - 1) / kWarps);
-  launch_pdl(kernel, dim3(blocks), dim3(kWarps * 32), smem, stream, x, w, n, k, out, norm);
+  launch_pdl(kernel, dim3(blocks), dim3(kWarps * 32), smem, stream, x, w, n, k, out, norm, rope);
   CUDA_CHECK_LAUNCH();
 }
 
-template <GemvInput kIn>
+template <GemvInput kIn, GemvOutput kOut = GemvOutput::kStore>
 void launch_rows(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, const GemvNorm& norm,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, const GemvRope& rope = {}) {
   switch (m) {
     case 1:
-      return launch<1, kIn>(x, w, n, k, out, norm, stream);
+      return launch<1, kIn, kOut>(x, w, n, k, out, norm, rope, stream);
     case 2:
       if constexpr (kIn == GemvInput::kPlain) {
-        if (n >= kWideTwoRowN) return launch<2, kIn, 8, 8>(x, w, n, k, out, norm, stream);
+        if (n >= kWideTwoRowN)
+          return launch<2, kIn, kOut, 8, 8>(x, w, n, k, out, norm, rope, stream);
       }
-      return launch<2, kIn>(x, w, n, k, out, norm, stream);
-    case 3:
-      return launch<3, kIn>(x, w, n, k, out, norm, stream);
+      return launch<2, kIn, kOut>(x, w, n, k, out, norm, rope, stream);
     default:
-      return launch<4, kIn>(x, w, n, k, out, norm, stream);
+      // Paired outputs stop at kMaxGemvPairedRows (their entry points check), so that their
+      // variants are not compiled for 3 and 4 rows.
+      if constexpr (kOut == GemvOutput::kStore) {
+        if (m == 3) return launch<3, kIn, kOut>(x, w, n, k, out, norm, rope, stream);
+        return launch<4, kIn, kOut>(x, w, n, k, out, norm, rope, stream);
+      }
   }
+}
+
+// launch_rows with the input kind of `in` (gemv_input_kind).
+template <GemvOutput kOut>
+void launch_paired(const GemvInputSpec& in, const GemvNorm& norm, const bf16* w, int m, int n,
+                   int k, bf16* out, const GemvRope& rope, cudaStream_t stream) {
+  if (!in.norm_weight)
+    return launch_rows<GemvInput::kPlain, kOut>(in.x, w, m, n, k, out, norm, stream, rope);
+  if (!in.residual_in)
+    return launch_rows<GemvInput::kRmsNorm, kOut>(in.x, w, m, n, k, out, norm, stream, rope);
+  launch_rows<GemvInput::kAddRmsNorm, kOut>(in.x, w, m, n, k, out, norm, stream, rope);
 }
 
 bool aligned16(const void* p) {
@@ -153,6 +173,98 @@ void gemv_add_rmsnorm(const bf16* residual_in, const bf16* x, bf16* residual_out
   norm.residual_in = residual_in;
   norm.residual_out = residual_out;
   launch_rows<GemvInput::kAddRmsNorm>(x, w, m, n, k, out, norm, stream);
+}
+
+bool gemv_paired_supported(int m, int k, bool norm) {
+  return m >= 1 && m <= kMaxGemvPairedRows &&
+         (norm ? gemv_rmsnorm_supported(m, k) : shape_supported(m, k));
+}
+
+namespace {
+
+// The checks of the paired entry points: the input `in` of m rows of k, weights w [n][k] and
+// the output out of out_elems. Returns the norm's operands (empty for a plain input).
+GemvNorm check_paired(const char* op, const GemvInputSpec& in, const bf16* w, int m, int n, int k,
+                      const bf16* out, size_t out_elems) {
+  const bool norm = in.norm_weight != nullptr, add = in.residual_in != nullptr;
+  require(gemv_paired_supported(m, k, norm), op,
+          "unsupported shape (" + shape_text(m, n, k) +
+              "; need 1 <= m <= " + std::to_string(kMaxGemvPairedRows) +
+              ", k % 8 == 0, m * k * 2 <= 96 KiB" + (norm ? ", k <= 16384" : "") + ")");
+  require(in.x && w && out, op, "null pointer");
+  require(add == (in.residual_out != nullptr), op,
+          "residual_in and residual_out go together (the residual add writes the new stream)");
+  require(!add || norm, op, "a residual add needs norm_weight (it feeds the RMSNorm)");
+  const size_t rows = size_t(m) * k;
+  std::vector<std::pair<const bf16*, size_t>> inputs = {{in.x, rows}, {w, size_t(n) * k}};
+  if (norm) {
+    require(in.eps >= 0.0f && std::isfinite(in.eps), op, "eps must be finite and >= 0");
+    inputs.emplace_back(in.norm_weight, size_t(k));
+  }
+  if (add) inputs.emplace_back(in.residual_in, rows);
+  for (const auto& [p, elems] : inputs) {
+    require(aligned16(p), op, "pointers must be 16-byte aligned");
+    require(!overlap(out, out_elems, p, elems), op, "out overlaps an input");
+  }
+  if (!norm) return GemvNorm{};
+  GemvNorm operands = norm_operands(in.norm_weight, in.eps, k);
+  if (add) {
+    require(aligned16(in.residual_out), op, "pointers must be 16-byte aligned");
+    require(!overlap(in.residual_out, rows, out, out_elems), op, "out overlaps residual_out");
+    for (const auto& [p, elems] : inputs)
+      require(!overlap(in.residual_out, rows, p, elems), op,
+              "residual_out overlaps an input (other blocks still read them)");
+    operands.residual_in = in.residual_in;
+    operands.residual_out = in.residual_out;
+  }
+  return operands;
+}
+
+}  // namespace
+
+void gemv_silu_mul(const GemvInputSpec& in, const bf16* w, int m, int dim, int k, bf16* out,
+                   cudaStream_t stream) {
+  const char* op = "gemv_silu_mul";
+  require(dim > 0, op, "dim must be positive, got " + std::to_string(dim));
+  const int n = 2 * dim;
+  const GemvNorm norm = check_paired(op, in, w, m, n, k, out, size_t(m) * dim);
+  launch_paired<GemvOutput::kSiluMul>(in, norm, w, m, n, k, out, GemvRope{}, stream);
+}
+
+void gemv_rope_kv_write(const GemvInputSpec& in, const bf16* w, int m, int k,
+                        const RopeKvWriteParams& rope, cudaStream_t stream) {
+  const char* op = "gemv_rope_kv_write";
+  require(rope.n_tokens == m, op,
+          "rope.n_tokens must equal m (one token per input row), got " +
+              std::to_string(rope.n_tokens) + " and " + std::to_string(m));
+  require(rope.num_q_heads > 0 && rope.num_kv_heads > 0, op,
+          "head counts must be positive, got " + std::to_string(rope.num_q_heads) + " q and " +
+              std::to_string(rope.num_kv_heads) + " kv heads");
+  require(rope.head_dim > 0 && rope.head_dim % 2 == 0, op,
+          "head_dim must be positive and even, got " + std::to_string(rope.head_dim));
+  require(rope.block_size > 0, op,
+          "block_size must be positive, got " + std::to_string(rope.block_size));
+  require(rope.num_blocks >= 0, op,
+          "num_blocks must be >= 0, got " + std::to_string(rope.num_blocks));
+  require(rope.positions && rope.slot_mapping && rope.inv_freq && rope.k_cache && rope.v_cache, op,
+          "null pointer");
+  const long long n_wide = (long long)(rope.num_q_heads + 2LL * rope.num_kv_heads) * rope.head_dim;
+  require(n_wide <= (1LL << 30), op, "the qkv row is too wide");
+  const int n = int(n_wide);
+  const GemvNorm norm =
+      check_paired(op, in, w, m, n, k, rope.q_out, size_t(m) * rope.num_q_heads * rope.head_dim);
+  GemvRope r;
+  r.positions = rope.positions;
+  r.slot_mapping = rope.slot_mapping;
+  r.inv_freq = rope.inv_freq;
+  r.num_q_heads = rope.num_q_heads;
+  r.num_kv_heads = rope.num_kv_heads;
+  r.head_dim = rope.head_dim;
+  r.block_size = rope.block_size;
+  r.num_blocks = rope.num_blocks;
+  r.k_cache = rope.k_cache;
+  r.v_cache = rope.v_cache;
+  launch_paired<GemvOutput::kRopeKvWrite>(in, norm, w, m, n, k, rope.q_out, r, stream);
 }
 
 }  // namespace arbor::cuda

@@ -7,13 +7,20 @@
 // The fused entry points compute the product's input, an RMSNorm (with the residual add),
 // while staging it (every block computes the whole input; it is small), so that the norm
 // needs no kernel of its own: the same bits as running cuda::rmsnorm / add_rmsnorm
-// (kernels/cuda/ops.h) and then gemv(), one launch fewer. (A fused SiLU·mul was measured
-// slower than the two kernels — 14336 expf per block — and dropped: bench/RESULTS.md.)
+// (kernels/cuda/ops.h) and then gemv(), one launch fewer. (A SiLU·mul fused into the down
+// product's input was measured slower than the two kernels — 14336 expf per block — and
+// dropped: bench/RESULTS.md.)
+//
+// The paired entry points fuse the op after the product instead: each block computes
+// column pairs and writes what SiLU·mul or RoPE + KV-cache write would make of them, so the
+// product never goes to memory and the op needs no kernel (no work is repeated across
+// blocks: each pair is one thread's).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/bf16.h"
+#include "kernels/cuda/ops.h"
 
 namespace arbor::cuda {
 
@@ -46,5 +53,40 @@ void gemv_rmsnorm(const bf16* x, const bf16* norm_weight, float eps, const bf16*
 void gemv_add_rmsnorm(const bf16* residual_in, const bf16* x, bf16* residual_out,
                       const bf16* norm_weight, float eps, const bf16* w, int m, int n, int k,
                       bf16* out, cudaStream_t stream);
+
+// The input of a paired product, [m][k]: x itself (norm_weight null); RMSNorm(x) ·
+// norm_weight (residual_in null), as gemv_rmsnorm; or h = residual_in + x written to
+// residual_out, then RMSNorm(h) · norm_weight, as gemv_add_rmsnorm (the same rules).
+struct GemvInputSpec {
+  const bf16* x = nullptr;
+  const bf16* norm_weight = nullptr;
+  float eps = 0.0f;
+  const bf16* residual_in = nullptr;
+  bf16* residual_out = nullptr;
+};
+
+// The most rows the paired entry points take (the decode steps that use the gemv).
+constexpr int kMaxGemvPairedRows = 2;
+
+// True when the paired entry points take m rows of k with this kind of input: m ≤
+// kMaxGemvPairedRows and gemv_supported's (or with a norm, gemv_rmsnorm_supported's) shape
+// rules.
+bool gemv_paired_supported(int m, int k, bool norm);
+
+// The MLP's gate_up product and its activation: out [m][dim] = silu(g) · u of the product
+// [m][2 · dim] = input · w ([2 · dim][k], gate rows first) — gemv() and then
+// cuda::silu_mul, bit for bit. Throws std::invalid_argument for unsupported shapes, null or
+// unaligned pointers (w, out, the input's: 16 bytes), dim ≤ 0, a bad eps, or an out that
+// overlaps an input.
+void gemv_silu_mul(const GemvInputSpec& in, const bf16* w, int m, int dim, int k, bf16* out,
+                   cudaStream_t stream);
+
+// The attention's qkv product and its RoPE + KV-cache write: the product [m][(Hq + 2·Hkv) ·
+// head_dim] = input · w, then cuda::rope_kv_write(rope) on it, bit for bit (token t = input
+// row t: rope.n_tokens must be m; rope.qkv is not read and may be null). Throws
+// std::invalid_argument as gemv_silu_mul does, and for rope_kv_write's own rules (head counts,
+// an even head_dim, block_size, null pointers).
+void gemv_rope_kv_write(const GemvInputSpec& in, const bf16* w, int m, int k,
+                        const RopeKvWriteParams& rope, cudaStream_t stream);
 
 }  // namespace arbor::cuda

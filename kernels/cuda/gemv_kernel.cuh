@@ -1,8 +1,10 @@
 // The gemv kernel (kernels/cuda/gemv.h) as a template, shared by gemv.cu and the tuning
 // benchmark (bench/gemv.cu): M rows of x, kLoads 16-byte weight loads in flight per lane,
-// kWarps output columns per block, and the input either x itself or the norm that produced
+// kWarps output columns per block, the input either x itself or the norm that produced
 // x in the decoder (RMSNorm, residual add + RMSNorm), computed by every block while it
-// stages its input in shared memory (GemvInput).
+// stages its input in shared memory (GemvInput), and the output either stored or handed,
+// in column pairs, to the op that follows the product (SiLU·mul, RoPE + KV-cache write:
+// GemvOutput).
 #pragma once
 
 #include <cstdint>
@@ -52,6 +54,80 @@ struct GemvNorm {
   int threads = 0;
   int vecs_per_thread = 0;
 };
+
+// What a block does with its product columns.
+enum class GemvOutput {
+  kStore,  // out[m][n]
+  // The columns come in pairs (lo, hi) computed by the two halves of the block's warps, and
+  // one thread per pair writes what the op after the product would, with its bits:
+  kSiluMul,      // out[m][n / 2] = silu(col j) * col (j + n / 2): cuda::silu_mul
+  kRopeKvWrite,  // the columns are a fused qkv row: cuda::rope_kv_write (q to out)
+};
+
+// The operands of kRopeKvWrite (RopeKvWriteParams, kernels/cuda/ops.h, less qkv and
+// q_out; input row m is token m); unused by the other outputs.
+struct GemvRope {
+  const int32_t* positions = nullptr;
+  const int32_t* slot_mapping = nullptr;
+  const float* inv_freq = nullptr;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int block_size = 0;
+  int num_blocks = 0;
+  bf16* k_cache = nullptr;
+  bf16* v_cache = nullptr;
+};
+
+// Pair p of a paired output: its lo column (hi = lo + gemv_pair_offset). SiLU·mul pairs gate
+// column p with up column p + n / 2; RoPE pairs column i of a head with column i + head_dim
+// / 2 (Hugging Face's rotate_half), and the v heads, copied, the same way.
+template <GemvOutput kOut>
+__device__ __forceinline__ int gemv_pair_lo(int pair, int head_dim) {
+  if constexpr (kOut == GemvOutput::kRopeKvWrite) {
+    const int half = head_dim / 2;
+    return (pair / half) * head_dim + pair % half;
+  } else {
+    return pair;
+  }
+}
+template <GemvOutput kOut>
+__device__ __forceinline__ int gemv_pair_offset(int n, int head_dim) {
+  return kOut == GemvOutput::kRopeKvWrite ? head_dim / 2 : n / 2;
+}
+
+// Writes pair `pair` of input row m: lo and hi are the product's two columns, rounded to
+// bf16 as a stored product would be.
+template <GemvOutput kOut>
+__device__ __forceinline__ void gemv_store_pair(int m, int pair, float lo, float hi, int n,
+                                                bf16* __restrict__ out, const GemvRope& rope) {
+  if constexpr (kOut == GemvOutput::kSiluMul) {
+    out[size_t(m) * (n / 2) + pair] = __float2bfloat16_rn(silu_mul_value(lo, hi));
+  } else {
+    const int hd = rope.head_dim, half = hd / 2;
+    const int hq = rope.num_q_heads, hkv = rope.num_kv_heads;
+    const int head = pair / half, i = pair % half;
+    bf16* dst;
+    if (head < hq) {
+      dst = out + (size_t(m) * hq + head) * hd;
+    } else {
+      const int slot = rope.slot_mapping[m];
+      if (!rope_slot_stored(slot, rope.num_blocks, rope.block_size)) return;  // padding
+      const size_t base = rope_cache_base(slot, hkv, rope.block_size, hd);
+      const size_t tile = size_t(rope.block_size) * hd;
+      if (head >= hq + hkv) {  // v: copied
+        dst = rope.v_cache + base + size_t(head - hq - hkv) * tile;
+        dst[i] = __float2bfloat16_rn(lo);
+        dst[i + half] = __float2bfloat16_rn(hi);
+        return;
+      }
+      dst = rope.k_cache + base + size_t(head - hq) * tile;
+    }
+    const RopeAngle a = rope_angle(float(rope.positions[m]), rope.inv_freq[i]);
+    dst[i] = __float2bfloat16_rn(rope_lo(lo, hi, a));
+    dst[i + half] = __float2bfloat16_rn(rope_hi(lo, hi, a));
+  }
+}
 
 // Shared memory a block needs: the input rows, then for the norms the per-row partial sums
 // of block_sum (dynamic, so that the launch's opt-in above 48 KiB counts them).
@@ -119,35 +195,13 @@ __device__ __forceinline__ void gemv_stage_input(const bf16* __restrict__ x, con
   __syncthreads();
 }
 
-template <int M, int kLoads, int kWarps, GemvInput kIn = GemvInput::kPlain>
-__global__ void __launch_bounds__(kWarps * 32)
-    gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, int n, int k,
-                bf16* __restrict__ out, GemvNorm norm) {
-  extern __shared__ uint4 sx[];  // gemv_smem_bytes: the input as [M][k / 8] chunks of 8 bf16
-  const int chunks = k / 8;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int col = blockIdx.x * kWarps + warp;
-  const bool active = col < n;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + size_t(active ? col : 0) * k);
-
-  // Weights are constant: the first loads go out before waiting for the previous kernel
-  // (programmatic dependent launch, kernels/cuda/pdl.h), overlapping its tail.
+// acc[m] += Σ over the weight row wr of w · x[m] (this lane's share; the caller reduces
+// over the warp). first holds the row's first stride when prefetched.
+template <int M, int kLoads>
+__device__ __forceinline__ void gemv_dot_rows(const uint4* __restrict__ wr, const uint4* sx,
+                                              int chunks, int lane, const uint4 (&first)[kLoads],
+                                              bool prefetched, float (&acc)[M]) {
   constexpr int kStride = 32 * kLoads;
-  uint4 first[kLoads];
-  const bool prefetched = active && lane + (kLoads - 1) * 32 < chunks;
-  if (prefetched) {
-#pragma unroll
-    for (int j = 0; j < kLoads; ++j) first[j] = load_stream16(wr + lane + j * 32);
-  }
-  pdl_wait();
-  pdl_launch_dependents();
-
-  gemv_stage_input<M, kIn>(x, norm, k, sx);
-  if (!active) return;
-  float acc[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
-
   // The first stride (loaded before pdl_wait) is peeled off the loop: choosing between it
   // and fresh loads inside the loop cost the 8B decode step 7% on an H100 (bench/RESULTS.md).
   int c = lane;
@@ -172,12 +226,82 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = gemv_dot8(wv, sx[m * chunks + c], acc[m]);
   }
+}
+
+// kStore: block b computes columns [b · kWarps, (b + 1) · kWarps). Paired outputs: block b
+// computes pairs [b · kWarps / 2, (b + 1) · kWarps / 2), warp w the lo column of pair w and
+// warp w + kWarps / 2 its hi column; there are n / 2 pairs.
+template <int M, int kLoads, int kWarps, GemvInput kIn = GemvInput::kPlain,
+          GemvOutput kOut = GemvOutput::kStore>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, int n, int k,
+                bf16* __restrict__ out, GemvNorm norm, GemvRope rope) {
+  extern __shared__ uint4 sx[];  // gemv_smem_bytes: the input as [M][k / 8] chunks of 8 bf16
+  constexpr bool kPaired = kOut != GemvOutput::kStore;
+  constexpr int kPairs = kWarps / 2;  // pairs per block (paired outputs)
+  static_assert(!kPaired || kWarps % 2 == 0, "paired outputs take an even warp count");
+  const int chunks = k / 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int col;
+  bool active;
+  if constexpr (kPaired) {
+    const int pair = blockIdx.x * kPairs + warp % kPairs;
+    active = pair < n / 2;
+    col = gemv_pair_lo<kOut>(pair, rope.head_dim) +
+          (warp >= kPairs ? gemv_pair_offset<kOut>(n, rope.head_dim) : 0);
+  } else {
+    col = blockIdx.x * kWarps + warp;
+    active = col < n;
+  }
+  const uint4* wr = reinterpret_cast<const uint4*>(w + size_t(active ? col : 0) * k);
+
+  // Weights are constant: the first loads go out before waiting for the previous kernel
+  // (programmatic dependent launch, kernels/cuda/pdl.h), overlapping its tail.
+  uint4 first[kLoads];
+  const bool prefetched = active && lane + (kLoads - 1) * 32 < chunks;
+  if (prefetched) {
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) first[j] = load_stream16(wr + lane + j * 32);
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+
+  gemv_stage_input<M, kIn>(x, norm, k, sx);
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+  // Paired outputs: an idle warp of the last block still meets the block's barrier below
+  // (skipping the loop).
+  if (!active) {
+    if constexpr (!kPaired) return;
+  } else {
+    gemv_dot_rows<M, kLoads>(wr, sx, chunks, lane, first, prefetched, acc);
+  }
+
 #pragma unroll
   for (int m = 0; m < M; ++m) {
-    float v = acc[m];
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == 0) out[size_t(m) * n + col] = __float2bfloat16_rn(v);
+    for (int off = 16; off > 0; off /= 2) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], off);
+  }
+  if constexpr (!kPaired) {
+    if (lane == 0) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) out[size_t(m) * n + col] = __float2bfloat16_rn(acc[m]);
+    }
+  } else {
+    __shared__ float cols[M][kWarps];  // each warp's columns, rounded as stored products
+    if (lane == 0) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) cols[m][warp] = round_bf16(acc[m]);
+    }
+    __syncthreads();
+    const int t = threadIdx.x;  // one thread per (row, pair): M · kPairs <= 32, warp 0
+    if (t < M * kPairs) {
+      const int m = t / kPairs, p = t % kPairs;
+      const int pair = blockIdx.x * kPairs + p;
+      if (pair < n / 2)
+        gemv_store_pair<kOut>(m, pair, cols[m][p], cols[m][p + kPairs], n, out, rope);
+    }
   }
 }
 

@@ -232,21 +232,18 @@ __global__ void rope_kv_write_kernel(RopeKvWriteParams p) {
   const int hd = p.head_dim, half = hd / 2;
   const float pos = float(p.positions[t]);
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float s, c;
-    sincosf(pos * p.inv_freq[i], &s, &c);
-    cs[i] = round_bf16(c);
-    cs[half + i] = round_bf16(s);
+    const RopeAngle a = rope_angle(pos, p.inv_freq[i]);
+    cs[i] = a.cos;
+    cs[half + i] = a.sin;
   }
   __syncthreads();
 
   const int hq = p.num_q_heads, hkv = p.num_kv_heads;
   const int slot = p.slot_mapping[t];
-  const bool write_kv =
-      slot >= 0 && (p.num_blocks == 0 || (long long)slot < (long long)p.num_blocks * p.block_size);
-  // Element offset of (block, kv head 0, offset, 0) in the cache; kv head h adds h * tile.
+  const bool write_kv = rope_slot_stored(slot, p.num_blocks, p.block_size);
+  // kv head h adds h * tile to the base.
   const size_t tile = size_t(p.block_size) * hd;
-  const size_t cache_base =
-      write_kv ? (size_t(slot / p.block_size) * hkv * p.block_size + slot % p.block_size) * hd : 0;
+  const size_t cache_base = write_kv ? rope_cache_base(slot, hkv, p.block_size, hd) : 0;
 
   const bf16* row = p.qkv + size_t(t) * (hq + 2 * hkv) * hd;
   const int rot_chunks = half / kVW;
@@ -271,9 +268,9 @@ __global__ void rope_kv_write_kernel(RopeKvWriteParams p) {
       load_vec<kVW>(src + half + i0, b);
 #pragma unroll
       for (int e = 0; e < kVW; ++e) {
-        const float c = cs[i0 + e], s = cs[half + i0 + e];
-        ra[e] = round_bf16(a[e] * c) - round_bf16(b[e] * s);
-        rb[e] = round_bf16(b[e] * c) + round_bf16(a[e] * s);
+        const RopeAngle angle{cs[i0 + e], cs[half + i0 + e]};
+        ra[e] = rope_lo(a[e], b[e], angle);
+        rb[e] = rope_hi(a[e], b[e], angle);
       }
       store_vec<kVW>(dst + i0, ra);  // the store rounds the sums to bf16
       store_vec<kVW>(dst + half + i0, rb);

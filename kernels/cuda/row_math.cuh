@@ -1,6 +1,6 @@
 // Device arithmetic shared by the row-wise ops (kernels/cuda/ops.cu) and the gemv kernel's
-// fused inputs (kernels/cuda/gemv_kernel.cuh): one definition of each rounding step, so that
-// a fused kernel computes the same bits as the separate kernels it replaces.
+// fused inputs and outputs (kernels/cuda/gemv_kernel.cuh): one definition of each rounding
+// step, so that a fused kernel computes the same bits as the separate kernels it replaces.
 #pragma once
 
 #include <cstdint>
@@ -99,6 +99,36 @@ __device__ __forceinline__ float rmsnorm_value(float h, float inv_rms, float wei
 // bf16(silu(g)) * u (the caller's store rounds the product).
 __device__ __forceinline__ float silu_mul_value(float g, float u) {
   return round_bf16(g / (1.0f + expf(-g))) * u;
+}
+
+// ---- RoPE + KV-cache write (Hugging Face apply_rotary_pos_emb in bf16, see ops.cu) ---------
+
+// One rotation angle's cos and sin, bf16-rounded as HF's cos/sin tables are.
+struct RopeAngle {
+  float cos, sin;
+};
+__device__ __forceinline__ RopeAngle rope_angle(float position, float inv_freq) {
+  float s, c;
+  sincosf(position * inv_freq, &s, &c);
+  return {round_bf16(c), round_bf16(s)};
+}
+// Column i and i + head_dim / 2 of a head, rotated (the caller's store rounds the sums).
+__device__ __forceinline__ float rope_lo(float lo, float hi, RopeAngle a) {
+  return round_bf16(lo * a.cos) - round_bf16(hi * a.sin);
+}
+__device__ __forceinline__ float rope_hi(float lo, float hi, RopeAngle a) {
+  return round_bf16(hi * a.cos) + round_bf16(lo * a.sin);
+}
+
+// Whether a token's K/V go to the cache: slot < 0 is padding; num_blocks > 0 bounds the slots.
+__device__ __forceinline__ bool rope_slot_stored(int slot, int num_blocks, int block_size) {
+  return slot >= 0 && (num_blocks == 0 || (long long)slot < (long long)num_blocks * block_size);
+}
+// Element offset of (slot's block, kv head 0, slot's offset, 0) in a
+// [blocks][kv heads][block_size][head_dim] cache; kv head h adds h · block_size · head_dim.
+__device__ __forceinline__ size_t rope_cache_base(int slot, int num_kv_heads, int block_size,
+                                                  int head_dim) {
+  return (size_t(slot / block_size) * num_kv_heads * block_size + slot % block_size) * head_dim;
 }
 
 }  // namespace arbor::cuda

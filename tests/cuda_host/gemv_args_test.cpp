@@ -112,3 +112,103 @@ TEST_CASE("the fused gemv inputs reject bad arguments before launching", "[cuda-
   require_rejected([&] { gemv_rmsnorm(nullptr, norm_w, eps, w, m, n, k, out, nullptr); },
                    "null pointer");
 }
+
+TEST_CASE("the paired gemv outputs take up to 2 rows and reject bad arguments before launching",
+          "[cuda-host][gemv]") {
+  using arbor::cuda::gemv_paired_supported;
+  for (int m = 1; m <= arbor::cuda::kMaxGemvRows; ++m) {
+    for (int k : {8, 256, 4096, 16384, 16392, 28672}) {
+      INFO("m " << m << ", k " << k);
+      const bool fits = m <= 2 && size_t(m) * k * 2 <= 96 * 1024;
+      CHECK(gemv_paired_supported(m, k, false) == fits);
+      CHECK(gemv_paired_supported(m, k, true) == (fits && k <= 16384));
+    }
+  }
+  CHECK_FALSE(gemv_paired_supported(1, 12, false));
+
+  const int m = 2, dim = 32, k = 256;
+  bf16 *residual = at(0x100000), *x = at(0x110000), *residual_out = at(0x120000),
+       *norm_w = at(0x130000), *w = at(0x140000), *out = at(0x180000);
+  arbor::cuda::GemvInputSpec in;
+  in.x = x;
+  in.norm_weight = norm_w;
+  in.eps = 1e-5f;
+  in.residual_in = residual;
+  in.residual_out = residual_out;
+  using arbor::cuda::gemv_silu_mul;
+  auto silu = [&](arbor::cuda::GemvInputSpec spec, int mm, int d, const bf16* ww, bf16* o) {
+    return [=] { gemv_silu_mul(spec, ww, mm, d, k, o, nullptr); };
+  };
+  require_rejected(silu(in, 3, dim, w, out), "unsupported shape");
+  require_rejected(silu(in, m, 0, w, out), "dim must be positive");
+  require_rejected(silu(in, m, dim, nullptr, out), "null pointer");
+  require_rejected(silu(in, m, dim, w, nullptr), "null pointer");
+  require_rejected(silu(in, m, dim, at(0x140008), out), "16-byte aligned");
+  require_rejected(silu(in, m, dim, w, x), "out overlaps an input");
+  require_rejected(silu(in, m, dim, w, at(0x140000 + 2 * (2 * dim * k - 8))), "overlaps");
+  require_rejected(silu(in, m, dim, w, residual_out), "residual_out");
+  auto bad = in;
+  bad.residual_out = nullptr;
+  require_rejected(silu(bad, m, dim, w, out), "go together");
+  bad = in;
+  bad.norm_weight = nullptr;
+  require_rejected(silu(bad, m, dim, w, out), "needs norm_weight");
+  bad = in;
+  bad.eps = -1.0f;
+  require_rejected(silu(bad, m, dim, w, out), "eps");
+  bad = in;
+  bad.residual_out = x;
+  require_rejected(silu(bad, m, dim, w, out), "residual_out overlaps an input");
+  bad = in;
+  bad.x = at(0x110004);
+  require_rejected(silu(bad, m, dim, w, out), "16-byte aligned");
+
+  // RoPE: rope_kv_write's own rules, and one token per input row.
+  arbor::cuda::RopeKvWriteParams rope;
+  rope.positions = reinterpret_cast<const int32_t*>(0x200000);
+  rope.slot_mapping = reinterpret_cast<const int32_t*>(0x210000);
+  rope.inv_freq = reinterpret_cast<const float*>(0x220000);
+  rope.n_tokens = m;
+  rope.num_q_heads = 2;
+  rope.num_kv_heads = 1;
+  rope.head_dim = 64;
+  rope.block_size = 16;
+  rope.num_blocks = 4;
+  rope.q_out = out;
+  rope.k_cache = at(0x300000);
+  rope.v_cache = at(0x400000);
+  using arbor::cuda::gemv_rope_kv_write;
+  auto rope_call = [&](arbor::cuda::RopeKvWriteParams r, int mm) {
+    return [=] { gemv_rope_kv_write(in, w, mm, k, r, nullptr); };
+  };
+  auto r = rope;
+  r.n_tokens = 1;
+  require_rejected(rope_call(r, m), "n_tokens must equal m");
+  require_rejected(rope_call(rope, 3), "n_tokens must equal m");
+  r = rope;
+  r.head_dim = 63;
+  require_rejected(rope_call(r, m), "head_dim must be positive and even");
+  r = rope;
+  r.num_kv_heads = 0;
+  require_rejected(rope_call(r, m), "head counts must be positive");
+  r = rope;
+  r.block_size = 0;
+  require_rejected(rope_call(r, m), "block_size must be positive");
+  r = rope;
+  r.num_blocks = -1;
+  require_rejected(rope_call(r, m), "num_blocks must be >= 0");
+  for (int which = 0; which < 6; ++which) {
+    r = rope;
+    if (which == 0) r.positions = nullptr;
+    if (which == 1) r.slot_mapping = nullptr;
+    if (which == 2) r.inv_freq = nullptr;
+    if (which == 3) r.q_out = nullptr;
+    if (which == 4) r.k_cache = nullptr;
+    if (which == 5) r.v_cache = nullptr;
+    INFO("null operand " << which);
+    require_rejected(rope_call(r, m), "null pointer");
+  }
+  r = rope;
+  r.q_out = w;  // q would overwrite the weights
+  require_rejected(rope_call(r, m), "out overlaps an input");
+}

@@ -211,6 +211,44 @@ TEST_CASE("norms fused into the gemv leave the CUDA model's logits unchanged, bi
   }
 }
 
+TEST_CASE("RoPE and SiLU·mul fused into the gemvs leave the CUDA model's logits unchanged",
+          "[gpu][model][gemv]") {
+  // Steps of 1–2 tokens compute RoPE + KV write in the qkv gemv and SiLU·mul in the gate_up
+  // gemv (CudaRunnerOptions::fused_gemv_outputs) with the separate kernels' arithmetic: the
+  // same logits to the bit, over a prefill chunk (separate kernels either way) and then decode
+  // steps at batch 1 and 2, with the norms fused into the gemvs or not.
+  auto tokenizer = load_tokenizer(demo_dir());
+  std::vector<std::vector<int32_t>> prompts;
+  for (const char* text : {"The jury said that the city", "It was a cold morning, and the wind"})
+    prompts.push_back(tokenizer->encode(text, true));
+  for (auto& p : prompts) {
+    const auto extra = tokenizer->encode(" and so the long story went on and on.", false);
+    for (int rep = 0; rep < 4; ++rep) p.insert(p.end(), extra.begin(), extra.end());
+  }
+  for (bool graphs : {false, true}) {
+    for (bool norms : {true, false}) {
+      for (size_t batch : {size_t(1), size_t(2)}) {
+        INFO("cuda graphs " << graphs << ", fused norms " << norms << ", batch " << batch);
+        CudaRunnerOptions o;
+        o.num_kv_blocks = 64;
+        o.max_batch_tokens = 256;
+        o.max_num_seqs = 4;
+        o.cuda_graphs = graphs;
+        o.fused_gemv_norms = norms;
+        o.fused_gemv_outputs = false;
+        auto separate = make_cuda_runner(demo_dir(), o);
+        o.fused_gemv_outputs = true;
+        auto fused = make_cuda_runner(demo_dir(), o);
+        REQUIRE(cuda_paired_gemv_rows(*separate) == 0);
+        REQUIRE(cuda_paired_gemv_rows(*fused) == 2);
+        const std::vector<std::vector<int32_t>> batch_prompts(prompts.begin(),
+                                                              prompts.begin() + batch);
+        compare_steps(*fused, *separate, batch_prompts, /*chunk=*/2, 16, /*bitwise=*/true);
+      }
+    }
+  }
+}
+
 TEST_CASE("CUDA forward_sample draws as cuda::sample does on the step's logits",
           "[gpu][model][sampling]") {
   // The same batch through forward (logits to the host) and forward_sample (tokens only):
