@@ -22,6 +22,11 @@ namespace arbor::cuda {
 // warps of 8 loads: gemv.cu's kWideTwoRowN.)
 constexpr int kGemvLoadsInFlight = 4;
 constexpr int kGemvWarps = 16;
+// Weight strides (32 lanes × kLoads 16-byte loads) a warp loads after its pdl_wait and
+// before staging the input, on top of the one it loads before: H100, 8B decode, 0 → 1 took
+// batch 1 × 1k from 184.3 to 187.8 tok/s, and 2 (71–84 registers, one 16-warp block per SM)
+// fell to 182.0 (bench/RESULTS.md).
+constexpr int kGemvEarlyStrides = 1;
 
 namespace detail {
 
@@ -197,10 +202,12 @@ __device__ __forceinline__ void gemv_stage_input(const bf16* __restrict__ x, con
 
 // acc[m] += Σ over the weight row wr of w · x[m] (this lane's share; the caller reduces
 // over the warp). first holds the row's first stride when prefetched.
-template <int M, int kLoads>
+template <int M, int kLoads, int kEarly>
 __device__ __forceinline__ void gemv_dot_rows(const uint4* __restrict__ wr, const uint4* sx,
                                               int chunks, int lane, const uint4 (&first)[kLoads],
-                                              bool prefetched, float (&acc)[M]) {
+                                              bool prefetched,
+                                              const uint4 (&early_loads)[kEarly + 1][kLoads],
+                                              int early, float (&acc)[M]) {
   constexpr int kStride = 32 * kLoads;
   // The first stride (loaded before pdl_wait) is peeled off the loop: choosing between it
   // and fresh loads inside the loop cost the 8B decode step 7% on an H100 (bench/RESULTS.md).
@@ -211,6 +218,17 @@ __device__ __forceinline__ void gemv_dot_rows(const uint4* __restrict__ wr, cons
 #pragma unroll
       for (int m = 0; m < M; ++m) acc[m] = gemv_dot8(first[j], sx[m * chunks + c + j * 32], acc[m]);
     c += kStride;
+#pragma unroll
+    for (int e = 0; e < kEarly; ++e) {
+      if (e < early) {
+#pragma unroll
+        for (int j = 0; j < kLoads; ++j)
+#pragma unroll
+          for (int m = 0; m < M; ++m)
+            acc[m] = gemv_dot8(early_loads[e][j], sx[m * chunks + c + j * 32], acc[m]);
+        c += kStride;
+      }
+    }
   }
   for (; c + (kLoads - 1) * 32 < chunks; c += kStride) {
     uint4 wv[kLoads];
@@ -232,7 +250,7 @@ __device__ __forceinline__ void gemv_dot_rows(const uint4* __restrict__ wr, cons
 // computes pairs [b · kWarps / 2, (b + 1) · kWarps / 2), warp w the lo column of pair w and
 // warp w + kWarps / 2 its hi column; there are n / 2 pairs.
 template <int M, int kLoads, int kWarps, GemvInput kIn = GemvInput::kPlain,
-          GemvOutput kOut = GemvOutput::kStore>
+          GemvOutput kOut = GemvOutput::kStore, int kEarly = kGemvEarlyStrides>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, int n, int k,
                 bf16* __restrict__ out, GemvNorm norm, GemvRope rope) {
@@ -265,6 +283,21 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   pdl_wait();
   pdl_launch_dependents();
+  // The next kEarly strides' loads go out before the input is staged, so that this block's
+  // weight reads continue while it stages (and normalizes) x — which every block of the
+  // first wave does at once, at the product's start (H100, 8B batch 1: +1.9% tok/s,
+  // bench/RESULTS.md).
+  uint4 early_loads[kEarly + 1][kLoads];  // (+ 1: no zero-sized array at kEarly = 0)
+  int early = 0;                          // strides loaded
+#pragma unroll
+  for (int e = 0; e < kEarly; ++e) {
+    const int c0 = lane + (e + 1) * 32 * kLoads;
+    if (prefetched && early == e && c0 + (kLoads - 1) * 32 < chunks) {
+#pragma unroll
+      for (int j = 0; j < kLoads; ++j) early_loads[e][j] = load_stream16(wr + c0 + j * 32);
+      early = e + 1;
+    }
+  }
 
   gemv_stage_input<M, kIn>(x, norm, k, sx);
   float acc[M];
@@ -275,7 +308,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (!active) {
     if constexpr (!kPaired) return;
   } else {
-    gemv_dot_rows<M, kLoads>(wr, sx, chunks, lane, first, prefetched, acc);
+    gemv_dot_rows<M, kLoads, kEarly>(wr, sx, chunks, lane, first, prefetched, early_loads, early,
+                                     acc);
   }
 
 #pragma unroll
