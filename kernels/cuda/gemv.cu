@@ -18,7 +18,6 @@ namespace {
 using detail::GemvInput;
 using detail::GemvNorm;
 using detail::GemvOutput;
-using detail::GemvRope;
 
 constexpr int kMaxSmemBytes = 96 * 1024;
 // Two-row products at least this wide (Llama-3.1-8B's gate_up, 28672, and lm_head, 128256)
@@ -30,7 +29,7 @@ constexpr int kWideTwoRowN = 16384;
 template <int M, GemvInput kIn, GemvOutput kOut, int kLoads = kGemvLoadsInFlight,
           int kWarps = kGemvWarps>
 void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, const GemvNorm& norm,
-            const GemvRope& rope, cudaStream_t stream) {
+            const RopeKvWriteParams& rope, cudaStream_t stream) {
   auto kernel = detail::gemv_kernel<M, kLoads, kWarps, kIn, kOut>;
   const size_t smem = detail::gemv_smem_bytes<M, kIn>(k);
   if (smem > 48 * 1024) {
@@ -45,7 +44,7 @@ void launch(const bf16* x, const bf16* w, int n, int k, bf16* out, const GemvNor
 
 template <GemvInput kIn, GemvOutput kOut = GemvOutput::kStore>
 void launch_rows(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, const GemvNorm& norm,
-                 cudaStream_t stream, const GemvRope& rope = {}) {
+                 cudaStream_t stream, const RopeKvWriteParams& rope = {}) {
   switch (m) {
     case 1:
       return launch<1, kIn, kOut>(x, w, n, k, out, norm, rope, stream);
@@ -68,7 +67,7 @@ void launch_rows(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, c
 // launch_rows with the input kind of `in` (gemv_input_kind).
 template <GemvOutput kOut>
 void launch_paired(const GemvInputSpec& in, const GemvNorm& norm, const bf16* w, int m, int n,
-                   int k, bf16* out, const GemvRope& rope, cudaStream_t stream) {
+                   int k, bf16* out, const RopeKvWriteParams& rope, cudaStream_t stream) {
   if (!in.norm_weight)
     return launch_rows<GemvInput::kPlain, kOut>(in.x, w, m, n, k, out, norm, stream, rope);
   if (!in.residual_in)
@@ -228,7 +227,7 @@ void gemv_silu_mul(const GemvInputSpec& in, const bf16* w, int m, int dim, int k
   require(dim > 0, op, "dim must be positive, got " + std::to_string(dim));
   const int n = 2 * dim;
   const GemvNorm norm = check_paired(op, in, w, m, n, k, out, size_t(m) * dim);
-  launch_paired<GemvOutput::kSiluMul>(in, norm, w, m, n, k, out, GemvRope{}, stream);
+  launch_paired<GemvOutput::kSiluMul>(in, norm, w, m, n, k, out, RopeKvWriteParams{}, stream);
 }
 
 void gemv_rope_kv_write(const GemvInputSpec& in, const bf16* w, int m, int k,
@@ -253,18 +252,7 @@ void gemv_rope_kv_write(const GemvInputSpec& in, const bf16* w, int m, int k,
   const int n = int(n_wide);
   const GemvNorm norm =
       check_paired(op, in, w, m, n, k, rope.q_out, size_t(m) * rope.num_q_heads * rope.head_dim);
-  GemvRope r;
-  r.positions = rope.positions;
-  r.slot_mapping = rope.slot_mapping;
-  r.inv_freq = rope.inv_freq;
-  r.num_q_heads = rope.num_q_heads;
-  r.num_kv_heads = rope.num_kv_heads;
-  r.head_dim = rope.head_dim;
-  r.block_size = rope.block_size;
-  r.num_blocks = rope.num_blocks;
-  r.k_cache = rope.k_cache;
-  r.v_cache = rope.v_cache;
-  launch_paired<GemvOutput::kRopeKvWrite>(in, norm, w, m, n, k, rope.q_out, r, stream);
+  launch_paired<GemvOutput::kRopeKvWrite>(in, norm, w, m, n, k, rope.q_out, rope, stream);
 }
 
 }  // namespace arbor::cuda

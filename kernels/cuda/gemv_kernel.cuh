@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/bf16.h"
 #include "kernels/cuda/load.cuh"
+#include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.h"
 #include "kernels/cuda/row_math.cuh"
 
@@ -65,23 +66,10 @@ enum class GemvOutput {
   kStore,  // out[m][n]
   // The columns come in pairs (lo, hi) computed by the two halves of the block's warps, and
   // one thread per pair writes what the op after the product would, with its bits:
-  kSiluMul,      // out[m][n / 2] = silu(col j) * col (j + n / 2): cuda::silu_mul
-  kRopeKvWrite,  // the columns are a fused qkv row: cuda::rope_kv_write (q to out)
-};
-
-// The operands of kRopeKvWrite (RopeKvWriteParams, kernels/cuda/ops.h, less qkv and
-// q_out; input row m is token m); unused by the other outputs.
-struct GemvRope {
-  const int32_t* positions = nullptr;
-  const int32_t* slot_mapping = nullptr;
-  const float* inv_freq = nullptr;
-  int num_q_heads = 0;
-  int num_kv_heads = 0;
-  int head_dim = 0;
-  int block_size = 0;
-  int num_blocks = 0;
-  bf16* k_cache = nullptr;
-  bf16* v_cache = nullptr;
+  kSiluMul,  // out[m][n / 2] = silu(col j) * col (j + n / 2): cuda::silu_mul
+  // The columns are a fused qkv row: cuda::rope_kv_write with these RopeKvWriteParams
+  // (kernels/cuda/ops.h; input row m is token m, q goes to `out`, qkv and q_out unused).
+  kRopeKvWrite,
 };
 
 // Pair p of a paired output: its lo column (hi = lo + gemv_pair_offset). SiLU·mul pairs gate
@@ -105,7 +93,8 @@ __device__ __forceinline__ int gemv_pair_offset(int n, int head_dim) {
 // bf16 as a stored product would be.
 template <GemvOutput kOut>
 __device__ __forceinline__ void gemv_store_pair(int m, int pair, float lo, float hi, int n,
-                                                bf16* __restrict__ out, const GemvRope& rope) {
+                                                bf16* __restrict__ out,
+                                                const RopeKvWriteParams& rope) {
   if constexpr (kOut == GemvOutput::kSiluMul) {
     out[size_t(m) * (n / 2) + pair] = __float2bfloat16_rn(silu_mul_value(lo, hi));
   } else {
@@ -253,7 +242,7 @@ template <int M, int kLoads, int kWarps, GemvInput kIn = GemvInput::kPlain,
           GemvOutput kOut = GemvOutput::kStore, int kEarly = kGemvEarlyStrides>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, int n, int k,
-                bf16* __restrict__ out, GemvNorm norm, GemvRope rope) {
+                bf16* __restrict__ out, GemvNorm norm, RopeKvWriteParams rope) {
   extern __shared__ uint4 sx[];  // gemv_smem_bytes: the input as [M][k / 8] chunks of 8 bf16
   constexpr bool kPaired = kOut != GemvOutput::kStore;
   constexpr int kPairs = kWarps / 2;  // pairs per block (paired outputs)
