@@ -1,8 +1,8 @@
 // GEMV tuning benchmark: the decode-step weight products of a model (batch 1 and 2) through
 // cuBLASLt and through the gemv kernel in several configurations (loads in flight per lane,
 // warps per block), µs and GB/s against the device's measured read bandwidth, and the gemv
-// with its fused inputs against the separate op + gemv. Each product cycles over 4 weight
-// copies inside a CUDA graph, so weights come from HBM, not L2.
+// with its fused inputs and outputs against the separate ops + gemv. Each product cycles over 4
+// weight copies inside a CUDA graph, so weights come from HBM, not L2.
 //
 //   arbor_bench_gemv --model bench/models/llama-3.1-8b
 #include <CLI/CLI.hpp>
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/bandwidth.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
@@ -143,6 +144,63 @@ int main(int argc, char** argv) {
               arbor::cuda::gemv_add_rmsnorm(residual[from].data(), x.data(),
                                             residual[1 - from].data(), norm_w.data(), 1e-5f, wp, m,
                                             sh.n, sh.k, out.data(), s);
+            }));
+      }
+
+      // The op after the product, as its own kernel and then fused into the gemv's output
+      // (kernels/cuda/gemv.h, paired outputs): SiLU·mul after gate_up, RoPE + KV-cache write
+      // after qkv (one token per row, positions near 1k, each row its own cache slot).
+      if (shape_name == "gate_up" && arbor::cuda::gemv_paired_supported(m, sh.k, false)) {
+        const int dim = sh.n / 2;
+        arbor::cuda::DeviceArray<bf16> act(size_t(m) * dim);
+        row("gemv + silu_mul", time_us([&](const bf16* wp) {
+              arbor::cuda::gemv(x.data(), wp, m, sh.n, sh.k, out.data(), s);
+              arbor::cuda::silu_mul(out.data(), m, dim, act.data(), s);
+            }));
+        arbor::cuda::GemvInputSpec in;
+        in.x = x.data();
+        row("gemv_silu_mul (fused)", time_us([&](const bf16* wp) {
+              arbor::cuda::gemv_silu_mul(in, wp, m, dim, sh.k, act.data(), s);
+            }));
+      }
+      if (shape_name == "qkv" && arbor::cuda::gemv_paired_supported(m, sh.k, false)) {
+        const int block_size = 16, num_blocks = 4;
+        const std::vector<int32_t> positions = {1000, 1001}, slots = {0, block_size};
+        const std::vector<float> inv_freq =
+            arbor::cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
+        arbor::cuda::DeviceArray<int32_t> d_pos(positions.size()), d_slots(slots.size());
+        arbor::cuda::DeviceArray<float> d_inv(inv_freq.size());
+        CUDA_CHECK(
+            cudaMemcpy(d_pos.data(), positions.data(), d_pos.bytes(), cudaMemcpyHostToDevice));
+        CUDA_CHECK(
+            cudaMemcpy(d_slots.data(), slots.data(), d_slots.bytes(), cudaMemcpyHostToDevice));
+        CUDA_CHECK(
+            cudaMemcpy(d_inv.data(), inv_freq.data(), d_inv.bytes(), cudaMemcpyHostToDevice));
+        const size_t cache = size_t(num_blocks) * c.num_kv_heads * block_size * c.head_dim;
+        arbor::cuda::DeviceArray<bf16> q(size_t(m) * c.num_heads * c.head_dim), kc(cache),
+            vc(cache);
+        arbor::cuda::RopeKvWriteParams rope;
+        rope.qkv = out.data();
+        rope.positions = d_pos.data();
+        rope.slot_mapping = d_slots.data();
+        rope.inv_freq = d_inv.data();
+        rope.n_tokens = m;
+        rope.num_q_heads = c.num_heads;
+        rope.num_kv_heads = c.num_kv_heads;
+        rope.head_dim = c.head_dim;
+        rope.block_size = block_size;
+        rope.num_blocks = num_blocks;
+        rope.q_out = q.data();
+        rope.k_cache = kc.data();
+        rope.v_cache = vc.data();
+        row("gemv + rope_kv_write", time_us([&](const bf16* wp) {
+              arbor::cuda::gemv(x.data(), wp, m, sh.n, sh.k, out.data(), s);
+              arbor::cuda::rope_kv_write(rope, s);
+            }));
+        arbor::cuda::GemvInputSpec in;
+        in.x = x.data();
+        row("gemv_rope_kv_write (fused)", time_us([&](const bf16* wp) {
+              arbor::cuda::gemv_rope_kv_write(in, wp, m, sh.k, rope, s);
             }));
       }
     }
