@@ -3,10 +3,10 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/gemv_kernel.cuh"
@@ -64,7 +64,7 @@ void launch_rows(const bf16* x, const bf16* w, int m, int n, int k, bf16* out, c
   }
 }
 
-// launch_rows with the input kind of `in` (gemv_input_kind).
+// launch_rows with the input kind `in` describes (plain, RMSNorm, or add + RMSNorm).
 template <GemvOutput kOut>
 void launch_paired(const GemvInputSpec& in, const GemvNorm& norm, const bf16* w, int m, int n,
                    int k, bf16* out, const RopeKvWriteParams& rope, cudaStream_t stream) {
@@ -195,12 +195,11 @@ GemvNorm check_paired(const char* op, const GemvInputSpec& in, const bf16* w, in
           "residual_in and residual_out go together (the residual add writes the new stream)");
   require(!add || norm, op, "a residual add needs norm_weight (it feeds the RMSNorm)");
   const size_t rows = size_t(m) * k;
-  std::vector<std::pair<const bf16*, size_t>> inputs = {{in.x, rows}, {w, size_t(n) * k}};
-  if (norm) {
-    require(in.eps >= 0.0f && std::isfinite(in.eps), op, "eps must be finite and >= 0");
-    inputs.emplace_back(in.norm_weight, size_t(k));
-  }
-  if (add) inputs.emplace_back(in.residual_in, rows);
+  if (norm) require(in.eps >= 0.0f && std::isfinite(in.eps), op, "eps must be finite and >= 0");
+  // The operands read: x, w, then the norm weight and the old residual when used.
+  const std::pair<const bf16*, size_t> all_inputs[] = {
+      {in.x, rows}, {w, size_t(n) * k}, {in.norm_weight, size_t(k)}, {in.residual_in, rows}};
+  const std::span inputs(all_inputs, add ? 4 : norm ? 3 : 2);
   for (const auto& [p, elems] : inputs) {
     require(aligned16(p), op, "pointers must be 16-byte aligned");
     require(!overlap(out, out_elems, p, elems), op, "out overlaps an input");
@@ -236,15 +235,7 @@ void gemv_rope_kv_write(const GemvInputSpec& in, const bf16* w, int m, int k,
   require(rope.n_tokens == m, op,
           "rope.n_tokens must equal m (one token per input row), got " +
               std::to_string(rope.n_tokens) + " and " + std::to_string(m));
-  require(rope.num_q_heads > 0 && rope.num_kv_heads > 0, op,
-          "head counts must be positive, got " + std::to_string(rope.num_q_heads) + " q and " +
-              std::to_string(rope.num_kv_heads) + " kv heads");
-  require(rope.head_dim > 0 && rope.head_dim % 2 == 0, op,
-          "head_dim must be positive and even, got " + std::to_string(rope.head_dim));
-  require(rope.block_size > 0, op,
-          "block_size must be positive, got " + std::to_string(rope.block_size));
-  require(rope.num_blocks >= 0, op,
-          "num_blocks must be >= 0, got " + std::to_string(rope.num_blocks));
+  check_rope_kv_write_shape(rope, op);
   require(rope.positions && rope.slot_mapping && rope.inv_freq && rope.k_cache && rope.v_cache, op,
           "null pointer");
   const long long n_wide = (long long)(rope.num_q_heads + 2LL * rope.num_kv_heads) * rope.head_dim;

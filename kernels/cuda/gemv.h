@@ -75,9 +75,9 @@ bool gemv_paired_supported(int m, int k, bool norm);
 
 // The MLP's gate_up product and its activation: out [m][dim] = silu(g) · u of the product
 // [m][2 · dim] = input · w ([2 · dim][k], gate rows first) — gemv() and then
-// cuda::silu_mul, bit for bit. Throws std::invalid_argument for unsupported shapes, null or
-// unaligned pointers (w, out, the input's: 16 bytes), dim ≤ 0, a bad eps, or an out that
-// overlaps an input.
+// cuda::silu_mul, bit for bit. Throws std::invalid_argument for unsupported shapes, null
+// pointers, unaligned ones (w and the input's: 16 bytes; out takes any bf16 address), dim ≤ 0,
+// a bad eps, or an out that overlaps an input.
 void gemv_silu_mul(const GemvInputSpec& in, const bf16* w, int m, int dim, int k, bf16* out,
                    cudaStream_t stream);
 

@@ -420,8 +420,7 @@ void add_rmsnorm(bf16* residual, const bf16* x, const bf16* weight, int n_rows, 
   launch_rmsnorm<true>("cuda::add_rmsnorm", x, residual, weight, n_rows, dim, eps, out, stream);
 }
 
-void rope_kv_write(const RopeKvWriteParams& p, cudaStream_t stream) {
-  const char* op = "cuda::rope_kv_write";
+void check_rope_kv_write_shape(const RopeKvWriteParams& p, const char* op) {
   require(p.n_tokens >= 0, op, "n_tokens must be >= 0, got " + std::to_string(p.n_tokens));
   require(p.num_q_heads > 0 && p.num_kv_heads > 0, op,
           "head counts must be positive, got " + std::to_string(p.num_q_heads) + " q and " +
@@ -430,6 +429,11 @@ void rope_kv_write(const RopeKvWriteParams& p, cudaStream_t stream) {
           "head_dim must be positive and even, got " + std::to_string(p.head_dim));
   require(p.block_size > 0, op, "block_size must be positive, got " + std::to_string(p.block_size));
   require(p.num_blocks >= 0, op, "num_blocks must be >= 0, got " + std::to_string(p.num_blocks));
+}
+
+void rope_kv_write(const RopeKvWriteParams& p, cudaStream_t stream) {
+  const char* op = "cuda::rope_kv_write";
+  check_rope_kv_write_shape(p, op);
   if (p.n_tokens == 0) return;
   require(p.qkv && p.positions && p.slot_mapping && p.inv_freq && p.q_out && p.k_cache && p.v_cache,
           op, "null pointer");

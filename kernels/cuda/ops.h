@@ -61,6 +61,10 @@ struct RopeKvWriteParams {
 // before this completes: that next kernel may read, before its own griddepcontrol.wait,
 // only what no kernel of the current step writes (decode attention: tables, lengths, K/V).
 void rope_kv_write(const RopeKvWriteParams& p, cudaStream_t stream);
+// rope_kv_write's rules for p's counts (n_tokens >= 0, positive head counts, an even
+// head_dim, block_size > 0, num_blocks >= 0): throws std::invalid_argument, prefixed by op.
+// (Also the fused qkv product's, gemv_rope_kv_write in kernels/cuda/gemv.h.)
+void check_rope_kv_write_shape(const RopeKvWriteParams& p, const char* op);
 
 // gate_up [n_rows][2 * dim] (gate first) → out [n_rows][dim] = silu(gate) * up, as HF in
 // bf16: act = bf16(g / (1 + exp(-g))), out = bf16(act * up).
