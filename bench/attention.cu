@@ -7,6 +7,10 @@
 //
 //   arbor_bench_attention --batch 1,8 --context 1024,4096,32768,131072
 //       --peer "python3 tools/bench_sdpa.py"
+//
+// Built as arbor_bench_attention_trace (a traced build of the kernel), --trace N also replays
+// the graph N times with every block recording its timeline and prints, per case, where a
+// layer's time goes (bench/attention_trace.h).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -25,6 +29,7 @@
 
 #include <cuda_runtime.h>
 
+#include "bench/attention_trace.h"
 #include "bench/bandwidth.h"
 #include "bench/peer.h"
 #include "kernels/cuda/bf16.h"
@@ -77,6 +82,7 @@ struct Options {
   int iters = 200, warmup = 20, layers = 32, splits = 0;
   int prologue = -1;     // tiles of each split streamed into shared memory first; -1: as planned
   int plan_context = 0;  // plan for this many tokens (>= the context); 0: the context
+  int trace = 0;         // traced graph replays (a traced build only)
   bool overlap = true;
   std::string mode = "both";
   std::string block_order = "shuffled";
@@ -117,6 +123,7 @@ struct Row {
   int batch = 0, context = 0, splits = 0, layers_used = 0;
   double single_us = NAN, graph_us = NAN, bytes = 0;
   std::string note;
+  arbor::bench::DecodeTraceSummary trace;
 };
 
 // `pool`: the K/V caches of every case, allocated once before the first (a case allocating
@@ -228,8 +235,44 @@ Row run_case(const Options& o, int batch, int context, int sms, const DeviceBuff
     }
     row.graph_us = median(us);
   }
+  if (o.trace > 0) {  // the same graph, every block writing its timeline
+    const int words = arbor::cuda::decode_attention_trace_words();
+    const int blocks = plan.num_splits * o.hkv * batch;
+    const size_t per_layer = size_t(blocks) * size_t(words);
+    DeviceArray<uint64_t> trace(size_t(o.layers) * per_layer);
+    Graph traced;
+    traced.capture(stream, [&] {
+      for (int l = 0; l < o.layers; ++l) {
+        p.trace = trace.data() + size_t(l) * per_layer;
+        launch_layer(l);
+      }
+    });
+    p.trace = nullptr;
+    for (int it = 0; it < 3; ++it) traced.launch(stream);
+    arbor::bench::DecodeTraceAnalysis analysis(words, blocks);
+    std::vector<uint64_t> host(trace.size());
+    for (int it = 0; it < o.trace; ++it) {
+      CUDA_CHECK(cudaMemsetAsync(trace.data(), 0, trace.bytes(), stream));
+      traced.launch(stream);
+      trace.download(host.data(), host.size(), stream);
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      analysis.add_replay(host, o.layers);
+    }
+    row.trace = analysis.summary();
+  }
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return row;
+}
+
+// Where a layer's time goes (--trace), one line per case after the table.
+void print_trace(const Row& r) {
+  const auto& t = r.trace;
+  std::printf("%6d %8d %6d", r.batch, r.context, r.splits);
+  for (const std::string& c : arbor::bench::DecodeTraceAnalysis::columns()) {
+    const auto it = t.us.find(c);
+    std::printf(" %8.2f", it == t.us.end() ? NAN : it->second);
+  }
+  std::printf(" %6d %8.0f %6.3f\n", t.layers, t.timer_step_ns, t.clock_ghz);
 }
 
 std::string fmt(double v, const char* f = "%.2f") {
@@ -265,12 +308,21 @@ int main(int argc, char** argv) {
   app.add_option("--plan-context", o.plan_context,
                  "plan for this many tokens and run at each --context, as the model's captured "
                  "decode graphs do (planned for its longest context); 0: plan for the context");
+  app.add_option("--trace", o.trace,
+                 "replay the graph this many more times with block timelines and print where "
+                 "a layer's time goes (arbor_bench_attention_trace only)");
   app.add_option("--mode", o.mode, "single, graph or both")
       ->check(CLI::IsMember({"single", "graph", "both"}));
   app.add_option("--peer", o.peer,
                  "command printing JSON result lines for the same shapes, e.g. "
                  "\"python3 tools/bench_sdpa.py\"");
   CLI11_PARSE(app, argc, argv);
+  if (o.trace > 0 && arbor::cuda::decode_attention_trace_words() == 0) {
+    std::fprintf(stderr,
+                 "error: --trace needs a traced build of the kernel: run "
+                 "arbor_bench_attention_trace\n");
+    return 2;
+  }
 
   try {
     int device = 0;
@@ -308,9 +360,11 @@ int main(int argc, char** argv) {
     std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %9s %9s %9s %9s  %s\n", "batch", "context",
                 "splits", "caches", "single_us", "graph_us/ly", "GB/s", "%read", "flash", "cudnn",
                 "flash_g", "cudnn_g", "note");
+    std::vector<Row> rows;
     for (int b : o.batches) {
       for (int c : o.contexts) {
         const Row r = run_case(o, b, c, sms, kv_pool, stream.get());
+        rows.push_back(r);
         const double t = std::isnan(r.graph_us) ? r.single_us : r.graph_us;
         const double gbs = r.bytes / (t * 1e-6) * 1e-9;
         const auto pf = peer.find({b, c, "flash"});
@@ -332,6 +386,20 @@ int main(int argc, char** argv) {
                     fmt(cudnn.graph_us).c_str(), note.c_str());
         std::fflush(stdout);
       }
+    }
+    if (o.trace > 0) {
+      std::printf(
+          "\nWhere a layer's time goes (traced build, %d replays; medians over layers, µs): "
+          "period = release to release; lead = blocks resident before release; then the "
+          "critical block (last merger): compute, publish, arrive, merge, level2, exit; "
+          "handoff = last block's end to the next release; spread = first to last block's "
+          "steps done (bench/attention_trace.h)\n",
+          o.trace);
+      std::printf("%6s %8s %6s", "batch", "context", "splits");
+      for (const std::string& c : arbor::bench::DecodeTraceAnalysis::columns())
+        std::printf(" %8s", c.c_str());
+      std::printf(" %6s %8s %6s\n", "layers", "timer_ns", "GHz");
+      for (const Row& r : rows) print_trace(r);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -157,7 +157,63 @@ struct KernelArgs {
   int prologue_tiles;  // plan.prologue_tiles: a split's tiles streamed into shared memory
   float scale_log2;    // scale * log2(e): scores are kept in base 2
   bool overlap_previous_kernel;
+#if ARBOR_DECODE_TRACE
+  uint64_t* trace;  // DecodeAttentionParams::trace
+#endif
 };
+
+// The block's timeline (DecodeAttentionTrace in the header), kept by thread 0 in a traced
+// build; elsewhere every call compiles to nothing, so the kernels are those of a build
+// without tracing.
+#if ARBOR_DECODE_TRACE
+constexpr int kTraceWords = kDecodeAttentionTraceHeader + kTracePhases;
+
+__device__ __forceinline__ uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ __forceinline__ uint32_t sm_id() {
+  uint32_t id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+
+class BlockTrace {
+ public:
+  __device__ explicit BlockTrace(const KernelArgs& a) {
+    if (a.trace && threadIdx.x == 0) {
+      const size_t block = (size_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+      rec_ = a.trace + block * kTraceWords;
+      rec_[kDecodeAttentionTraceHeader + kTraceStart] = clock64();
+      rec_[1] = global_timer_ns();
+    }
+  }
+  __device__ void at(int phase) {
+    if (rec_) rec_[kDecodeAttentionTraceHeader + phase] = clock64();
+  }
+  __device__ void role(uint32_t flag) { role_ |= flag; }
+  __device__ void end() {
+    if (!rec_) return;
+    rec_[kDecodeAttentionTraceHeader + kTraceEnd] = clock64();
+    rec_[2] = global_timer_ns();
+    rec_[0] = sm_id() | uint64_t(role_) << 32;
+  }
+
+ private:
+  uint64_t* rec_ = nullptr;
+  uint32_t role_ = 0;
+};
+#else
+class BlockTrace {
+ public:
+  __device__ explicit BlockTrace(const KernelArgs&) {}
+  __device__ void at(int) {}
+  __device__ void role(uint32_t) {}
+  __device__ void end() {}
+};
+#endif
 
 __device__ __forceinline__ int ceil_div(int a, int b) {
   return (a + b - 1) / b;
@@ -655,11 +711,13 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
   extern __shared__ __align__(128) unsigned char smem[];
+  BlockTrace trace(a);
 
   // Without the overlap guarantee nothing is read before the previous kernel completes.
   if (!a.overlap_previous_kernel) {
     pdl_wait();
     pdl_launch_dependents();
+    trace.at(kTraceReleased);
   }
 
   const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
@@ -684,9 +742,15 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
         if (a.lse && d == 0) a.lse[r] = -INFINITY;
       }
     }
+    trace.role(kTraceIdle);
+    trace.end();
     return;
   }
-  if (split >= n_used) return;  // not counted by the merge: it waits for n_used arrivals
+  if (split >= n_used) {  // not counted by the merge: it waits for n_used arrivals
+    trace.role(kTraceIdle);
+    trace.end();
+    return;
+  }
   const int begin = split * chunk;
   const int end = min(len, begin + chunk);
   const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
@@ -723,9 +787,11 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     }
   }
 
+  trace.at(kTraceIssued);
   if (a.overlap_previous_kernel) {
     pdl_wait();
     pdl_launch_dependents();
+    trace.at(kTraceReleased);
   }
 
   float(*s_o)[G][D] = reinterpret_cast<float(*)[G][D]>(smem);
@@ -866,6 +932,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
     }
   }  // !kMma
   __syncthreads();
+  trace.at(kTraceComputed);
   const size_t pair = size_t(seq) * a.num_kv_heads + kvh;
   for (int e = threadIdx.x; e < kChunks; e += kThreads) {
     const int h = e / (D / 4), d = e % (D / 4) * 4;
@@ -893,7 +960,12 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
       }
     }
   }
-  if (n_used == 1) return;
+  trace.at(kTraceWritten);
+  if (n_used == 1) {
+    trace.role(kTraceSingleSplit);
+    trace.end();
+    return;
+  }
 
   // Publish this split's partial and count it. With few splits the last block to arrive
   // merges them all. With many, in two levels: the last block to arrive of each group of
@@ -907,18 +979,37 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   int* pair_counters = a.counters + pair * kCountersPerPair;  // [0] all, [1 + g] group g
   const size_t parts = pair * a.parts_per_pair;  // the splits' partials, then the groups'
   if (n_used < kTwoLevelMinSplits) {
-    if (arrive_last(pair_counters, n_used))
+    const bool last = arrive_last(pair_counters, n_used);
+    trace.at(kTraceArrived);
+    if (last) {
       merge_partials<D, G>(a, parts, n_used, true, out_row0, 0);
+      trace.role(kTraceFinalMerger);
+      trace.at(kTraceMerged);
+    }
+    trace.end();
     return;
   }
   const int group = split / kMergeGroup, group_first = group * kMergeGroup;
   const int group_size = min(kMergeGroup, n_used - group_first);
   const int n_groups = ceil_div(n_used, kMergeGroup);
-  if (!arrive_last(pair_counters + 1 + group, group_size)) return;
+  const bool group_last = arrive_last(pair_counters + 1 + group, group_size);
+  trace.at(kTraceArrived);
+  if (!group_last) {
+    trace.end();
+    return;
+  }
   merge_partials<D, G>(a, parts + group_first, group_size, false, out_row0,
                        parts + a.num_splits + group);
-  if (!arrive_last(pair_counters, n_groups)) return;
-  merge_partials<D, G>(a, parts + a.num_splits, n_groups, true, out_row0, 0);
+  trace.role(kTraceGroupMerger);
+  trace.at(kTraceMerged);
+  const bool last = arrive_last(pair_counters, n_groups);
+  trace.at(kTraceArrived2);
+  if (last) {
+    merge_partials<D, G>(a, parts + a.num_splits, n_groups, true, out_row0, 0);
+    trace.role(kTraceFinalMerger);
+    trace.at(kTraceMerged2);
+  }
+  trace.end();
 }
 
 // Groups of kMergeGroup splits (the merge's first level).
@@ -1114,6 +1205,14 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   return plan;
 }
 
+int decode_attention_trace_words() {
+#if ARBOR_DECODE_TRACE
+  return kTraceWords;
+#else
+  return 0;
+#endif
+}
+
 DecodeAttentionWorkspaceUse decode_attention_workspace_use(const DecodeAttentionParams& p,
                                                            const DecodeAttentionPlan& plan) {
   check_shape(p);
@@ -1185,6 +1284,9 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   a.cp_rank = p.cp_rank;
   a.scale_log2 = p.scale * kLog2e;
   a.overlap_previous_kernel = p.overlap_previous_kernel;
+#if ARBOR_DECODE_TRACE
+  a.trace = p.trace;
+#endif
 
   const dim3 grid(unsigned(plan.num_splits), unsigned(p.num_kv_heads), unsigned(p.num_seqs));
   const int group = p.num_q_heads / p.num_kv_heads;

@@ -61,7 +61,42 @@ struct DecodeAttentionParams {
   // An empty context gives lse = -inf and o = 0 (never NaN).
   float* out_f32 = nullptr;  // [num_seqs][num_q_heads][head_dim]
   float* lse = nullptr;      // [num_seqs][num_q_heads]
+
+  // Diagnostics, honoured only by a build with ARBOR_DECODE_TRACE=1 (bench
+  // arbor_bench_attention_trace; decode_attention_trace_words() > 0 there): when non-null,
+  // thread 0 of every block of the launch writes its timeline, decode_attention_trace_words()
+  // words per block, block (split, kv head, seq) at ((seq * num_kv_heads + kv head) *
+  // plan.num_splits + split). Layout: DecodeAttentionTrace below.
+  uint64_t* trace = nullptr;
 };
+
+// One block's timeline in a traced launch: word 0 holds the SM id (low 32 bits) and the
+// block's role (kTrace* flags, high 32 bits); words 1 and 2 %globaltimer (ns) at the block's
+// start and end; then clock64() (the SM's cycle counter) at each phase, 0 where the block
+// did not pass it.
+enum DecodeAttentionTracePhase : int {
+  kTraceStart = 0,  // first instruction
+  kTraceIssued,     // prologue copies or the first step's loads requested (before the wait)
+  kTraceReleased,   // griddepcontrol.wait returned: the previous kernel has completed
+  kTraceComputed,   // every warp's steps done (the block barrier before the warps' merge)
+  kTraceWritten,    // the block's partial (or its output, with one split) stored
+  kTraceArrived,    // its arrival counted (first level of the merge)
+  kTraceMerged,     // the merge this block ran as the last of its group (or of all) done
+  kTraceArrived2,   // a group merger's second arrival counted (two-level merge)
+  kTraceMerged2,    // ...and, as the last group, its merge of the groups done
+  kTraceEnd,        // last instruction
+  kTracePhases
+};
+enum DecodeAttentionTraceRole : uint32_t {
+  kTraceIdle = 1,         // no tokens: split past the sequence's used splits, or empty
+  kTraceSingleSplit = 2,  // wrote the output itself (one split used)
+  kTraceGroupMerger = 4,  // merged a group of partials (first level of two)
+  kTraceFinalMerger = 8,  // merged into the output
+};
+constexpr int kDecodeAttentionTraceHeader = 3;
+
+// Words per block of a traced launch, 0 when this build ignores DecodeAttentionParams::trace.
+int decode_attention_trace_words();
 
 struct DecodeAttentionPlan {
   int num_splits = 1;  // upper bound on splits per sequence
