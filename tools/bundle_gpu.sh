@@ -12,6 +12,7 @@ mkdir -p "$bundle/bin" "$bundle/lib"
 # machine by tools/device_decode_attention.sh.
 git -C "$(dirname "$0")/.." describe --always --dirty >"$bundle/COMMIT"
 for exe in server/arbor tests/arbor_gpu_tests bench/arbor_bench_attention \
+  bench/arbor_bench_attention_trace \
   bench/arbor_bench_prefill_attention bench/arbor_bench_decode bench/arbor_bench_serve_offline \
   bench/arbor_bench_tree bench/arbor_bench_gemv bench/arbor_bench_gemm; do
   [[ -x "$build/$exe" ]] && cp "$build/$exe" "$bundle/bin/"

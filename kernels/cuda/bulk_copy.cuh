@@ -63,6 +63,12 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
       : "memory");
 }
 
+// Orders this thread's earlier shared-memory accesses (generic proxy) before the bulk copies
+// it issues next (async proxy): a buffer is read, then refilled.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
 // One arrival (release: this thread's earlier writes are visible to whoever waits on the
 // phase this arrival completes).
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {

@@ -639,6 +639,89 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Ring variant (experimental, ARBOR_DECODE_RING=2 or 3 selects it with that many stages):
+// the tensor-core steps over global memory (mma_steps) keep one 8 KiB step of K and V per
+// warp in flight, in registers, and wait for it before each step's math. Here each warp owns
+// a ring of kStages steps in shared memory, filled by bulk copies (one per K and V: the 16
+// rows of a step are consecutive in one cache page) that complete on the stage's mbarrier;
+// a stage is refilled with the warp's step kStages ahead as soon as its rows are in
+// registers, so while a step's math runs the next kStages - 1 are in flight without holding
+// registers. 2 stages: 64 KiB a block, 3 blocks per SM, up to 192 KiB in flight per SM
+// (against 4 x 4 x 8 = 128 KiB with register loads, and only while they wait); 3 stages:
+// 96 KiB, 2 blocks. Steps whose rows hold each sequence's last (which the previous kernel
+// may still be writing) are requested after griddepcontrol.wait, the others before it.
+template <int kStages>
+struct Ring {
+  static constexpr int kStepTokens = 16;
+  static constexpr int kStageElems = 2 * kStepTokens * 128;  // K then V, head dim 128
+  static constexpr int kBytes = kWarps * kStages * kStageElems * 2;
+  static constexpr int kBlocksPerSm = kSmemPerSm / (kBytes + kSmemPerBlockExtra);
+  static_assert(kBlocksPerSm >= 1, "a block's ring fits an SM");
+};
+
+// Requests the step of 16 tokens from t0 (rows up to `end`) into `stage`; one lane.
+__device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t* table, int kvh,
+                                             int t0, int end, bf16* stage, uint64_t* full) {
+  constexpr int D = 128;
+  const uint32_t bytes = uint32_t(min(16, end - t0)) * D * 2;
+  const int64_t elem = kv_row_offset(a, table, kvh, t0, D);
+  mbar_arrive_expect_tx(full, 2 * bytes);
+  bulk_copy_to_shared(stage, a.k_cache + elem, bytes, full);
+  bulk_copy_to_shared(stage + 16 * D, a.v_cache + elem, bytes, full);
+}
+
+// The warp's first kStages steps (from begin + 16 warp, every kWarps * 16 tokens), by lane 0:
+// before the wait (before_wait) those without the sequence's last row `len - 1`, after it
+// the others (all of them without overlap_previous_kernel).
+template <int kStages>
+__device__ __forceinline__ void ring_request_first(const KernelArgs& a, const int32_t* table,
+                                                   int kvh, int warp, int lane, int begin, int end,
+                                                   int len, bool before_wait, bf16* ring,
+                                                   uint64_t (*full)[kStages]) {
+  if (lane != 0) return;
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {
+    const int t0 = begin + 16 * (warp + s * kWarps);
+    if (t0 >= end) break;
+    const bool early = a.overlap_previous_kernel && t0 + 16 < len;
+    if (early != before_wait) continue;
+    bf16* stage = ring + (size_t(warp) * kStages + s) * Ring<kStages>::kStageElems;
+    ring_request(a, table, kvh, t0, end, stage, &full[warp][s]);
+  }
+}
+
+// Tokens [begin, end) of a split for one warp through its ring (requested by
+// ring_request_first): wait for the stage, its rows into registers, refill it with the step
+// kStages ahead, then the step's math. Leaves the lane's state as mma_step.
+template <int kStages>
+__device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* table, int kvh,
+                                           int warp, int lane, int begin, int end, bf16* ring,
+                                           uint64_t (*full)[kStages], const uint4 (&qb)[4],
+                                           float (&m)[2], float (&l)[2], float (&o)[8][4]) {
+  constexpr int D = 128;
+  for (int i = 0;; ++i) {
+    const int t0 = begin + 16 * (warp + i * kWarps);
+    if (t0 >= end) break;
+    const int s = i % kStages;
+    bf16* stage = ring + (size_t(warp) * kStages + s) * Ring<kStages>::kStageElems;
+    mbar_wait(&full[warp][s], uint32_t(i / kStages) & 1);
+    MmaStep st;
+    mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
+    const int t_next = t0 + kStages * kWarps * 16;
+    if (t_next < end) {
+      // Every lane's reads of the stage are issued before lane 0 refills it; the proxy fence
+      // orders those reads before the copies' writes.
+      __syncwarp();
+      if (lane == 0) {
+        fence_proxy_async_shared();
+        ring_request(a, table, kvh, t_next, end, stage, &full[warp][s]);
+      }
+    }
+    mma_step(st, qb, t0, end, lane, a.scale_log2, m, l, o);
+  }
+}
+
 // Counts this block's arrival on `counter` and tells whether it is the last of `expected`,
 // resetting the counter to zero then (so the next launch or graph replay starts from zero
 // without a memset). Called by every thread of the block after its writes to the workspace.
@@ -703,10 +786,14 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // kMma: the tensor-core steps; they fit in 128 registers at GQA 8 too, for 4 resident blocks
 // per SM (their loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22%
 // longer).
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma>
-__global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
+// kRing: the ring variant's stages (0: none; with kMma, without kPrologue).
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0>
+__global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing : 1)>::kBlocksPerSm
+                                            : kMma    ? 4
+                                                      : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4), "mma_steps: D 128, G 4 or 8");
+  static_assert(kRing == 0 || (kMma && !kPrologue), "the ring feeds the tensor-core steps");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -779,7 +866,16 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
   // 130.6 -> 128.3; bench/RESULTS.md).
   [[maybe_unused]] MmaStep mma_first;
   [[maybe_unused]] bool mma_preloaded = false;
-  if constexpr (kMma && !kPrologue) {
+  [[maybe_unused]] bf16* ring = reinterpret_cast<bf16*>(smem);  // [warp][stage][K, V][16][D]
+  [[maybe_unused]] __shared__ uint64_t ring_full[kWarps][kRing > 0 ? kRing : 1];
+  if constexpr (kRing > 0) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < kWarps * kRing; ++i) mbar_init(&ring_full[i / kRing][i % kRing], 1);
+      fence_mbar_init();
+    }
+    __syncthreads();
+    ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, true, ring, ring_full);
+  } else if constexpr (kMma && !kPrologue) {
     const int t_first = begin + warp * 16;
     if (a.overlap_previous_kernel && t_first < end && t_first + 16 < len) {
       mma_load_step(a, table, kvh, lane, t_first, end, mma_first);
@@ -812,6 +908,10 @@ __global__ void __launch_bounds__(kThreads, kMma ? 4 : Tile<D, G>::kBlocksPerSm)
       mma_prologue_steps<G>(a, table, kvh, warp, lane, begin, end, prologue_tiles, fresh_tok, tiles,
                             full, qb, mm, lm, om);
       __syncthreads();  // the warps' partials below overwrite the tiles
+    } else if constexpr (kRing > 0) {
+      ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, false, ring, ring_full);
+      ring_steps<kRing>(a, table, kvh, warp, lane, begin, end, ring, ring_full, qb, mm, lm, om);
+      __syncthreads();  // the warps' partials below overwrite the rings
     } else {
       mma_steps(a, table, kvh, warp, lane, begin, end, qb, mma_preloaded, mma_first, mm, lm, om);
     }
@@ -1097,18 +1197,18 @@ bool aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false>
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
-  const int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
+  int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
+  if constexpr (kRing > 0) smem = std::max(smem, Ring<kRing>::kBytes);
+  const auto kernel = decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing>;
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
-    CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
-  launch_pdl(decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma>, grid, dim3(kThreads), smem,
-             stream, args);
+  launch_pdl(kernel, grid, dim3(kThreads), smem, stream, args);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -1127,6 +1227,24 @@ MmaUse mma_use() {
   return use;
 }
 
+// The ring variant's stages (ARBOR_DECODE_RING=2 or 3), 0 when off (the default): an
+// experiment, selected for before/after measurements.
+int ring_stages() {
+  static const int stages = [] {
+    const char* v = std::getenv("ARBOR_DECODE_RING");
+    const std::string s = v ? v : "";
+    return s == "2" ? 2 : s == "3" ? 3 : 0;
+  }();
+  return stages;
+}
+
+// Whether launches of these params take the tensor-core steps (as launch() decides), so
+// that the plan sizes its wave for the ring variant when it is on.
+bool ring_variant(const DecodeAttentionParams& p) {
+  return ring_stages() > 0 && p.head_dim == 128 && p.num_q_heads / p.num_kv_heads >= 4 &&
+         p.block_size >= 16 && mma_use() != MmaUse::kNone;
+}
+
 template <int D, int G>
 void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   const bool one_block = (1 << args.block_shift) >= Tile<D, G>::kTokensPerWarpIter;
@@ -1134,8 +1252,15 @@ void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   if constexpr (D == 128 && G >= 4) {
     const MmaUse use = mma_use();
     if (args.block_shift >= 4 && (use == MmaUse::kAll || (use == MmaUse::kSteps && !prologue))) {
-      return prologue ? launch_variant<D, G, true, true, true>(args, grid, stream)
-                      : launch_variant<D, G, false, true, true>(args, grid, stream);
+      if (prologue) return launch_variant<D, G, true, true, true>(args, grid, stream);
+      switch (ring_stages()) {
+        case 2:
+          return launch_variant<D, G, false, true, true, 2>(args, grid, stream);
+        case 3:
+          return launch_variant<D, G, false, true, true, 3>(args, grid, stream);
+        default:
+          return launch_variant<D, G, false, true, true>(args, grid, stream);
+      }
     }
   }
   if (prologue) {
@@ -1185,7 +1310,10 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   if (force_splits > 0) {
     plan.num_splits = force_splits;
   } else if (p.num_seqs > 0 && p.max_context_len > 0) {
-    const TileInfo t = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
+    TileInfo t = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
+    if (ring_variant(p)) {
+      t.blocks_per_sm = ring_stages() == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
+    }
     const int64_t pairs = int64_t(p.num_seqs) * p.num_kv_heads;
     const int64_t len = p.max_context_len;
     // Splits that still get at least one block-iteration of tokens each.
