@@ -640,7 +640,7 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ring variant (experimental, ARBOR_DECODE_RING=2 or 3 selects it with that many stages):
+// Ring variant (plan.ring_stages; an experiment, planned only with ARBOR_DECODE_RING=2 or 3):
 // the tensor-core steps over global memory (mma_steps) keep one 8 KiB step of K and V per
 // warp in flight, in registers, and wait for it before each step's math. Here each warp owns
 // a ring of kStages steps in shared memory, filled by bulk copies (one per K and V: the 16
@@ -1227,9 +1227,9 @@ MmaUse mma_use() {
   return use;
 }
 
-// The ring variant's stages (ARBOR_DECODE_RING=2 or 3), 0 when off (the default): an
-// experiment, selected for before/after measurements.
-int ring_stages() {
+// The ring variant's stages plans take (ARBOR_DECODE_RING=2 or 3), 0 when off (the
+// default): an experiment, selected for before/after measurements.
+int ring_stages_setting() {
   static const int stages = [] {
     const char* v = std::getenv("ARBOR_DECODE_RING");
     const std::string s = v ? v : "";
@@ -1238,22 +1238,22 @@ int ring_stages() {
   return stages;
 }
 
-// Whether launches of these params take the tensor-core steps (as launch() decides), so
-// that the plan sizes its wave for the ring variant when it is on.
-bool ring_variant(const DecodeAttentionParams& p) {
-  return ring_stages() > 0 && p.head_dim == 128 && p.num_q_heads / p.num_kv_heads >= 4 &&
-         p.block_size >= 16 && mma_use() != MmaUse::kNone;
+// Whether launches of these params without a prologue take the tensor-core steps over
+// global memory (as launch() decides), which the ring variant replaces.
+bool ring_capable(const DecodeAttentionParams& p) {
+  return p.head_dim == 128 && p.num_q_heads / p.num_kv_heads >= 4 && p.block_size >= 16 &&
+         mma_use() != MmaUse::kNone;
 }
 
 template <int D, int G>
-void launch(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
+void launch(const KernelArgs& args, int ring_stages, dim3 grid, cudaStream_t stream) {
   const bool one_block = (1 << args.block_shift) >= Tile<D, G>::kTokensPerWarpIter;
   const bool prologue = args.prologue_tiles > 0;
   if constexpr (D == 128 && G >= 4) {
     const MmaUse use = mma_use();
     if (args.block_shift >= 4 && (use == MmaUse::kAll || (use == MmaUse::kSteps && !prologue))) {
       if (prologue) return launch_variant<D, G, true, true, true>(args, grid, stream);
-      switch (ring_stages()) {
+      switch (ring_stages) {
         case 2:
           return launch_variant<D, G, false, true, true, 2>(args, grid, stream);
         case 3:
@@ -1311,8 +1311,8 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.num_splits = force_splits;
   } else if (p.num_seqs > 0 && p.max_context_len > 0) {
     TileInfo t = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
-    if (ring_variant(p)) {
-      t.blocks_per_sm = ring_stages() == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
+    if (ring_stages_setting() > 0 && ring_capable(p)) {
+      t.blocks_per_sm = ring_stages_setting() == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
     }
     const int64_t pairs = int64_t(p.num_seqs) * p.num_kv_heads;
     const int64_t len = p.max_context_len;
@@ -1329,6 +1329,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.num_splits = int(s);
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
+  if (plan.prologue_tiles == 0 && ring_capable(p)) plan.ring_stages = ring_stages_setting();
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1362,6 +1363,14 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   if (plan.prologue_tiles < 0 || plan.prologue_tiles > tile.max_prologue_tiles) {
     fail("plan.prologue_tiles " + std::to_string(plan.prologue_tiles) + " is outside [0, " +
          std::to_string(tile.max_prologue_tiles) + "] (plan made for other params?)");
+  }
+  if (plan.ring_stages != 0 && plan.ring_stages != 2 && plan.ring_stages != 3) {
+    fail("plan.ring_stages " + std::to_string(plan.ring_stages) + " is not 0, 2 or 3");
+  }
+  if (plan.ring_stages > 0 && (plan.prologue_tiles > 0 || !ring_capable(p))) {
+    fail(
+        "plan.ring_stages needs head_dim 128, GQA 4 or 8, block_size >= 16, no prologue and "
+        "the tensor-core steps (ARBOR_DECODE_MMA not 0)");
   }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +
@@ -1421,21 +1430,21 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   // The one dispatch switch: runtime head dim and GQA ratio to template constants.
   switch (p.head_dim * 16 + group) {
     case 64 * 16 + 1:
-      return launch<64, 1>(a, grid, stream);
+      return launch<64, 1>(a, plan.ring_stages, grid, stream);
     case 64 * 16 + 2:
-      return launch<64, 2>(a, grid, stream);
+      return launch<64, 2>(a, plan.ring_stages, grid, stream);
     case 64 * 16 + 4:
-      return launch<64, 4>(a, grid, stream);
+      return launch<64, 4>(a, plan.ring_stages, grid, stream);
     case 64 * 16 + 8:
-      return launch<64, 8>(a, grid, stream);
+      return launch<64, 8>(a, plan.ring_stages, grid, stream);
     case 128 * 16 + 1:
-      return launch<128, 1>(a, grid, stream);
+      return launch<128, 1>(a, plan.ring_stages, grid, stream);
     case 128 * 16 + 2:
-      return launch<128, 2>(a, grid, stream);
+      return launch<128, 2>(a, plan.ring_stages, grid, stream);
     case 128 * 16 + 4:
-      return launch<128, 4>(a, grid, stream);
+      return launch<128, 4>(a, plan.ring_stages, grid, stream);
     case 128 * 16 + 8:
-      return launch<128, 8>(a, grid, stream);
+      return launch<128, 8>(a, plan.ring_stages, grid, stream);
     default:
       fail("unsupported head_dim / GQA ratio");  // check_shape rejected these already
   }

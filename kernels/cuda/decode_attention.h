@@ -103,6 +103,11 @@ struct DecodeAttentionPlan {
   // Tiles of each split streamed whole into shared memory by bulk copies before the
   // previous kernel ends (short contexts at small batch); 0 = register loads only.
   int prologue_tiles = 0;
+  // Steps of K and V each warp keeps in flight in a shared-memory ring filled by bulk copies
+  // (2 or 3; 0 = register loads). Only for the tensor-core steps without a prologue: head
+  // dim 128, GQA 4 or 8, blocks of 16 tokens or more. An experiment, off unless
+  // ARBOR_DECODE_RING=2 or 3 is set when the plan is made (kernels/cuda/decode_attention.cu).
+  int ring_stages = 0;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -230,4 +231,26 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
   DecodeAttentionPlan bad_prologue = multi;
   bad_prologue.prologue_tiles = 1000;
   rejects(p, bad_prologue, workspace);
+  // The ring variant: 2 or 3 stages, for the tensor-core steps without a prologue only.
+  if (!std::getenv("ARBOR_DECODE_RING")) CHECK(multi.ring_stages == 0);  // off by default
+  for (int stages : {1, 4, -1}) {
+    DecodeAttentionPlan plan = multi;
+    plan.ring_stages = stages;
+    rejects(p, plan, workspace);
+  }
+  DecodeAttentionPlan ring = multi;
+  ring.ring_stages = 2;
+  ring.prologue_tiles = 1;
+  rejects(p, ring, workspace);
+  ring.prologue_tiles = 0;
+  bad = p;
+  bad.head_dim = 64;  // GQA 4 at head dim 64: CUDA-core steps
+  rejects(bad, ring, workspace);
+  bad = p;
+  bad.num_q_heads = 4;  // GQA 2
+  rejects(bad, ring, workspace);
+  bad = p;
+  bad.block_size = 8;
+  bad.max_blocks_per_seq *= 2;
+  rejects(bad, ring, workspace);
 }

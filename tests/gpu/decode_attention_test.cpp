@@ -202,6 +202,14 @@ class GpuCase {
   const DecodeAttentionPlan& plan() const { return plan_; }
   cudaStream_t stream() const { return stream_.get(); }
 
+  // The ring variant with this many stages (0: as planned), over the whole split: it takes
+  // the place of the prologue.
+  void use_ring(int stages) {
+    if (stages == 0) return;
+    plan_.prologue_tiles = 0;
+    plan_.ring_stages = stages;
+  }
+
   // New device-side lengths (each at most what the cache was filled for).
   void set_lens(const std::vector<int>& lens) {
     lens_.upload(lens.data(), lens.size(), stream_.get());
@@ -313,7 +321,8 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
   std::ostringstream ss;
   ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
      << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
-     << " plan.prologue_tiles=" << plan.prologue_tiles << " lens=[";
+     << " plan.prologue_tiles=" << plan.prologue_tiles << " plan.ring_stages=" << plan.ring_stages
+     << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
   ss << "]";
@@ -391,17 +400,22 @@ void check_outputs(const Inputs& in, const std::vector<int>& lens, const Referen
 }
 
 // Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
+// rings: ring stages to run each setting with (0: as planned).
 void run_and_check(const Shape& shape, const std::vector<int>& lens,
-                   const std::vector<int>& force_splits, bool with_f32, uint64_t seed) {
+                   const std::vector<int>& force_splits, bool with_f32, uint64_t seed,
+                   const std::vector<int>& rings = {0}) {
   const Inputs in = make_inputs(shape, lens, seed);
   const Reference ref = cpu_reference(in, lens);
-  for (int splits : force_splits) {
-    for (bool overlap : {false, true}) {
-      GpuCase gpu(in, with_f32, splits, -1, overlap);
-      const std::string what =
-          describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
-          " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
-      check_outputs(in, lens, ref, gpu.run(), what);
+  for (int ring : rings) {
+    for (int splits : force_splits) {
+      for (bool overlap : {false, true}) {
+        GpuCase gpu(in, with_f32, splits, -1, overlap);
+        gpu.use_ring(ring);
+        const std::string what =
+            describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
+            " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
+        check_outputs(in, lens, ref, gpu.run(), what);
+      }
     }
   }
 }
@@ -456,6 +470,23 @@ TEST_CASE("decode_attention merges partials per group of splits, then across gro
   for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{8, 2, 64, 8}}) {
     run_and_check(shape, {5000, 3000, 700, 129, 1, 0}, {8, 9, 16, 17, 63, 64, 65, 130}, true,
                   seed++);
+  }
+}
+
+// The ring variant (plan.ring_stages, an experiment off by default): the tensor-core steps
+// fed by per-warp rings of 2 or 3 bulk-copied 16-token steps. Lengths around a step, a
+// ring's worth of steps per warp (4 warps) and a wave of refills, in a mixed batch with an
+// empty context; forced splits; pages of 16 to 128 tokens; GQA 4 and 8; up to 131072 tokens.
+TEST_CASE("decode_attention's ring variant matches the CPU reference", "[gpu][decode]") {
+  const std::vector<int> lens = {0,   1,   15,  16,  17,  63,  64,   65,
+                                 127, 128, 129, 191, 192, 193, 1000, 4097};
+  uint64_t seed = 900;
+  for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{16, 2, 128, 16}, Shape{8, 2, 128, 64},
+                             Shape{16, 2, 128, 128}}) {
+    run_and_check(shape, lens, {0, 1, 3, 64}, /*with_f32=*/true, seed++, {2, 3});
+  }
+  for (int len : {32768, 131072}) {
+    run_and_check(Shape{4, 1, 128, 16}, {len}, {0, 1}, /*with_f32=*/true, seed++, {2, 3});
   }
 }
 
@@ -577,7 +608,7 @@ TEST_CASE("decode_attention with fixed splits is deterministic and batch-invaria
 TEST_CASE("decode_attention with overlap_previous_kernel sees the previous kernel's last rows",
           "[gpu][decode]") {
   uint64_t seed = 700;
-  int with_prologue = 0, without_prologue = 0;
+  int with_prologue = 0, without_prologue = 0, with_ring = 0;
   // Last rows at every position in a block and a tile, one split or several, one empty:
   // short contexts (whole splits streamed into shared memory before the writer is done)
   // and long ones (register loads, after it).
@@ -616,33 +647,41 @@ TEST_CASE("decode_attention with overlap_previous_kernel sees the previous kerne
       d_v.upload(as_bf16(vb), vb.size());
       d_q.upload(as_bf16(qb), qb.size());
 
-      for (int splits : {0, 1, 7}) {
-        GpuCase gpu(stale, /*with_f32=*/true, splits, /*max_context_len=*/-1, /*overlap=*/true);
-        (gpu.plan().prologue_tiles > 0 ? with_prologue : without_prologue)++;
-        arbor::test::LateRowWrite w;
-        w.k_cache = gpu.k_data();
-        w.v_cache = gpu.v_data();
-        w.row_offsets = d_offsets.data();
-        w.k_rows = d_k.data();
-        w.v_rows = d_v.data();
-        w.num_rows = int(offsets.size());
-        w.head_dim = shape.d;
-        w.q = gpu.q_data();
-        w.q_new = d_q.data();
-        w.q_elements = qb.size();
-        w.delay_us = 50;
-        gpu.poison_outputs();
-        arbor::test::launch_late_row_write(w, gpu.stream());
-        gpu.launch();
-        check_outputs(fresh, lens, ref, gpu.download(),
-                      describe(fresh, lens, gpu.plan()) + " force_splits=" +
-                          std::to_string(splits) + ", attention overlapping the writer");
+      // The ring variant (head dim 128 only) too: it requests the steps holding the last
+      // rows after the wait, the others before.
+      for (int ring : shape.d == 128 ? std::vector<int>{0, 2, 3} : std::vector<int>{0}) {
+        for (int splits : {0, 1, 7}) {
+          GpuCase gpu(stale, /*with_f32=*/true, splits, /*max_context_len=*/-1, /*overlap=*/true);
+          gpu.use_ring(ring);
+          (gpu.plan().ring_stages > 0      ? with_ring
+           : gpu.plan().prologue_tiles > 0 ? with_prologue
+                                           : without_prologue)++;
+          arbor::test::LateRowWrite w;
+          w.k_cache = gpu.k_data();
+          w.v_cache = gpu.v_data();
+          w.row_offsets = d_offsets.data();
+          w.k_rows = d_k.data();
+          w.v_rows = d_v.data();
+          w.num_rows = int(offsets.size());
+          w.head_dim = shape.d;
+          w.q = gpu.q_data();
+          w.q_new = d_q.data();
+          w.q_elements = qb.size();
+          w.delay_us = 50;
+          gpu.poison_outputs();
+          arbor::test::launch_late_row_write(w, gpu.stream());
+          gpu.launch();
+          check_outputs(fresh, lens, ref, gpu.download(),
+                        describe(fresh, lens, gpu.plan()) + " force_splits=" +
+                            std::to_string(splits) + ", attention overlapping the writer");
+        }
       }
       ++seed;
     }
   }
   CHECK(with_prologue > 0);
   CHECK(without_prologue > 0);
+  CHECK(with_ring > 0);
 }
 
 // The argument checks (shapes, plans, pointers, workspace) run before any launch and are
