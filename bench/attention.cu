@@ -272,7 +272,7 @@ void print_trace(const Row& r) {
     const auto it = t.us.find(c);
     std::printf(" %8.2f", it == t.us.end() ? NAN : it->second);
   }
-  std::printf(" %6d %8.0f %6.3f\n", t.layers, t.timer_step_ns, t.clock_ghz);
+  std::printf(" %9.2f %6d %8.0f %6.3f\n", r.graph_us, t.layers, t.timer_step_ns, t.clock_ghz);
 }
 
 std::string fmt(double v, const char* f = "%.2f") {
@@ -393,12 +393,13 @@ int main(int argc, char** argv) {
           "period = release to release; lead = blocks resident before release; then the "
           "critical block (last merger): compute, publish, arrive, merge, level2, exit; "
           "handoff = last block's end to the next release; spread = first to last block's "
-          "steps done (bench/attention_trace.h)\n",
+          "steps done; untraced = the graph's µs per layer without the timelines "
+          "(bench/attention_trace.h)\n",
           o.trace);
       std::printf("%6s %8s %6s", "batch", "context", "splits");
       for (const std::string& c : arbor::bench::DecodeTraceAnalysis::columns())
         std::printf(" %8s", c.c_str());
-      std::printf(" %6s %8s %6s\n", "layers", "timer_ns", "GHz");
+      std::printf(" %9s %6s %8s %6s\n", "untraced", "layers", "timer_ns", "GHz");
       for (const Row& r : rows) print_trace(r);
     }
   } catch (const std::exception& e) {

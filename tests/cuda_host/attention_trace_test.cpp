@@ -29,9 +29,11 @@ struct Sm {
 const Sm kSms[2] = {{3, -2.0e6}, {7, -7.3e9}};
 
 // Phases of block b of a layer released at r (ns), as offsets from r; the start is 2 µs
-// before the release; block 3 merges and is last.
-double phase_offset(int b, int phase) {
+// before the release; block 3 merges and is last. two_level: block 3 merges its group
+// (kTraceMerged), then arrives again and merges the groups, 700 ns later in all.
+double phase_offset(int b, int phase, bool two_level) {
   const double computed = 800 + 20 * b;
+  const bool merger = b == kBlocks - 1;
   switch (phase) {
     case cu::kTraceStart:
       return -2000;
@@ -46,11 +48,15 @@ double phase_offset(int b, int phase) {
     case cu::kTraceArrived:
       return computed + 700;
     case cu::kTraceMerged:
-      return b == kBlocks - 1 ? computed + 1600 : NAN;
+      return merger ? computed + 1600 : NAN;
+    case cu::kTraceArrived2:
+      return merger && two_level ? computed + 1900 : NAN;
+    case cu::kTraceMerged2:
+      return merger && two_level ? computed + 2300 : NAN;
     case cu::kTraceEnd:
-      return computed + (b == kBlocks - 1 ? 1650 : 750);
+      return computed + (merger ? (two_level ? 2350 : 1650) : 750);
     default:
-      return NAN;  // kTraceArrived2, kTraceMerged2: one-level merge
+      return NAN;
   }
 }
 
@@ -60,7 +66,7 @@ struct Synthetic {
 };
 
 // tick_ns: the global timer's resolution (it reads floor(t / tick) * tick).
-Synthetic make_trace(double tick_ns, uint64_t seed) {
+Synthetic make_trace(double tick_ns, uint64_t seed, bool two_level = false) {
   Synthetic s;
   s.words.assign(size_t(kLayers) * kBlocks * kWords, 0);
   std::vector<double> release(kLayers);
@@ -77,13 +83,16 @@ Synthetic make_trace(double tick_ns, uint64_t seed) {
     for (int b = 0; b < kBlocks; ++b) {
       const Sm& sm = kSms[b % 2];
       uint64_t* w = s.words.data() + (size_t(l) * kBlocks + size_t(b)) * kWords;
-      const uint32_t role = b == kBlocks - 1 ? uint32_t(cu::kTraceFinalMerger) : 0u;
+      const uint32_t role =
+          b == kBlocks - 1
+              ? uint32_t(cu::kTraceFinalMerger) | (two_level ? uint32_t(cu::kTraceGroupMerger) : 0u)
+              : 0u;
       w[0] = sm.id | uint64_t(role) << 32;
       const auto timer = [&](double t) { return uint64_t(std::floor(t / tick_ns) * tick_ns); };
-      w[1] = timer(release[size_t(l)] + phase_offset(b, cu::kTraceStart));
-      w[2] = timer(release[size_t(l)] + phase_offset(b, cu::kTraceEnd));
+      w[1] = timer(release[size_t(l)] + phase_offset(b, cu::kTraceStart, two_level));
+      w[2] = timer(release[size_t(l)] + phase_offset(b, cu::kTraceEnd, two_level));
       for (int p = 0; p < cu::kTracePhases; ++p) {
-        const double off = phase_offset(b, p);
+        const double off = phase_offset(b, p, two_level);
         if (std::isnan(off)) continue;
         const double t = release[size_t(l)] + off;
         w[cu::kDecodeAttentionTraceHeader + p] = uint64_t((t - sm.cycle_origin_ns) / kNsPerCycle);
@@ -98,11 +107,11 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-void check_breakdown(double tick_ns, double tolerance_us) {
+void check_breakdown(double tick_ns, double tolerance_us, bool two_level = false) {
   DecodeTraceAnalysis analysis(kWords, kBlocks);
   std::vector<double> periods;
   for (uint64_t seed : {1u, 2u, 3u}) {
-    const Synthetic s = make_trace(tick_ns, seed);
+    const Synthetic s = make_trace(tick_ns, seed, two_level);
     analysis.add_replay(s.words, kLayers);
     periods.insert(periods.end(), s.periods_us.begin(), s.periods_us.end());
   }
@@ -111,12 +120,14 @@ void check_breakdown(double tick_ns, double tolerance_us) {
   CHECK(sum.clock_ghz == Approx(1.0 / kNsPerCycle).epsilon(1e-3));
   const double period = median(periods);
   // Block 3 (the merger) is critical: computed 860 ns after the release, its partial 100
-  // later, its arrival 600 after that, the merge 900, the exit 50; it ends 2.51 µs after the
-  // release, so the handoff is the rest of the period.
+  // later, its arrival 600 after that, the merge 900, (two levels: the second arrival and
+  // merge 700,) the exit 50; it ends 2.51 (3.21) µs after the release, so the handoff is the
+  // rest of the period.
+  const double level2 = two_level ? 0.7 : 0.0;
   const std::pair<const char*, double> expected[] = {
       {"period", period}, {"lead", 2.0},   {"compute", 0.86},
       {"publish", 0.1},   {"arrive", 0.6}, {"merge", 0.9},
-      {"level2", 0.0},    {"exit", 0.05},  {"handoff", period - 2.51},
+      {"level2", level2}, {"exit", 0.05},  {"handoff", period - 2.51 - level2},
       {"spread", 0.06}};
   for (const auto& [name, us] : expected) {
     INFO(name << " tick " << tick_ns << " ns");
@@ -131,6 +142,10 @@ TEST_CASE("trace analysis recovers the phases of a layer from cycle counters", "
   // An exact global timer: only the cycle quantization (0.625 ns) is left.
   check_breakdown(1.0, 0.005);
   CHECK(DecodeTraceAnalysis(kWords, kBlocks).summary().layers == 0);
+}
+
+TEST_CASE("trace analysis follows a two-level merge to its last merge", "[trace]") {
+  check_breakdown(1.0, 0.005, /*two_level=*/true);
 }
 
 TEST_CASE("trace analysis aligns SMs with a coarse global timer", "[trace]") {
