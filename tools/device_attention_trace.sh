@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # On the GPU machine: where decode attention's time goes, and the ring variant against the
-# register loads, in one call. One bundle (.device/ab/NAME.tar.gz, see
-# tools/device_decode_attention.sh) holds arbor_gpu_tests, arbor_bench_attention,
-# arbor_bench_attention_trace and arbor_bench_decode; ARBOR_DECODE_RING=2 or 3 switches the
-# same binaries to the ring variant (kernels/cuda/decode_attention.cu).
+# register loads. One bundle (.device/ab/NAME.tar.gz, see tools/device_decode_attention.sh)
+# holds arbor_gpu_tests, arbor_bench_attention, arbor_bench_attention_trace and
+# arbor_bench_decode; ARBOR_DECODE_RING=2 or 3 makes the same binaries plan the ring variant
+# (kernels/cuda/decode_attention.cu).
 #
-#  1. The decode GPU tests with the ring off, 2 and 3 stages.
-#  2. The block timelines (arbor_bench_attention_trace --trace), ring off and 2 stages:
-#     period, compute, publish, arrive, merge, handoff per layer (bench/attention_trace.h).
-#  3. tools/device_decode_attention.sh over the three settings (attention tables, PASSES
-#     passes interleaved, and the 8B decode step).
+# PARTS (default "tests trace ab e2e"; split them over two calls if one is too long):
+#   tests  the decode GPU tests (the ring's own cases among them);
+#   trace  block timelines (arbor_bench_attention_trace --trace), ring off and 2 stages:
+#          period, compute, publish, arrive, merge, handoff per layer (bench/attention_trace.h);
+#   ab     tools/device_decode_attention.sh's attention tables over ring off / 2 / 3
+#          (PASSES passes, interleaved);
+#   e2e    its 8B decode step over the same three settings.
 #
-# Usage: tools/device_attention_trace.sh NAME   env: PASSES (2), TRACE (replays, 5)
+# Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5)
 # Logs go to $OUT.
 set -uo pipefail
 name=${1:?usage: device_attention_trace.sh NAME}
+parts=" ${PARTS:-tests trace ab e2e} "
 mkdir -p "/tmp/ab/$name" && tar xzf ".device/ab/$name.tar.gz" -C "/tmp/ab/$name"
 b=/tmp/ab/$name
 echo "build $name: $(cat "$b/COMMIT" 2>/dev/null || echo "commit not recorded")"
@@ -29,20 +32,27 @@ bin() {
     "$b/bin/$exe" "$@"
 }
 
-for ring in 0 2 3; do
-  echo "== GPU tests [decode], ARBOR_DECODE_RING=$ring"
-  bin 240 "$ring" arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_ring$ring.log" | tail -3
-done
+if [[ $parts == *" tests "* ]]; then
+  echo "== GPU tests [decode]"
+  bin 300 0 arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_decode.log" | tail -3
+fi
 
-for ring in 0 2; do
-  echo "== block timelines, ARBOR_DECODE_RING=$ring"
-  {
-    bin 120 "$ring" arbor_bench_attention_trace --batch 1 --context 1024,4096,32768 --mode graph \
-      --iters 100 --layers 32 --trace "${TRACE:-5}"
-    bin 120 "$ring" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
-      --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
-  } 2>&1 | tee -a "$OUT/trace_ring$ring.log" | grep -vE "^(device|measured|shape|GB/s)"
-done
+if [[ $parts == *" trace "* ]]; then
+  for ring in 0 2; do
+    echo "== block timelines, ARBOR_DECODE_RING=$ring"
+    {
+      bin 120 "$ring" arbor_bench_attention_trace --batch 1 --context 1024,4096,32768 \
+        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+      bin 120 "$ring" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
+        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+    } 2>&1 | tee -a "$OUT/trace_ring$ring.log" | grep -vE "^(device|measured|shape|GB/s)"
+  done
+fi
 
-TESTS=none tools/device_decode_attention.sh "$name" \
-  "$name $name:ARBOR_DECODE_RING=2 $name:ARBOR_DECODE_RING=3"
+variants="$name $name:ARBOR_DECODE_RING=2 $name:ARBOR_DECODE_RING=3"
+if [[ $parts == *" ab "* ]]; then
+  [[ $parts == *" e2e "* ]] && e2e= || e2e=none
+  TESTS=none E2E=$e2e tools/device_decode_attention.sh "$name" "$variants"
+elif [[ $parts == *" e2e "* ]]; then
+  TESTS=none PASSES=0 tools/device_decode_attention.sh "$name" "$variants"
+fi
