@@ -13,7 +13,9 @@
 #          (PASSES passes, interleaved);
 #   e2e    its 8B decode step over the same three settings.
 #
-# Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5)
+# Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5),
+#        EXTRA (more attention runs for ab, as tools/device_decode_attention.sh takes them;
+#        default: batch 1 at 1k and 2k with 8 splits)
 # Logs go to $OUT.
 set -uo pipefail
 name=${1:?usage: device_attention_trace.sh NAME}
@@ -45,6 +47,9 @@ if [[ $parts == *" trace "* ]]; then
         --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
       bin 120 "$ring" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
         --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+      # Fewer, longer splits at batch 1: fewer partials to merge, more steps per block.
+      bin 60 "$ring" arbor_bench_attention_trace --batch 1 --context 1024 --splits 8 \
+        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
     } 2>&1 | tee -a "$OUT/trace_ring$ring.log" | grep -vE "^(device|measured|shape|GB/s)"
   done
 fi
@@ -52,7 +57,9 @@ fi
 variants="$name $name:ARBOR_DECODE_RING=2 $name:ARBOR_DECODE_RING=3"
 if [[ $parts == *" ab "* ]]; then
   [[ $parts == *" e2e "* ]] && e2e= || e2e=none
-  TESTS=none E2E=$e2e tools/device_decode_attention.sh "$name" "$variants"
+  few_splits="--batch 1 --context 1024,2048 --splits 8"
+  TESTS=none E2E=$e2e EXTRA="${EXTRA-$few_splits}" \
+    tools/device_decode_attention.sh "$name" "$variants"
 elif [[ $parts == *" e2e "* ]]; then
   TESTS=none PASSES=0 tools/device_decode_attention.sh "$name" "$variants"
 fi
