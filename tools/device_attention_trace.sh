@@ -2,15 +2,17 @@
 # On the GPU machine: where decode attention's time goes, and the ring variant against the
 # register loads. One bundle (.device/ab/NAME.tar.gz, see tools/device_decode_attention.sh)
 # holds arbor_gpu_tests, arbor_bench_attention, arbor_bench_attention_trace and
-# arbor_bench_decode; ARBOR_DECODE_RING=2 or 3 makes the same binaries plan the ring variant
-# (kernels/cuda/decode_attention.cu).
+# arbor_bench_decode; ARBOR_DECODE_RING=2 or 3 makes the same binaries plan the ring variant,
+# ARBOR_DECODE_WIDE_MERGE=1 the wide merge (kernels/cuda/decode_attention.cu).
 #
-# PARTS (default "tests trace ab e2e"; split them over two calls if one is too long):
+# PARTS (default "tests trace ab e2e"; all of it runs past one call's 10 minutes: give each
+# call one or two, e.g. "tests trace", then "ab", then "e2e"):
 #   tests  the decode GPU tests (the ring's own cases among them);
-#   trace  block timelines (arbor_bench_attention_trace --trace), ring off and 2 stages:
-#          period, compute, publish, arrive, merge, handoff per layer (bench/attention_trace.h);
-#   ab     tools/device_decode_attention.sh's attention tables over ring off / 2 / 3
-#          (PASSES passes, interleaved);
+#   trace  block timelines (arbor_bench_attention_trace --trace) as planned, with the ring
+#          (2 stages) and with the wide merge: period, compute, publish, arrive, merge,
+#          handoff per layer (bench/attention_trace.h);
+#   ab     tools/device_decode_attention.sh's attention tables as planned, ring 2 / 3 and
+#          the wide merge (PASSES passes, interleaved);
 #   e2e    its 8B decode step over the same three settings.
 #
 # Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5),
@@ -27,34 +29,40 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 date -u
 export ARBOR_SOURCE_DIR=$PWD
 
+# bin SECONDS SETTING EXE ARGS...: SETTING is VAR=VALUE for the run, or "-" for none.
 bin() {
-  local seconds=$1 ring=$2 exe=$3
+  local seconds=$1 setting=$2 exe=$3
   shift 3
-  timeout "$seconds" env LD_LIBRARY_PATH="$b/lib:/usr/local/cuda/lib64" ARBOR_DECODE_RING="$ring" \
+  [[ $setting == - ]] && setting=
+  timeout "$seconds" env LD_LIBRARY_PATH="$b/lib:/usr/local/cuda/lib64" ${setting:+"$setting"} \
     "$b/bin/$exe" "$@"
 }
 
 if [[ $parts == *" tests "* ]]; then
   echo "== GPU tests [decode]"
-  bin 300 0 arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_decode.log" | tail -3
+  bin 300 - arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_decode.log" | tail -3
 fi
 
 if [[ $parts == *" trace "* ]]; then
-  for ring in 0 2; do
-    echo "== block timelines, ARBOR_DECODE_RING=$ring"
+  for setting in - ARBOR_DECODE_RING=2 ARBOR_DECODE_WIDE_MERGE=1; do
+    [[ $setting == - ]] && label=planned || label=${setting#ARBOR_DECODE_} label=${label//=/}
+    echo "== block timelines, $label"
     {
-      bin 120 "$ring" arbor_bench_attention_trace --batch 1 --context 1024,4096,32768 \
+      bin 120 "$setting" arbor_bench_attention_trace --batch 1 --context 1024,4096,32768 \
         --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
-      bin 120 "$ring" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
-        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
-      # Fewer, longer splits at batch 1: fewer partials to merge, more steps per block.
-      bin 60 "$ring" arbor_bench_attention_trace --batch 1 --context 1024 --splits 8 \
-        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
-    } 2>&1 | tee -a "$OUT/trace_ring$ring.log" | grep -vE "^(device|measured|shape|GB/s)"
+      if [[ $setting != ARBOR_DECODE_WIDE_MERGE=1 ]]; then  # it differs at batch 1 only
+        bin 120 "$setting" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
+          --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+        # Fewer, longer splits at batch 1: fewer partials to merge, more steps per block.
+        bin 60 "$setting" arbor_bench_attention_trace --batch 1 --context 1024 --splits 8 \
+          --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+      fi
+    } 2>&1 | tee -a "$OUT/trace_$label.log" | grep -vE "^(device|measured|shape|GB/s)"
   done
 fi
 
 variants="$name $name:ARBOR_DECODE_RING=2 $name:ARBOR_DECODE_RING=3"
+variants+=" $name:ARBOR_DECODE_WIDE_MERGE=1"
 if [[ $parts == *" ab "* ]]; then
   [[ $parts == *" e2e "* ]] && e2e= || e2e=none
   few_splits="--batch 1 --context 1024,2048 --splits 8"

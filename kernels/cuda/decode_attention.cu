@@ -69,6 +69,8 @@ constexpr int kMergeUnroll = 8;
 // used splits that take the two levels (below, one merge of all partials is faster: it
 // saves an atomic round trip that costs about as much as 3 rounds of merge loads, H200).
 constexpr int kMergeGroup = kMergeUnroll;
+// The wide-merge experiment (plan.wide_merge): up to this many partials in one round.
+constexpr int kWideMergeUnroll = 16;
 constexpr int kTwoLevelMinSplits = 5 * kMergeUnroll;
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
@@ -747,8 +749,9 @@ __device__ __forceinline__ bool arrive_last(int* counter, int expected) {
 }
 
 // Merges the `count` partials of the workspace from part `first` into the output (final) or
-// into part `dst`. .cg loads: read from L2, where the other SMs wrote them.
-template <int D, int G>
+// into part `dst`, kUnroll partials' loads in flight per thread. .cg loads: read from L2,
+// where the other SMs wrote them.
+template <int D, int G, int kUnroll = kMergeUnroll>
 __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first, int count,
                                                bool final, size_t out_row0, size_t dst) {
   constexpr int kChunks = G * D / 4;
@@ -756,7 +759,7 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
     const int h = e / (D / 4), d = e % (D / 4) * 4;
     float mm = -INFINITY, lm = 0.0f;
     float4 om = make_float4(0, 0, 0, 0);
-#pragma unroll kMergeUnroll
+#pragma unroll kUnroll
     for (int i = 0; i < count; ++i) {
       const size_t part = first + i;
       const float ms = __ldcg(a.ws_m + part * G + h);  // finite: every part has tokens
@@ -786,14 +789,17 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // kMma: the tensor-core steps; they fit in 128 registers at GQA 8 too, for 4 resident blocks
 // per SM (their loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22%
 // longer).
-// kRing: the ring variant's stages (0: none; with kMma, without kPrologue).
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0>
+// kRing: the ring variant's stages (0: none; with kMma, without kPrologue). kWideMerge: the
+// last block merges up to kWideMergeUnroll partials in one round of loads (plan.wide_merge).
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0,
+          bool kWideMerge = false>
 __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing : 1)>::kBlocksPerSm
                                             : kMma    ? 4
                                                       : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4), "mma_steps: D 128, G 4 or 8");
   static_assert(kRing == 0 || (kMma && !kPrologue), "the ring feeds the tensor-core steps");
+  static_assert(!kWideMerge || (kMma && kRing == 0), "the wide merge: tensor-core steps only");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -1082,7 +1088,12 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
     const bool last = arrive_last(pair_counters, n_used);
     trace.at(kTraceArrived);
     if (last) {
-      merge_partials<D, G>(a, parts, n_used, true, out_row0, 0);
+      if (kWideMerge && n_used <= kWideMergeUnroll) {
+        merge_partials<D, G, kWideMerge ? kWideMergeUnroll : kMergeUnroll>(a, parts, n_used, true,
+                                                                           out_row0, 0);
+      } else {
+        merge_partials<D, G>(a, parts, n_used, true, out_row0, 0);
+      }
       trace.role(kTraceFinalMerger);
       trace.at(kTraceMerged);
     }
@@ -1197,14 +1208,15 @@ bool aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0>
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0,
+          bool kWideMerge = false>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
   if constexpr (kRing > 0) smem = std::max(smem, Ring<kRing>::kBytes);
-  const auto kernel = decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing>;
+  const auto kernel = decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing, kWideMerge>;
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
@@ -1238,22 +1250,37 @@ int ring_stages_setting() {
   return stages;
 }
 
+// The wide merge plans take (ARBOR_DECODE_WIDE_MERGE=1), off by default: an experiment.
+bool wide_merge_setting() {
+  static const bool on = [] {
+    const char* v = std::getenv("ARBOR_DECODE_WIDE_MERGE");
+    return v && std::string(v) == "1";
+  }();
+  return on;
+}
+
 // Whether launches of these params without a prologue take the tensor-core steps over
-// global memory (as launch() decides), which the ring variant replaces.
+// global memory (as launch() decides), which the ring variant replaces; with a prologue they
+// take the tensor-core steps too. The wide merge serves exactly these shapes.
 bool ring_capable(const DecodeAttentionParams& p) {
   return p.head_dim == 128 && p.num_q_heads / p.num_kv_heads >= 4 && p.block_size >= 16 &&
          mma_use() != MmaUse::kNone;
 }
 
 template <int D, int G>
-void launch(const KernelArgs& args, int ring_stages, dim3 grid, cudaStream_t stream) {
+void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
+            cudaStream_t stream) {
   const bool one_block = (1 << args.block_shift) >= Tile<D, G>::kTokensPerWarpIter;
   const bool prologue = args.prologue_tiles > 0;
   if constexpr (D == 128 && G >= 4) {
     const MmaUse use = mma_use();
     if (args.block_shift >= 4 && (use == MmaUse::kAll || (use == MmaUse::kSteps && !prologue))) {
+      if (plan.wide_merge) {
+        return prologue ? launch_variant<D, G, true, true, true, 0, true>(args, grid, stream)
+                        : launch_variant<D, G, false, true, true, 0, true>(args, grid, stream);
+      }
       if (prologue) return launch_variant<D, G, true, true, true>(args, grid, stream);
-      switch (ring_stages) {
+      switch (plan.ring_stages) {
         case 2:
           return launch_variant<D, G, false, true, true, 2>(args, grid, stream);
         case 3:
@@ -1330,6 +1357,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
   if (plan.prologue_tiles == 0 && ring_capable(p)) plan.ring_stages = ring_stages_setting();
+  plan.wide_merge = wide_merge_setting() && ring_capable(p) && plan.ring_stages == 0;
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1371,6 +1399,11 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     fail(
         "plan.ring_stages needs head_dim 128, GQA 4 or 8, block_size >= 16, no prologue and "
         "the tensor-core steps (ARBOR_DECODE_MMA not 0)");
+  }
+  if (plan.wide_merge && (plan.ring_stages > 0 || !ring_capable(p))) {
+    fail(
+        "plan.wide_merge needs head_dim 128, GQA 4 or 8, block_size >= 16, the tensor-core "
+        "steps (ARBOR_DECODE_MMA not 0) and no ring");
   }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +
@@ -1430,21 +1463,21 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   // The one dispatch switch: runtime head dim and GQA ratio to template constants.
   switch (p.head_dim * 16 + group) {
     case 64 * 16 + 1:
-      return launch<64, 1>(a, plan.ring_stages, grid, stream);
+      return launch<64, 1>(a, plan, grid, stream);
     case 64 * 16 + 2:
-      return launch<64, 2>(a, plan.ring_stages, grid, stream);
+      return launch<64, 2>(a, plan, grid, stream);
     case 64 * 16 + 4:
-      return launch<64, 4>(a, plan.ring_stages, grid, stream);
+      return launch<64, 4>(a, plan, grid, stream);
     case 64 * 16 + 8:
-      return launch<64, 8>(a, plan.ring_stages, grid, stream);
+      return launch<64, 8>(a, plan, grid, stream);
     case 128 * 16 + 1:
-      return launch<128, 1>(a, plan.ring_stages, grid, stream);
+      return launch<128, 1>(a, plan, grid, stream);
     case 128 * 16 + 2:
-      return launch<128, 2>(a, plan.ring_stages, grid, stream);
+      return launch<128, 2>(a, plan, grid, stream);
     case 128 * 16 + 4:
-      return launch<128, 4>(a, plan.ring_stages, grid, stream);
+      return launch<128, 4>(a, plan, grid, stream);
     case 128 * 16 + 8:
-      return launch<128, 8>(a, plan.ring_stages, grid, stream);
+      return launch<128, 8>(a, plan, grid, stream);
     default:
       fail("unsupported head_dim / GQA ratio");  // check_shape rejected these already
   }

@@ -108,6 +108,10 @@ struct DecodeAttentionPlan {
   // dim 128, GQA 4 or 8, blocks of 16 tokens or more. An experiment, off unless
   // ARBOR_DECODE_RING=2 or 3 is set when the plan is made (kernels/cuda/decode_attention.cu).
   int ring_stages = 0;
+  // The last block of a split sequence merges up to 16 partials in one round of loads
+  // instead of two rounds of 8. Same shapes as the ring, without it; an experiment, off
+  // unless ARBOR_DECODE_WIDE_MERGE=1 is set when the plan is made.
+  bool wide_merge = false;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 
