@@ -141,8 +141,14 @@ void Engine::drain_inbox() {
     std::lock_guard lock(mu_);
     commands.swap(inbox_);
   }
+  // Requests added here are published in the stats before anything can end them (an abort
+  // below, or the step that follows): a client whose stream has ended finds its request
+  // counted when it reads the stats (or /metrics) right away.
+  bool unpublished = false;
   for (Command& c : commands) {
     if (!c.add) {
+      if (unpublished) publish_stats();
+      unpublished = false;
       abort_request(c.id);
       continue;
     }
@@ -151,7 +157,9 @@ void Engine::drain_inbox() {
     ++totals_.requests_total;
     totals_.prompt_tokens_total += rs.seqs[0]->seq.prompt_len;
     requests_.emplace(c.id, std::move(c.add));
+    unpublished = true;
   }
+  if (unpublished) publish_stats();
 }
 
 void Engine::abort_request(uint64_t id) {
