@@ -36,6 +36,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/pdl.h"
 
 namespace {
 
@@ -73,6 +74,35 @@ std::string join(const std::vector<int>& v) {
   std::string s;
   for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
   return s;
+}
+
+// A kernel that only waits for the previous one and lets the next one start: back to back
+// in a graph, its period is the floor any kernel of that grid pays between two launches
+// (the previous grid's completion reaching the next grid's griddepcontrol.wait).
+__global__ void empty_pdl_kernel() {
+  arbor::cuda::pdl_wait();
+  arbor::cuda::pdl_launch_dependents();
+}
+
+// µs per launch of `layers` empty_pdl_kernel launches of `grid` in one graph (--trace).
+double empty_kernel_period_us(dim3 grid, int layers, int replays, cudaStream_t stream) {
+  Graph graph;
+  graph.capture(stream, [&] {
+    for (int l = 0; l < layers; ++l) {
+      arbor::cuda::launch_pdl(empty_pdl_kernel, grid, dim3(128), 0, stream);
+      CUDA_CHECK_LAUNCH();
+    }
+  });
+  for (int it = 0; it < 3; ++it) graph.launch(stream);
+  Event start, stop;
+  std::vector<double> us;
+  for (int it = 0; it < replays; ++it) {
+    start.record(stream);
+    graph.launch(stream);
+    stop.record(stream);
+    us.push_back(stop.elapsed_ms_since(start) * 1e3 / layers);
+  }
+  return median(us);
 }
 
 struct Options {
@@ -124,6 +154,7 @@ struct Row {
   double single_us = NAN, graph_us = NAN, bytes = 0;
   std::string note;
   arbor::bench::DecodeTraceSummary trace;
+  double floor_us = NAN;  // empty kernels of the same grid, back to back (--trace)
 };
 
 // `pool`: the K/V caches of every case, allocated once before the first (a case allocating
@@ -259,6 +290,9 @@ Row run_case(const Options& o, int batch, int context, int sms, const DeviceBuff
       analysis.add_replay(host, o.layers);
     }
     row.trace = analysis.summary();
+    row.floor_us =
+        empty_kernel_period_us(dim3(unsigned(plan.num_splits), unsigned(o.hkv), unsigned(batch)),
+                               o.layers, std::max(5, o.iters / 4), stream);
   }
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return row;
@@ -272,7 +306,8 @@ void print_trace(const Row& r) {
     const auto it = t.us.find(c);
     std::printf(" %8.2f", it == t.us.end() ? NAN : it->second);
   }
-  std::printf(" %9.2f %6d %8.0f %6.3f\n", r.graph_us, t.layers, t.timer_step_ns, t.clock_ghz);
+  std::printf(" %9.2f %7.2f %6d %8.0f %6.3f\n", r.graph_us, r.floor_us, t.layers, t.timer_step_ns,
+              t.clock_ghz);
 }
 
 std::string fmt(double v, const char* f = "%.2f") {
@@ -393,13 +428,14 @@ int main(int argc, char** argv) {
           "period = release to release; lead = blocks resident before release; then the "
           "critical block (last merger): compute, publish, arrive, merge, level2, exit; "
           "handoff = last block's end to the next release; spread = first to last block's "
-          "steps done; untraced = the graph's µs per layer without the timelines "
+          "steps done; untraced = this build's µs per layer with recording off; floor = "
+          "µs per launch of empty kernels of the same grid, back to back in a graph "
           "(bench/attention_trace.h)\n",
           o.trace);
       std::printf("%6s %8s %6s", "batch", "context", "splits");
       for (const std::string& c : arbor::bench::DecodeTraceAnalysis::columns())
         std::printf(" %8s", c.c_str());
-      std::printf(" %9s %6s %8s %6s\n", "untraced", "layers", "timer_ns", "GHz");
+      std::printf(" %9s %7s %6s %8s %6s\n", "untraced", "floor", "layers", "timer_ns", "GHz");
       for (const Row& r : rows) print_trace(r);
     }
   } catch (const std::exception& e) {

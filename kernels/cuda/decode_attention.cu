@@ -164,7 +164,7 @@ struct KernelArgs {
 #endif
 };
 
-// The block's timeline (DecodeAttentionTrace in the header), kept by thread 0 in a traced
+// The block's timeline (DecodeAttentionTracePhase in the header), kept by thread 0 in a traced
 // build; elsewhere every call compiles to nothing, so the kernels are those of a build
 // without tracing.
 #if ARBOR_DECODE_TRACE

@@ -66,7 +66,7 @@ struct DecodeAttentionParams {
   // arbor_bench_attention_trace; decode_attention_trace_words() > 0 there): when non-null,
   // thread 0 of every block of the launch writes its timeline, decode_attention_trace_words()
   // words per block, block (split, kv head, seq) at ((seq * num_kv_heads + kv head) *
-  // plan.num_splits + split). Layout: DecodeAttentionTrace below.
+  // plan.num_splits + split). Layout: DecodeAttentionTracePhase below.
   uint64_t* trace = nullptr;
 };
 
