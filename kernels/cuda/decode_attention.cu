@@ -1259,10 +1259,10 @@ bool wide_merge_setting() {
   return on;
 }
 
-// Whether launches of these params without a prologue take the tensor-core steps over
-// global memory (as launch() decides), which the ring variant replaces; with a prologue they
-// take the tensor-core steps too. The wide merge serves exactly these shapes.
-bool ring_capable(const DecodeAttentionParams& p) {
+// Whether launches of these params take the tensor-core steps (as launch() decides: with a
+// prologue or over global memory): the shapes the ring variant (which replaces the steps over
+// global memory) and the wide merge serve.
+bool tensor_core_shape(const DecodeAttentionParams& p) {
   return p.head_dim == 128 && p.num_q_heads / p.num_kv_heads >= 4 && p.block_size >= 16 &&
          mma_use() != MmaUse::kNone;
 }
@@ -1338,7 +1338,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.num_splits = force_splits;
   } else if (p.num_seqs > 0 && p.max_context_len > 0) {
     TileInfo t = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
-    if (ring_stages_setting() > 0 && ring_capable(p)) {
+    if (ring_stages_setting() > 0 && tensor_core_shape(p)) {
       t.blocks_per_sm = ring_stages_setting() == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
     }
     const int64_t pairs = int64_t(p.num_seqs) * p.num_kv_heads;
@@ -1356,8 +1356,8 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.num_splits = int(s);
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
-  if (plan.prologue_tiles == 0 && ring_capable(p)) plan.ring_stages = ring_stages_setting();
-  plan.wide_merge = wide_merge_setting() && ring_capable(p) && plan.ring_stages == 0;
+  if (plan.prologue_tiles == 0 && tensor_core_shape(p)) plan.ring_stages = ring_stages_setting();
+  plan.wide_merge = wide_merge_setting() && tensor_core_shape(p) && plan.ring_stages == 0;
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1395,12 +1395,12 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   if (plan.ring_stages != 0 && plan.ring_stages != 2 && plan.ring_stages != 3) {
     fail("plan.ring_stages " + std::to_string(plan.ring_stages) + " is not 0, 2 or 3");
   }
-  if (plan.ring_stages > 0 && (plan.prologue_tiles > 0 || !ring_capable(p))) {
+  if (plan.ring_stages > 0 && (plan.prologue_tiles > 0 || !tensor_core_shape(p))) {
     fail(
         "plan.ring_stages needs head_dim 128, GQA 4 or 8, block_size >= 16, no prologue and "
         "the tensor-core steps (ARBOR_DECODE_MMA not 0)");
   }
-  if (plan.wide_merge && (plan.ring_stages > 0 || !ring_capable(p))) {
+  if (plan.wide_merge && (plan.ring_stages > 0 || !tensor_core_shape(p))) {
     fail(
         "plan.wide_merge needs head_dim 128, GQA 4 or 8, block_size >= 16, the tensor-core "
         "steps (ARBOR_DECODE_MMA not 0) and no ring");
