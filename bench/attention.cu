@@ -40,6 +40,8 @@
 
 namespace {
 
+using arbor::bench::median;
+using arbor::bench::median;
 using arbor::cuda::bf16;
 using arbor::cuda::DeviceArray;
 using arbor::cuda::DeviceBuffer;
@@ -62,12 +64,6 @@ __global__ void fill_random_kernel(bf16* p, size_t n, uint64_t seed) {
 void fill_random(bf16* p, size_t n, uint64_t seed, cudaStream_t stream) {
   fill_random_kernel<<<1024, 256, 0, stream>>>(p, n, seed);
   CUDA_CHECK_LAUNCH();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? NAN : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
 }
 
 std::string join(const std::vector<int>& v) {

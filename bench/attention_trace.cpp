@@ -13,13 +13,6 @@ namespace {
 
 using arbor::cuda::kDecodeAttentionTraceHeader;
 
-double median(std::vector<double> v) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // One block of one layer, its phases in global nanoseconds (NaN where not passed).
 struct Block {
   uint32_t sm = 0, role = 0;
@@ -27,6 +20,13 @@ struct Block {
 };
 
 }  // namespace
+
+double median(std::vector<double> v) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 DecodeTraceAnalysis::DecodeTraceAnalysis(int words_per_block, int blocks_per_layer)
     : words_per_block_(words_per_block), blocks_per_layer_(blocks_per_layer) {

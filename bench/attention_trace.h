@@ -27,6 +27,9 @@
 
 namespace arbor::bench {
 
+// The median of v (NaN when empty); also the benchmark's own timing statistic.
+double median(std::vector<double> v);
+
 struct DecodeTraceSummary {
   // Medians over the layers of every replay added (layers with a previous and a next one),
   // microseconds.
