@@ -41,7 +41,6 @@
 namespace {
 
 using arbor::bench::median;
-using arbor::bench::median;
 using arbor::cuda::bf16;
 using arbor::cuda::DeviceArray;
 using arbor::cuda::DeviceBuffer;
