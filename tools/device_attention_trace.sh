@@ -6,14 +6,18 @@
 # ARBOR_DECODE_WIDE_MERGE=1 the wide merge (kernels/cuda/decode_attention.cu).
 #
 # PARTS (default "tests trace ab e2e"; all of it runs past one call's 10 minutes: give each
-# call one or two, e.g. "tests trace", then "ab", then "e2e"):
+# call one or two, e.g. "tests trace", then "ab", then "e2e"; or "quick" alone):
 #   tests  the decode GPU tests (the ring's own cases among them);
 #   trace  block timelines (arbor_bench_attention_trace --trace) as planned, with the ring
 #          (2 stages) and with the wide merge: period, compute, publish, arrive, merge,
 #          handoff per layer (bench/attention_trace.h);
 #   ab     tools/device_decode_attention.sh's attention tables as planned, ring 2 / 3 and
 #          the wide merge (PASSES passes, interleaved);
-#   e2e    its 8B decode step over the same three settings.
+#   e2e    its 8B decode step over the same three settings;
+#   quick  for a call with little device time left (under 5 minutes in all): the timelines
+#          at batch 1 and 8 as planned, the wide merge at batch 1, the ring (2 stages) at
+#          4k and 32k, then the [decode] tests. Sessions have often got one late machine
+#          start and no more, so the most telling numbers come first.
 #
 # Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5),
 #        EXTRA (more attention runs for ab, as tools/device_decode_attention.sh takes them;
@@ -41,6 +45,21 @@ bin() {
 if [[ $parts == *" tests "* ]]; then
   echo "== GPU tests [decode]"
   bin 300 - arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_decode.log" | tail -3
+fi
+
+if [[ $parts == *" quick "* ]]; then
+  quick=(--mode graph --iters 100 --layers 32 --trace 3)
+  for run in "- --batch 1,8 --context 1024,4096,32768" \
+    "ARBOR_DECODE_WIDE_MERGE=1 --batch 1 --context 1024,4096" \
+    "ARBOR_DECODE_RING=2 --batch 1,8 --context 4096,32768"; do
+    setting=${run%% *} shape=${run#* }
+    echo "== block timelines, $setting"
+    # shellcheck disable=SC2086  # the shape's arguments, split on spaces
+    bin 60 "$setting" arbor_bench_attention_trace $shape "${quick[@]}" 2>&1 |
+      tee -a "$OUT/trace_quick.log" | grep -vE "^(device|measured|shape|GB/s)"
+  done
+  echo "== GPU tests [decode]"
+  bin 150 - arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_decode.log" | tail -3
 fi
 
 if [[ $parts == *" trace "* ]]; then
