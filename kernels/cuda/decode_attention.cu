@@ -1259,6 +1259,11 @@ bool wide_merge_setting() {
   return on;
 }
 
+// What tensor_core_shape() asks, for the errors of plans that need it.
+constexpr const char* kTensorCoreShapeText =
+    "head_dim 128, GQA 4 or 8, block_size >= 16 and the tensor-core steps (ARBOR_DECODE_MMA "
+    "not 0)";
+
 // Whether launches of these params take the tensor-core steps (as launch() decides: with a
 // prologue or over global memory): the shapes the ring variant (which replaces the steps over
 // global memory) and the wide merge serve.
@@ -1396,14 +1401,10 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     fail("plan.ring_stages " + std::to_string(plan.ring_stages) + " is not 0, 2 or 3");
   }
   if (plan.ring_stages > 0 && (plan.prologue_tiles > 0 || !tensor_core_shape(p))) {
-    fail(
-        "plan.ring_stages needs head_dim 128, GQA 4 or 8, block_size >= 16, no prologue and "
-        "the tensor-core steps (ARBOR_DECODE_MMA not 0)");
+    fail(std::string("plan.ring_stages needs no prologue, ") + kTensorCoreShapeText);
   }
   if (plan.wide_merge && (plan.ring_stages > 0 || !tensor_core_shape(p))) {
-    fail(
-        "plan.wide_merge needs head_dim 128, GQA 4 or 8, block_size >= 16, the tensor-core "
-        "steps (ARBOR_DECODE_MMA not 0) and no ring");
+    fail(std::string("plan.wide_merge needs no ring, ") + kTensorCoreShapeText);
   }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +
