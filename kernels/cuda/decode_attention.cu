@@ -72,6 +72,11 @@ constexpr int kMergeGroup = kMergeUnroll;
 // The wide-merge experiment (plan.wide_merge): up to this many partials in one round.
 constexpr int kWideMergeUnroll = 16;
 constexpr int kTwoLevelMinSplits = 5 * kMergeUnroll;
+// The short-context rule of the plan (plan_decode_attention): contexts past the prologue's
+// reach, up to this long, take splits of this many tokens (at least kMergeUnroll splits)
+// through 3-stage rings.
+constexpr int kShortRingMaxContext = 4096;
+constexpr int kShortRingSplitTokens = 256;
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
 // place whatever the plan, so that plans can share a workspace (workspace_num_seqs).
@@ -1339,6 +1344,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
          std::to_string(kMaxSplits) + "]");
   }
   DecodeAttentionPlan plan;
+  int short_ring = 0;  // ring stages the short-context rule below asks for
   if (force_splits > 0) {
     plan.num_splits = force_splits;
   } else if (p.num_seqs > 0 && p.max_context_len > 0) {
@@ -1357,11 +1363,31 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     // ...unless that would leave SMs idle: short contexts still get one block per SM.
     const int64_t fill = (num_sms + pairs - 1) / pairs;
     int64_t s = std::max(std::min(wave, by_len), std::min(fill, most));
+    // Short contexts with few (sequence, kv head) pairs (batch 1-2 at 8 kv heads; tensor-core
+    // shapes, with the overlap): what matters there is the chain after the wait, not filling
+    // every SM. Up to kMergeUnroll splits that each fit the prologue, merged in one round of
+    // loads; longer contexts, up to kShortRingMaxContext, splits of kShortRingSplitTokens
+    // through 3-stage rings (H100, per layer in a graph, the split sweep in bench/RESULTS.md:
+    // batch 1 x 512 4.92 -> 3.87 us, x 1k 5.64 -> 4.69, x 2k 7.15 -> 6.49, x 4k 10.77 ->
+    // 8.91; batch 2 x 2k 9.36 -> 8.50, x 4k 15.67 -> 15.17; at 8k the rule's best, 15.61,
+    // loses to 64 splits over global memory, 14.79).
+    if (p.overlap_previous_kernel && tensor_core_shape(p) && pairs * kMergeUnroll <= num_sms &&
+        ring_stages_setting() == 0) {
+      if (len <= int64_t(kMergeUnroll) * t.max_prologue_tiles * t.tile_tokens) {
+        s = std::min<int64_t>(s, kMergeUnroll);
+      } else if (len <= kShortRingMaxContext) {
+        s = std::max<int64_t>(kMergeUnroll,
+                              (len + kShortRingSplitTokens - 1) / kShortRingSplitTokens);
+        short_ring = 3;
+      }
+    }
     s = std::clamp<int64_t>(s, 1, std::min<int64_t>(most, kMaxSplits));
     plan.num_splits = int(s);
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
-  if (plan.prologue_tiles == 0 && tensor_core_shape(p)) plan.ring_stages = ring_stages_setting();
+  if (plan.prologue_tiles == 0 && tensor_core_shape(p)) {
+    plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : short_ring;
+  }
   plan.wide_merge = wide_merge_setting() && tensor_core_shape(p) && plan.ring_stages == 0;
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;

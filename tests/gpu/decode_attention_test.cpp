@@ -209,8 +209,12 @@ class GpuCase {
     plan_.prologue_tiles = 0;
     plan_.ring_stages = stages;
   }
-  // The wide-merge experiment: up to 16 partials merged in one round.
-  void use_wide_merge() { plan_.wide_merge = true; }
+  // The wide-merge experiment: up to 16 partials merged in one round (without the ring that
+  // the plan may have chosen: the two do not combine).
+  void use_wide_merge() {
+    plan_.ring_stages = 0;
+    plan_.wide_merge = true;
+  }
 
   // New device-side lengths (each at most what the cache was filled for).
   void set_lens(const std::vector<int>& lens) {
