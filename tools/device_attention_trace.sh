@@ -2,26 +2,26 @@
 # On the GPU machine: where decode attention's time goes, and the ring variant against the
 # register loads. One bundle (.device/ab/NAME.tar.gz, see tools/device_decode_attention.sh)
 # holds arbor_gpu_tests, arbor_bench_attention, arbor_bench_attention_trace and
-# arbor_bench_decode; ARBOR_DECODE_RING=2 or 3 makes the same binaries plan the ring variant,
-# ARBOR_DECODE_WIDE_MERGE=1 the wide merge (kernels/cuda/decode_attention.cu).
+# arbor_bench_decode; ARBOR_DECODE_RING=2 or 3 makes the same binaries plan the ring variant
+# wherever there is no prologue (kernels/cuda/decode_attention.cu).
 #
 # PARTS (default "tests trace ab e2e"; all of it runs past one call's 10 minutes: give each
 # call one or two, e.g. "tests trace", then "ab", then "e2e"; or "quick" alone):
 #   tests  the decode GPU tests (the ring's own cases among them);
-#   trace  block timelines (arbor_bench_attention_trace --trace) as planned, with the ring
-#          (2 stages) and with the wide merge: period, compute, publish, arrive, merge,
-#          handoff per layer (bench/attention_trace.h);
-#   ab     tools/device_decode_attention.sh's attention tables as planned, ring 2 / 3 and
-#          the wide merge (PASSES passes, interleaved);
+#   trace  block timelines (arbor_bench_attention_trace --trace) as planned and with the
+#          ring (2 stages) wherever there is no prologue: period, compute, publish, arrive,
+#          merge, handoff per layer (bench/attention_trace.h);
+#   ab     tools/device_decode_attention.sh's attention tables as planned and with ring 2 / 3
+#          (PASSES passes, interleaved);
 #   e2e    its 8B decode step over the same three settings;
 #   quick  for a call with little device time left (under 5 minutes in all): the timelines
-#          at batch 1 and 8 as planned, the wide merge at batch 1, the ring (2 stages) at
-#          4k and 32k, then the [decode] tests. Sessions have often got one late machine
-#          start and no more, so the most telling numbers come first.
+#          at batch 1 and 8 as planned, the ring (2 stages) at 4k and 32k, then the
+#          [decode] tests. Sessions have often got one late machine start and no more, so
+#          the most telling numbers come first.
 #
 # Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5),
 #        EXTRA (more attention runs for ab, as tools/device_decode_attention.sh takes them;
-#        default: batch 1 at 1k and 2k with 8 splits)
+#        default: batch 1 at 1k and 2k with 17 splits, the plan before the short-context rule)
 # Logs go to $OUT.
 set -uo pipefail
 name=${1:?usage: device_attention_trace.sh NAME}
@@ -50,7 +50,6 @@ fi
 if [[ $parts == *" quick "* ]]; then
   quick=(--mode graph --iters 100 --layers 32 --trace 3)
   for run in "- --batch 1,8 --context 1024,4096,32768" \
-    "ARBOR_DECODE_WIDE_MERGE=1 --batch 1 --context 1024,4096" \
     "ARBOR_DECODE_RING=2 --batch 1,8 --context 4096,32768"; do
     setting=${run%% *} shape=${run#* }
     echo "== block timelines, $setting"
@@ -63,28 +62,25 @@ if [[ $parts == *" quick "* ]]; then
 fi
 
 if [[ $parts == *" trace "* ]]; then
-  for setting in - ARBOR_DECODE_RING=2 ARBOR_DECODE_WIDE_MERGE=1; do
+  for setting in - ARBOR_DECODE_RING=2; do
     [[ $setting == - ]] && label=planned || label=${setting#ARBOR_DECODE_} label=${label//=/}
     echo "== block timelines, $label"
     {
       bin 120 "$setting" arbor_bench_attention_trace --batch 1 --context 1024,4096,32768 \
         --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
-      if [[ $setting != ARBOR_DECODE_WIDE_MERGE=1 ]]; then  # it differs at batch 1 only
-        bin 120 "$setting" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
-          --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
-        # Fewer, longer splits at batch 1: fewer partials to merge, more steps per block.
-        bin 60 "$setting" arbor_bench_attention_trace --batch 1 --context 1024 --splits 8 \
-          --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
-      fi
+      bin 120 "$setting" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
+        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+      # The split count the plan once took at batch 1 x 1k (one block per SM).
+      bin 60 "$setting" arbor_bench_attention_trace --batch 1 --context 1024 --splits 17 \
+        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
     } 2>&1 | tee -a "$OUT/trace_$label.log" | grep -vE "^(device|measured|shape|GB/s)"
   done
 fi
 
 variants="$name $name:ARBOR_DECODE_RING=2 $name:ARBOR_DECODE_RING=3"
-variants+=" $name:ARBOR_DECODE_WIDE_MERGE=1"
 if [[ $parts == *" ab "* ]]; then
   [[ $parts == *" e2e "* ]] && e2e= || e2e=none
-  few_splits="--batch 1 --context 1024,2048 --splits 8"
+  few_splits="--batch 1 --context 1024,2048 --splits 17"
   TESTS=none E2E=$e2e EXTRA="${EXTRA-$few_splits}" \
     tools/device_decode_attention.sh "$name" "$variants"
 elif [[ $parts == *" e2e "* ]]; then

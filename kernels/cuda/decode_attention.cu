@@ -69,8 +69,6 @@ constexpr int kMergeUnroll = 8;
 // used splits that take the two levels (below, one merge of all partials is faster: it
 // saves an atomic round trip that costs about as much as 3 rounds of merge loads, H200).
 constexpr int kMergeGroup = kMergeUnroll;
-// The wide-merge experiment (plan.wide_merge): up to this many partials in one round.
-constexpr int kWideMergeUnroll = 16;
 constexpr int kTwoLevelMinSplits = 5 * kMergeUnroll;
 // The short-context rule of the plan (plan_decode_attention): contexts past the prologue's
 // reach, up to this long, take splits of this many tokens (at least kMergeUnroll splits)
@@ -754,9 +752,8 @@ __device__ __forceinline__ bool arrive_last(int* counter, int expected) {
 }
 
 // Merges the `count` partials of the workspace from part `first` into the output (final) or
-// into part `dst`, kUnroll partials' loads in flight per thread. .cg loads: read from L2,
-// where the other SMs wrote them.
-template <int D, int G, int kUnroll = kMergeUnroll>
+// into part `dst`. .cg loads: read from L2, where the other SMs wrote them.
+template <int D, int G>
 __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first, int count,
                                                bool final, size_t out_row0, size_t dst) {
   constexpr int kChunks = G * D / 4;
@@ -764,7 +761,7 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
     const int h = e / (D / 4), d = e % (D / 4) * 4;
     float mm = -INFINITY, lm = 0.0f;
     float4 om = make_float4(0, 0, 0, 0);
-#pragma unroll kUnroll
+#pragma unroll kMergeUnroll
     for (int i = 0; i < count; ++i) {
       const size_t part = first + i;
       const float ms = __ldcg(a.ws_m + part * G + h);  // finite: every part has tokens
@@ -794,17 +791,14 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // kMma: the tensor-core steps; they fit in 128 registers at GQA 8 too, for 4 resident blocks
 // per SM (their loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22%
 // longer).
-// kRing: the ring variant's stages (0: none; with kMma, without kPrologue). kWideMerge: the
-// last block merges up to kWideMergeUnroll partials in one round of loads (plan.wide_merge).
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0,
-          bool kWideMerge = false>
+// kRing: the ring variant's stages (0: none; with kMma, without kPrologue).
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0>
 __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing : 1)>::kBlocksPerSm
                                             : kMma    ? 4
                                                       : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4), "mma_steps: D 128, G 4 or 8");
   static_assert(kRing == 0 || (kMma && !kPrologue), "the ring feeds the tensor-core steps");
-  static_assert(!kWideMerge || (kMma && kRing == 0), "the wide merge: tensor-core steps only");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -1093,12 +1087,7 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
     const bool last = arrive_last(pair_counters, n_used);
     trace.at(kTraceArrived);
     if (last) {
-      if (kWideMerge && n_used <= kWideMergeUnroll) {
-        merge_partials<D, G, kWideMerge ? kWideMergeUnroll : kMergeUnroll>(a, parts, n_used, true,
-                                                                           out_row0, 0);
-      } else {
-        merge_partials<D, G>(a, parts, n_used, true, out_row0, 0);
-      }
+      merge_partials<D, G>(a, parts, n_used, true, out_row0, 0);
       trace.role(kTraceFinalMerger);
       trace.at(kTraceMerged);
     }
@@ -1213,15 +1202,14 @@ bool aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0,
-          bool kWideMerge = false>
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
   if constexpr (kRing > 0) smem = std::max(smem, Ring<kRing>::kBytes);
-  const auto kernel = decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing, kWideMerge>;
+  const auto kernel = decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing>;
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
@@ -1255,15 +1243,6 @@ int ring_stages_setting() {
   return stages;
 }
 
-// The wide merge plans take (ARBOR_DECODE_WIDE_MERGE=1), off by default: an experiment.
-bool wide_merge_setting() {
-  static const bool on = [] {
-    const char* v = std::getenv("ARBOR_DECODE_WIDE_MERGE");
-    return v && std::string(v) == "1";
-  }();
-  return on;
-}
-
 // What tensor_core_shape() asks, for the errors of plans that need it.
 constexpr const char* kTensorCoreShapeText =
     "head_dim 128, GQA 4 or 8, block_size >= 16 and the tensor-core steps (ARBOR_DECODE_MMA "
@@ -1271,7 +1250,7 @@ constexpr const char* kTensorCoreShapeText =
 
 // Whether launches of these params take the tensor-core steps (as launch() decides: with a
 // prologue or over global memory): the shapes the ring variant (which replaces the steps over
-// global memory) and the wide merge serve.
+// global memory) serves.
 bool tensor_core_shape(const DecodeAttentionParams& p) {
   return p.head_dim == 128 && p.num_q_heads / p.num_kv_heads >= 4 && p.block_size >= 16 &&
          mma_use() != MmaUse::kNone;
@@ -1285,10 +1264,6 @@ void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
   if constexpr (D == 128 && G >= 4) {
     const MmaUse use = mma_use();
     if (args.block_shift >= 4 && (use == MmaUse::kAll || (use == MmaUse::kSteps && !prologue))) {
-      if (plan.wide_merge) {
-        return prologue ? launch_variant<D, G, true, true, true, 0, true>(args, grid, stream)
-                        : launch_variant<D, G, false, true, true, 0, true>(args, grid, stream);
-      }
       if (prologue) return launch_variant<D, G, true, true, true>(args, grid, stream);
       switch (plan.ring_stages) {
         case 2:
@@ -1388,7 +1363,6 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   if (plan.prologue_tiles == 0 && tensor_core_shape(p)) {
     plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : short_ring;
   }
-  plan.wide_merge = wide_merge_setting() && tensor_core_shape(p) && plan.ring_stages == 0;
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1428,9 +1402,6 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   }
   if (plan.ring_stages > 0 && (plan.prologue_tiles > 0 || !tensor_core_shape(p))) {
     fail(std::string("plan.ring_stages needs no prologue, ") + kTensorCoreShapeText);
-  }
-  if (plan.wide_merge && (plan.ring_stages > 0 || !tensor_core_shape(p))) {
-    fail(std::string("plan.wide_merge needs no ring, ") + kTensorCoreShapeText);
   }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +

@@ -105,13 +105,10 @@ struct DecodeAttentionPlan {
   int prologue_tiles = 0;
   // Steps of K and V each warp keeps in flight in a shared-memory ring filled by bulk copies
   // (2 or 3; 0 = register loads). Only for the tensor-core steps without a prologue: head
-  // dim 128, GQA 4 or 8, blocks of 16 tokens or more. An experiment, off unless
-  // ARBOR_DECODE_RING=2 or 3 is set when the plan is made (kernels/cuda/decode_attention.cu).
+  // dim 128, GQA 4 or 8, blocks of 16 tokens or more. The plan takes 3 for short contexts at
+  // batch 1-2 past the prologue's reach (plan_decode_attention); ARBOR_DECODE_RING=2 or 3,
+  // set when the plan is made, takes that many wherever there is no prologue (measurements).
   int ring_stages = 0;
-  // The last block of a split sequence merges up to 16 partials in one round of loads
-  // instead of two rounds of 8. Same shapes as the ring, without it; an experiment, off
-  // unless ARBOR_DECODE_WIDE_MERGE=1 is set when the plan is made.
-  bool wide_merge = false;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 

@@ -296,14 +296,4 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
   bad.block_size = 8;
   bad.max_blocks_per_seq *= 2;
   rejects(bad, ring, workspace);
-  // The wide merge: the same shapes, and not with the ring.
-  if (!std::getenv("ARBOR_DECODE_WIDE_MERGE")) CHECK_FALSE(multi.wide_merge);
-  DecodeAttentionPlan wide = multi;
-  wide.wide_merge = true;
-  wide.ring_stages = 2;
-  rejects(p, wide, workspace);
-  wide.ring_stages = 0;
-  bad = p;
-  bad.head_dim = 64;
-  rejects(bad, wide, workspace);
 }

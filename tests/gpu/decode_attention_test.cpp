@@ -209,12 +209,6 @@ class GpuCase {
     plan_.prologue_tiles = 0;
     plan_.ring_stages = stages;
   }
-  // The wide-merge experiment: up to 16 partials merged in one round (without the ring that
-  // the plan may have chosen: the two do not combine).
-  void use_wide_merge() {
-    plan_.ring_stages = 0;
-    plan_.wide_merge = true;
-  }
 
   // New device-side lengths (each at most what the cache was filled for).
   void set_lens(const std::vector<int>& lens) {
@@ -328,7 +322,7 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
   ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
      << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
      << " plan.prologue_tiles=" << plan.prologue_tiles << " plan.ring_stages=" << plan.ring_stages
-     << " plan.wide_merge=" << plan.wide_merge << " lens=[";
+     << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
   ss << "]";
@@ -406,11 +400,10 @@ void check_outputs(const Inputs& in, const std::vector<int>& lens, const Referen
 }
 
 // Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
-// rings: ring stages to run each setting with (0: as planned); wide_merge: the wide-merge
-// experiment on.
+// rings: ring stages to run each setting with (0: as planned).
 void run_and_check(const Shape& shape, const std::vector<int>& lens,
                    const std::vector<int>& force_splits, bool with_f32, uint64_t seed,
-                   const std::vector<int>& rings = {0}, bool wide_merge = false) {
+                   const std::vector<int>& rings = {0}) {
   const Inputs in = make_inputs(shape, lens, seed);
   const Reference ref = cpu_reference(in, lens);
   for (int ring : rings) {
@@ -418,7 +411,6 @@ void run_and_check(const Shape& shape, const std::vector<int>& lens,
       for (bool overlap : {false, true}) {
         GpuCase gpu(in, with_f32, splits, -1, overlap);
         gpu.use_ring(ring);
-        if (wide_merge) gpu.use_wide_merge();
         const std::string what =
             describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
             " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
@@ -481,7 +473,8 @@ TEST_CASE("decode_attention merges partials per group of splits, then across gro
   }
 }
 
-// The ring variant (plan.ring_stages, an experiment off by default): the tensor-core steps
+// The ring variant (plan.ring_stages; the plan takes it for short contexts at batch 1-2, and
+// ARBOR_DECODE_RING anywhere without a prologue): the tensor-core steps
 // fed by per-warp rings of 2 or 3 bulk-copied 16-token steps. Lengths around a step, a
 // ring's worth of steps per warp (4 warps) and a wave of refills, in a mixed batch with an
 // empty context; forced splits; pages of 16 to 128 tokens; GQA 4 and 8; up to 131072 tokens.
@@ -495,20 +488,6 @@ TEST_CASE("decode_attention's ring variant matches the CPU reference", "[gpu][de
   }
   for (int len : {32768, 131072}) {
     run_and_check(Shape{4, 1, 128, 16}, {len}, {0, 1}, /*with_f32=*/true, seed++, {2, 3});
-  }
-}
-
-// The wide-merge experiment (plan.wide_merge): the last block of a sequence merges up to 16
-// partials in one round of loads. Used split counts from 8 to 16, and 32 (rounds of 8 as
-// before), with the prologue (overlap) and without, one sequence and a mixed batch.
-TEST_CASE("decode_attention's wide merge matches the CPU reference", "[gpu][decode]") {
-  uint64_t seed = 1000;
-  for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{16, 2, 128, 32}}) {
-    for (const std::vector<int>& lens :
-         {std::vector<int>{1024}, std::vector<int>{0, 1, 300, 1000, 2049}}) {
-      run_and_check(shape, lens, {0, 9, 12, 16, 32}, /*with_f32=*/true, seed++, {0},
-                    /*wide_merge=*/true);
-    }
   }
 }
 
