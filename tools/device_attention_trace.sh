@@ -18,6 +18,10 @@
 #          at batch 1 and 8 as planned, the ring (2 stages) at 4k and 32k, then the
 #          [decode] tests. Sessions have often got one late machine start and no more, so
 #          the most telling numbers come first.
+#   sweep  what the short-context rule of the plan left open (plan_decode_attention): 4097 to
+#          8192 tokens at batch 1-2, planned and with forced split counts with and without
+#          the rings; GQA 8 (64 query heads), planned against the split counts the rule
+#          replaced (about 2 minutes).
 #
 # Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5),
 #        EXTRA (more attention runs for ab, as tools/device_decode_attention.sh takes them;
@@ -59,6 +63,28 @@ if [[ $parts == *" quick "* ]]; then
   done
   echo "== GPU tests [decode]"
   bin 150 - arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_decode.log" | tail -3
+fi
+
+if [[ $parts == *" sweep "* ]]; then
+  graph=(--mode graph --iters 100 --layers 32)
+  {
+    echo "== 4097-8192 tokens, batch 1-2: as planned, then forced splits, rings off / 3 stages"
+    bin 60 - arbor_bench_attention --batch 1,2 --context 4096,5120,6144,7168,8192 "${graph[@]}"
+    for splits in 16 24 32 48 64; do
+      for ring in 0 3; do
+        echo "-- splits $splits, ARBOR_DECODE_RING=$ring"
+        bin 60 "ARBOR_DECODE_RING=$ring" arbor_bench_attention --batch 1,2 \
+          --context 5120,6144,7168 --splits "$splits" "${graph[@]}"
+      done
+    done
+    echo "== GQA 8: as planned, then the split counts the rule replaced (17; 32 at 4k)"
+    bin 60 - arbor_bench_attention --hq 64 --hkv 8 --batch 1,2 --context 512,1024,2048,4096 \
+      "${graph[@]}"
+    bin 60 - arbor_bench_attention --hq 64 --hkv 8 --batch 1 --context 512,1024,2048 \
+      --splits 17 "${graph[@]}"
+    bin 60 - arbor_bench_attention --hq 64 --hkv 8 --batch 1,2 --context 4096 --splits 32 \
+      "${graph[@]}"
+  } 2>&1 | tee -a "$OUT/sweep.log" | grep -E "^ +[0-9]|^(==|--)"
 fi
 
 if [[ $parts == *" trace "* ]]; then
