@@ -46,19 +46,21 @@ bin() {
     "$b/bin/$exe" "$@"
 }
 
+# Every timed run: per layer inside a CUDA graph of 32 layers, as the targets are.
+graph=(--mode graph --iters 100 --layers 32)
+
 if [[ $parts == *" tests "* ]]; then
   echo "== GPU tests [decode]"
   bin 300 - arbor_gpu_tests "[decode]" 2>&1 | tee "$OUT/tests_decode.log" | tail -3
 fi
 
 if [[ $parts == *" quick "* ]]; then
-  quick=(--mode graph --iters 100 --layers 32 --trace 3)
   for run in "- --batch 1,8 --context 1024,4096,32768" \
     "ARBOR_DECODE_RING=2 --batch 1,8 --context 4096,32768"; do
     setting=${run%% *} shape=${run#* }
     echo "== block timelines, $setting"
     # shellcheck disable=SC2086  # the shape's arguments, split on spaces
-    bin 60 "$setting" arbor_bench_attention_trace $shape "${quick[@]}" 2>&1 |
+    bin 60 "$setting" arbor_bench_attention_trace $shape "${graph[@]}" --trace 3 2>&1 |
       tee -a "$OUT/trace_quick.log" | grep -vE "^(device|measured|shape|GB/s)"
   done
   echo "== GPU tests [decode]"
@@ -66,7 +68,6 @@ if [[ $parts == *" quick "* ]]; then
 fi
 
 if [[ $parts == *" sweep "* ]]; then
-  graph=(--mode graph --iters 100 --layers 32)
   {
     echo "== 4097-8192 tokens, batch 1-2: as planned, then forced splits, rings off / 3 stages"
     bin 60 - arbor_bench_attention --batch 1,2 --context 4096,5120,6144,7168,8192 "${graph[@]}"
@@ -93,12 +94,12 @@ if [[ $parts == *" trace "* ]]; then
     echo "== block timelines, $label"
     {
       bin 120 "$setting" arbor_bench_attention_trace --batch 1 --context 1024,4096,32768 \
-        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+        "${graph[@]}" --trace "${TRACE:-5}"
       bin 120 "$setting" arbor_bench_attention_trace --batch 8,32 --context 1024,4096,32768 \
-        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+        "${graph[@]}" --trace "${TRACE:-5}"
       # The split count the plan once took at batch 1 x 1k (one block per SM).
       bin 60 "$setting" arbor_bench_attention_trace --batch 1 --context 1024 --splits 17 \
-        --mode graph --iters 100 --layers 32 --trace "${TRACE:-5}"
+        "${graph[@]}" --trace "${TRACE:-5}"
     } 2>&1 | tee -a "$OUT/trace_$label.log" | grep -vE "^(device|measured|shape|GB/s)"
   done
 fi

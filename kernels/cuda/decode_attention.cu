@@ -1243,11 +1243,6 @@ int ring_stages_setting() {
   return stages;
 }
 
-// What tensor_core_shape() asks, for the errors of plans that need it.
-constexpr const char* kTensorCoreShapeText =
-    "head_dim 128, GQA 4 or 8, block_size >= 16 and the tensor-core steps (ARBOR_DECODE_MMA "
-    "not 0)";
-
 // Whether launches of these params take the tensor-core steps (as launch() decides: with a
 // prologue or over global memory): the shapes the ring variant (which replaces the steps over
 // global memory) serves.
@@ -1401,7 +1396,9 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     fail("plan.ring_stages " + std::to_string(plan.ring_stages) + " is not 0, 2 or 3");
   }
   if (plan.ring_stages > 0 && (plan.prologue_tiles > 0 || !tensor_core_shape(p))) {
-    fail(std::string("plan.ring_stages needs no prologue, ") + kTensorCoreShapeText);
+    fail(
+        "plan.ring_stages needs no prologue, head_dim 128, GQA 4 or 8, block_size >= 16 and the "
+        "tensor-core steps (ARBOR_DECODE_MMA not 0)");
   }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +
