@@ -31,6 +31,7 @@
 
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/wgmma.cuh"
 #include "kernels/paged_kv.h"
@@ -46,21 +47,6 @@ constexpr int kBlockN = 64;  // keys per K/V tile
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte asynchronous copy global → shared; when `valid` is false nothing is read and the
-// 16 destination bytes are zero-filled (src-size 0).
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // ldmatrix.x4: lanes 8i..8i+7 give the row addresses of 8×8 matrix i (16 bytes per row);
