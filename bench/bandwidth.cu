@@ -5,7 +5,9 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/device_buffer.h"
 
 namespace arbor::bench {
@@ -30,22 +32,66 @@ __global__ void read_kernel(const uint4* __restrict__ data, size_t n, unsigned* 
   if (acc == 0x9e3779b9u) *sink = acc;
 }
 
-}  // namespace
+// The same bytes through the two asynchronous copy paths into shared memory, each block
+// streaming 16 KiB chunks (grid-stride) through a ring of kStages buffers, so that up to
+// kStages chunks per block are in flight: cp.async (16 bytes per thread and copy, through
+// L1TEX like a load, without registers) and the bulk copy engine (one thread per chunk).
+// Nothing reads the buffers: what is timed is the bytes arriving.
+constexpr int kChunkBytes = 16 * 1024;
+constexpr int kStages = 4;
+constexpr int kAsyncThreads = 128;
 
-double measure_read_bandwidth() {
-  // 4 GiB (far beyond L2), or a quarter of what is free on a smaller or busier GPU.
-  size_t free_bytes = 0, total_bytes = 0;
-  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  const size_t bytes = std::min<size_t>(size_t(4) << 30, free_bytes / 4) / 16 * 16;
-  cuda::DeviceBuffer buf(bytes), sink(sizeof(unsigned));
-  CUDA_CHECK(cudaMemset(buf.get(), 1, bytes));
-  int sms = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+__global__ void cp_async_read_kernel(const uint4* __restrict__ data, size_t chunks) {
+  extern __shared__ __align__(128) uint4 ring[];
+  constexpr int kPerThread = kChunkBytes / 16 / kAsyncThreads;
+  auto issue = [&](size_t chunk, int stage) {
+    if (chunk < chunks) {
+      const uint4* src = data + chunk * (kChunkBytes / 16);
+      uint4* dst = ring + stage * (kChunkBytes / 16);
+      for (int i = 0; i < kPerThread; ++i) {
+        const int e = threadIdx.x + i * kAsyncThreads;
+        arbor::cuda::cp_async_16(arbor::cuda::shared_address(dst + e), src + e, true);
+      }
+    }
+    arbor::cuda::cp_async_commit();
+  };
+  size_t chunk = blockIdx.x;
+  for (int s = 0; s < kStages; ++s) issue(chunk + size_t(s) * gridDim.x, s);
+  for (int k = 0; chunk < chunks; ++k, chunk += gridDim.x) {
+    arbor::cuda::cp_async_wait<kStages - 1>();  // chunk k has landed: its stage is free
+    issue(chunk + size_t(kStages) * gridDim.x, k % kStages);
+  }
+  arbor::cuda::cp_async_wait<0>();
+}
+
+__global__ void bulk_read_kernel(const uint4* __restrict__ data, size_t chunks) {
+  extern __shared__ __align__(128) uint4 ring[];
+  __shared__ uint64_t full[kStages];
+  if (threadIdx.x != 0) return;
+  for (int s = 0; s < kStages; ++s) arbor::cuda::mbar_init(&full[s], 1);
+  arbor::cuda::fence_mbar_init();
+  auto issue = [&](size_t chunk, int stage) {
+    if (chunk >= chunks) return;
+    arbor::cuda::mbar_arrive_expect_tx(&full[stage], kChunkBytes);
+    arbor::cuda::bulk_copy_to_shared(ring + stage * (kChunkBytes / 16),
+                                     data + chunk * (kChunkBytes / 16), kChunkBytes, &full[stage]);
+  };
+  size_t chunk = blockIdx.x;
+  for (int s = 0; s < kStages; ++s) issue(chunk + size_t(s) * gridDim.x, s);
+  for (int k = 0; chunk < chunks; ++k, chunk += gridDim.x) {
+    arbor::cuda::mbar_wait(&full[k % kStages], uint32_t(k / kStages) & 1);
+    issue(chunk + size_t(kStages) * gridDim.x, k % kStages);
+  }
+}
+
+// Median bytes per second of `launch` over `bytes`, after two warm-up runs.
+template <typename Launch>
+double median_rate(size_t bytes, Launch launch) {
   cuda::Event start, stop;
   std::vector<double> runs;
   for (int r = 0; r < 12; ++r) {
     start.record(nullptr);
-    read_kernel<<<sms * 8, 512>>>(buf.as<uint4>(), bytes / 16, sink.as<unsigned>());
+    launch();
     CUDA_CHECK_LAUNCH();
     stop.record(nullptr);
     const double ms = stop.elapsed_ms_since(start);
@@ -53,6 +99,47 @@ double measure_read_bandwidth() {
   }
   std::sort(runs.begin(), runs.end());
   return runs[runs.size() / 2];
+}
+
+// 4 GiB (far beyond L2), or a quarter of what is free on a smaller or busier GPU.
+size_t probe_bytes() {
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return std::min<size_t>(size_t(4) << 30, free_bytes / 4) / kChunkBytes * kChunkBytes;
+}
+
+}  // namespace
+
+ReadPaths measure_read_paths() {
+  const size_t bytes = probe_bytes();
+  cuda::DeviceBuffer buf(bytes);
+  CUDA_CHECK(cudaMemset(buf.get(), 1, bytes));
+  int sms = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const int smem = kStages * kChunkBytes;
+  CUDA_CHECK(cudaFuncSetAttribute(cp_async_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  smem));
+  CUDA_CHECK(
+      cudaFuncSetAttribute(bulk_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const size_t chunks = bytes / kChunkBytes;
+  ReadPaths r;
+  r.cp_async = median_rate(bytes, [&] {
+    cp_async_read_kernel<<<sms * 3, kAsyncThreads, smem>>>(buf.as<uint4>(), chunks);
+  });
+  r.bulk =
+      median_rate(bytes, [&] { bulk_read_kernel<<<sms * 3, 32, smem>>>(buf.as<uint4>(), chunks); });
+  return r;
+}
+
+double measure_read_bandwidth() {
+  const size_t bytes = probe_bytes();
+  cuda::DeviceBuffer buf(bytes), sink(sizeof(unsigned));
+  CUDA_CHECK(cudaMemset(buf.get(), 1, bytes));
+  int sms = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  return median_rate(bytes, [&] {
+    read_kernel<<<sms * 8, 512>>>(buf.as<uint4>(), bytes / 16, sink.as<unsigned>());
+  });
 }
 
 }  // namespace arbor::bench

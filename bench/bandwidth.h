@@ -8,4 +8,13 @@ namespace arbor::bench {
 // (16-byte loads, all SMs), median of several runs.
 double measure_read_bandwidth();
 
+// The same over the asynchronous copy paths into shared memory (bytes per second): cp.async,
+// 16 bytes per thread and copy, and the bulk copy engine, 16 KiB per copy; each with up to 64
+// KiB in flight per block, 3 blocks per SM. Load paths differ in what they reach (H100:
+// bench/RESULTS.md), so a kernel's share of the ceiling depends on which one it is held to.
+struct ReadPaths {
+  double cp_async = 0, bulk = 0;
+};
+ReadPaths measure_read_paths();
+
 }  // namespace arbor::bench
