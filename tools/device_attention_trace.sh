@@ -22,6 +22,9 @@
 #          8192 tokens at batch 1-2, planned and with forced split counts with and without
 #          the rings; GQA 8 (64 query heads), planned against the split counts the rule
 #          replaced (about 2 minutes).
+#   copy   batch 1-32 x 1k-128k with the register loads as planned and with the ring (3
+#          stages) wherever there is no prologue, PASSES passes (about 3 minutes each); the
+#          benchmark's header gives the read bandwidth of each load path.
 #
 # Usage: tools/device_attention_trace.sh NAME   env: PARTS, PASSES (2), TRACE (replays, 5),
 #        EXTRA (more attention runs for ab, as tools/device_decode_attention.sh takes them;
@@ -37,12 +40,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 date -u
 export ARBOR_SOURCE_DIR=$PWD
 
-# bin SECONDS SETTING EXE ARGS...: SETTING is VAR=VALUE for the run, or "-" for none.
+# bin SECONDS SETTING EXE ARGS...: SETTING is VAR=VALUE for the run (several joined by
+# commas), or "-" for none.
 bin() {
   local seconds=$1 setting=$2 exe=$3
   shift 3
   [[ $setting == - ]] && setting=
-  timeout "$seconds" env LD_LIBRARY_PATH="$b/lib:/usr/local/cuda/lib64" ${setting:+"$setting"} \
+  local -a vars
+  IFS=, read -ra vars <<<"$setting"
+  timeout "$seconds" env LD_LIBRARY_PATH="$b/lib:/usr/local/cuda/lib64" "${vars[@]}" \
     "$b/bin/$exe" "$@"
 }
 
@@ -86,6 +92,18 @@ if [[ $parts == *" sweep "* ]]; then
     bin 60 - arbor_bench_attention --hq 64 --hkv 8 --batch 1,2 --context 4096 --splits 32 \
       "${graph[@]}"
   } 2>&1 | tee -a "$OUT/sweep.log" | grep -E "^ +[0-9]|^(==|--)"
+fi
+
+if [[ $parts == *" copy "* ]]; then
+  {
+    for pass in $(seq "${PASSES:-2}"); do
+      for setting in - ARBOR_DECODE_RING=3; do
+        echo "-- pass $pass, $setting"
+        bin 120 "$setting" arbor_bench_attention --batch 1,4,8,16,32 \
+          --context 1024,2048,4096,8192,16384,32768,131072 "${graph[@]}"
+      done
+    done
+  } 2>&1 | tee -a "$OUT/copy.log" | grep -E "^ +[0-9]|^(--|measured|the same)"
 fi
 
 if [[ $parts == *" trace "* ]]; then

@@ -45,6 +45,7 @@
 
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/load.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/pdl.h"
@@ -71,10 +72,14 @@ constexpr int kMergeUnroll = 8;
 constexpr int kMergeGroup = kMergeUnroll;
 constexpr int kTwoLevelMinSplits = 5 * kMergeUnroll;
 // The short-context rule of the plan (plan_decode_attention): contexts past the prologue's
-// reach, up to this long, take splits of this many tokens (at least kMergeUnroll splits)
-// through 3-stage rings.
-constexpr int kShortRingMaxContext = 4096;
+// reach, up to this long, take splits of this many tokens (at least kMergeUnroll splits, at
+// most kShortRingMaxSplits) through 3-stage rings.
+constexpr int kShortRingMaxContext = 7168;
 constexpr int kShortRingSplitTokens = 256;
+// Batch 2's 16 (sequence, kv head) pairs times 16 splits fill one wave of 3-stage ring blocks
+// (2 per SM on 132 SMs); 24 took two (H100, batch 2 x 5120: 17.78 us with 16 splits, 23.30
+// with 24).
+constexpr int kShortRingMaxSplits = 16;
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
 // place whatever the plan, so that plans can share a workspace (workspace_num_seqs).
@@ -645,17 +650,23 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ring variant (plan.ring_stages; an experiment, planned only with ARBOR_DECODE_RING=2 or 3):
-// the tensor-core steps over global memory (mma_steps) keep one 8 KiB step of K and V per
-// warp in flight, in registers, and wait for it before each step's math. Here each warp owns
-// a ring of kStages steps in shared memory, filled by bulk copies (one per K and V: the 16
-// rows of a step are consecutive in one cache page) that complete on the stage's mbarrier;
-// a stage is refilled with the warp's step kStages ahead as soon as its rows are in
-// registers, so while a step's math runs the next kStages - 1 are in flight without holding
-// registers. 2 stages: 64 KiB a block, 3 blocks per SM, up to 192 KiB in flight per SM
-// (against 4 x 4 x 8 = 128 KiB with register loads, and only while they wait); 3 stages:
-// 96 KiB, 2 blocks. Steps whose rows hold each sequence's last (which the previous kernel
-// may still be writing) are requested after griddepcontrol.wait, the others before it.
+// Ring variant (plan.ring_stages: the plan's short-context rule takes 3 stages; with
+// ARBOR_DECODE_RING=2 or 3 every plan without a prologue takes it): the tensor-core steps over
+// global memory (mma_steps) keep one 8 KiB step of K and V per warp in flight, in registers,
+// and wait for it before each step's math. Here each warp owns a ring of kStages steps in
+// shared memory, filled by cp.async: every lane copies 16 bytes at a time, 8 of the step's
+// 256 chunks of K and of V (the 16 rows of a step are consecutive in one cache page, so a
+// warp instruction covers two whole rows, 512 contiguous bytes), and each lane's copies of a
+// step are one cp.async group, so that waiting for a step is cp.async.wait_group (groups
+// complete in order) and a __syncwarp. A stage is refilled with the warp's step kStages ahead
+// as soon as its rows are in registers, so while a step's math runs the next kStages - 1 are
+// in flight without holding registers. 2 stages: 64 KiB a block, 3 blocks per SM; 3 stages:
+// 96 KiB, 2 blocks. Steps whose rows hold each sequence's last (which the previous kernel may
+// still be writing) are requested after griddepcontrol.wait, the others before it.
+// Bulk copies (one per K and V of a step, completing on an mbarrier) filled the rings before:
+// cp.async is faster almost everywhere (H100, per layer in a graph: batch 1 x 4k 8.91 -> 7.95
+// us, batch 2 x 2k 8.47 -> 7.51, with 3 stages at batch 8 x 32k 360.8 -> 350.0;
+// bench/RESULTS.md).
 template <int kStages>
 struct Ring {
   static constexpr int kStepTokens = 16;
@@ -665,66 +676,73 @@ struct Ring {
   static_assert(kBlocksPerSm >= 1, "a block's ring fits an SM");
 };
 
-// Requests the step of 16 tokens from t0 (rows up to `end`) into `stage`; one lane.
+// Requests the step of 16 tokens from t0 (rows up to `end`) into `stage`; every lane of the
+// warp, one cp.async per 16 bytes (the caller commits the group).
 __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t* table, int kvh,
-                                             int t0, int end, bf16* stage, uint64_t* full) {
+                                             int t0, int end, bf16* stage, int lane) {
   constexpr int D = 128;
-  const uint32_t bytes = uint32_t(min(16, end - t0)) * D * 2;
+  const int rows = min(16, end - t0);
   const int64_t elem = kv_row_offset(a, table, kvh, t0, D);
-  mbar_arrive_expect_tx(full, 2 * bytes);
-  bulk_copy_to_shared(stage, a.k_cache + elem, bytes, full);
-  bulk_copy_to_shared(stage + 16 * D, a.v_cache + elem, bytes, full);
+  const bf16* k = a.k_cache + elem;
+  const bf16* v = a.v_cache + elem;
+  const uint32_t dst = shared_address(stage);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int c = lane + 32 * i;  // chunk c: row c / 16, dims 8 (c % 16) .. + 8
+    if (c / 16 < rows) {
+      cp_async_16(dst + c * 16, k + c * 8, true);
+      cp_async_16(dst + 16 * D * 2 + c * 16, v + c * 8, true);
+    }
+  }
 }
 
-// The warp's first kStages steps (from begin + 16 warp, every kWarps * 16 tokens), by lane 0:
-// before the wait (before_wait) those without the sequence's last row `len - 1`, after it
-// the others (all of them without overlap_previous_kernel).
+// The warp's first kStages steps (from begin + 16 warp, every kWarps * 16 tokens): before the
+// wait (before_wait) the leading ones without the sequence's last row `len - 1` (once a step
+// holds it, or does not exist, so do all after it), after the wait the others (all of them
+// without overlap_previous_kernel). One group per step, empty for steps past the split, so
+// that each lane has committed exactly kStages groups when ring_steps starts.
 template <int kStages>
 __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const int32_t* table,
                                                    int kvh, int warp, int lane, int begin, int end,
-                                                   int len, bool before_wait, bf16* ring,
-                                                   uint64_t (*full)[kStages]) {
-  if (lane != 0) return;
+                                                   int len, bool before_wait, bf16* ring) {
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
     const int t0 = begin + 16 * (warp + s * kWarps);
-    if (t0 >= end) break;
-    const bool early = a.overlap_previous_kernel && t0 + 16 < len;
-    if (early != before_wait) continue;
+    const bool early = t0 < end && a.overlap_previous_kernel && t0 + 16 < len;
+    if (before_wait && !early) return;
+    if (!before_wait && early) continue;  // requested before the wait
     bf16* stage = ring + (size_t(warp) * kStages + s) * Ring<kStages>::kStageElems;
-    ring_request(a, table, kvh, t0, end, stage, &full[warp][s]);
+    if (t0 < end) ring_request(a, table, kvh, t0, end, stage, lane);
+    cp_async_commit();
   }
 }
 
 // Tokens [begin, end) of a split for one warp through its ring (requested by
-// ring_request_first): wait for the stage, its rows into registers, refill it with the step
-// kStages ahead, then the step's math. Leaves the lane's state as mma_step.
+// ring_request_first): the step's group has landed (and every lane's: __syncwarp); its rows
+// into registers; once every lane has read the stage, its refill with the step kStages ahead
+// (a group, empty past the split, to keep one per step); then the step's math. Leaves the
+// lane's state as mma_step.
 template <int kStages>
 __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* table, int kvh,
                                            int warp, int lane, int begin, int end, bf16* ring,
-                                           uint64_t (*full)[kStages], const uint4 (&qb)[4],
-                                           float (&m)[2], float (&l)[2], float (&o)[8][4]) {
+                                           const uint4 (&qb)[4], float (&m)[2], float (&l)[2],
+                                           float (&o)[8][4]) {
   constexpr int D = 128;
   for (int i = 0;; ++i) {
     const int t0 = begin + 16 * (warp + i * kWarps);
     if (t0 >= end) break;
-    const int s = i % kStages;
-    bf16* stage = ring + (size_t(warp) * kStages + s) * Ring<kStages>::kStageElems;
-    mbar_wait(&full[warp][s], uint32_t(i / kStages) & 1);
+    bf16* stage = ring + (size_t(warp) * kStages + i % kStages) * Ring<kStages>::kStageElems;
+    cp_async_wait<kStages - 1>();
+    __syncwarp();
     MmaStep st;
     mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
+    __syncwarp();
     const int t_next = t0 + kStages * kWarps * 16;
-    if (t_next < end) {
-      // Every lane's reads of the stage are issued before lane 0 refills it; the proxy fence
-      // orders those reads before the copies' writes.
-      __syncwarp();
-      if (lane == 0) {
-        fence_proxy_async_shared();
-        ring_request(a, table, kvh, t_next, end, stage, &full[warp][s]);
-      }
-    }
+    if (t_next < end) ring_request(a, table, kvh, t_next, end, stage, lane);
+    cp_async_commit();
     mma_step(st, qb, t0, end, lane, a.scale_log2, m, l, o);
   }
+  cp_async_wait<0>();  // only empty groups are left; none may outlive the ring's memory
 }
 
 // Counts this block's arrival on `counter` and tells whether it is the last of `expected`,
@@ -872,14 +890,8 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
   [[maybe_unused]] MmaStep mma_first;
   [[maybe_unused]] bool mma_preloaded = false;
   [[maybe_unused]] bf16* ring = reinterpret_cast<bf16*>(smem);  // [warp][stage][K, V][16][D]
-  [[maybe_unused]] __shared__ uint64_t ring_full[kWarps][kRing > 0 ? kRing : 1];
   if constexpr (kRing > 0) {
-    if (threadIdx.x == 0) {
-      for (int i = 0; i < kWarps * kRing; ++i) mbar_init(&ring_full[i / kRing][i % kRing], 1);
-      fence_mbar_init();
-    }
-    __syncthreads();
-    ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, true, ring, ring_full);
+    ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, true, ring);
   } else if constexpr (kMma && !kPrologue) {
     const int t_first = begin + warp * 16;
     if (a.overlap_previous_kernel && t_first < end && t_first + 16 < len) {
@@ -914,8 +926,8 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
                             full, qb, mm, lm, om);
       __syncthreads();  // the warps' partials below overwrite the tiles
     } else if constexpr (kRing > 0) {
-      ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, false, ring, ring_full);
-      ring_steps<kRing>(a, table, kvh, warp, lane, begin, end, ring, ring_full, qb, mm, lm, om);
+      ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, false, ring);
+      ring_steps<kRing>(a, table, kvh, warp, lane, begin, end, ring, qb, mm, lm, om);
       __syncthreads();  // the warps' partials below overwrite the rings
     } else {
       mma_steps(a, table, kvh, warp, lane, begin, end, qb, mma_preloaded, mma_first, mm, lm, om);
@@ -1314,16 +1326,21 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
          std::to_string(kMaxSplits) + "]");
   }
   DecodeAttentionPlan plan;
-  int short_ring = 0;  // ring stages the short-context rule below asks for
+  int rule_ring = 0;  // ring stages the rules below ask for
   if (force_splits > 0) {
     plan.num_splits = force_splits;
   } else if (p.num_seqs > 0 && p.max_context_len > 0) {
     TileInfo t = tile_info(p.head_dim, p.num_q_heads / p.num_kv_heads);
-    if (ring_stages_setting() > 0 && tensor_core_shape(p)) {
-      t.blocks_per_sm = ring_stages_setting() == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
-    }
     const int64_t pairs = int64_t(p.num_seqs) * p.num_kv_heads;
     const int64_t len = p.max_context_len;
+    // The rules below are for the tensor-core shapes with the overlap, as measured; a ring
+    // setting (ARBOR_DECODE_RING) replaces them.
+    const bool rules =
+        p.overlap_previous_kernel && tensor_core_shape(p) && ring_stages_setting() == 0;
+    const int ring = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
+    if (ring > 0 && tensor_core_shape(p)) {
+      t.blocks_per_sm = ring == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
+    }
     // Splits that still get at least one block-iteration of tokens each.
     const int64_t most = (len + t.tile_tokens - 1) / t.tile_tokens;
     // One wave of resident blocks (no partial second wave), but not below
@@ -1337,18 +1354,19 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     // shapes, with the overlap): what matters there is the chain after the wait, not filling
     // every SM. Up to kMergeUnroll splits that each fit the prologue, merged in one round of
     // loads; longer contexts, up to kShortRingMaxContext, splits of kShortRingSplitTokens
-    // through 3-stage rings (H100, per layer in a graph, the split sweep in bench/RESULTS.md:
-    // batch 1 x 512 4.92 -> 3.87 us, x 1k 5.64 -> 4.69, x 2k 7.15 -> 6.49, x 4k 10.77 ->
-    // 8.91; batch 2 x 2k 9.36 -> 8.50, x 4k 15.67 -> 15.17; at 8k the rule's best, 15.61,
-    // loses to 64 splits over global memory, 14.79).
-    if (p.overlap_previous_kernel && tensor_core_shape(p) && pairs * kMergeUnroll <= num_sms &&
-        ring_stages_setting() == 0) {
+    // (8 to kShortRingMaxSplits of them) through 3-stage rings (H100, per layer in a graph,
+    // the split sweeps in bench/RESULTS.md: batch 1 x 512 4.92 -> 3.87 us, x 1k 5.64 -> 4.69,
+    // x 2k 7.15 -> 6.49, x 4k 10.77 -> 8.91, x 5k 13.26 -> 10.14, x 6k 15.53 -> 12.50, x 7k
+    // 14.87 -> 14.61; batch 2 x 2k 9.36 -> 8.50, x 4k 15.67 -> 15.17, x 5k 18.63 -> 17.78,
+    // x 6k 21.39 -> 20.04, x 7k 24.19 -> 22.85; at 8k the rule's best, 15.61, loses to 64
+    // splits over global memory, 14.79).
+    if (rules && pairs * kMergeUnroll <= num_sms) {
       if (len <= int64_t(kMergeUnroll) * t.max_prologue_tiles * t.tile_tokens) {
         s = std::min<int64_t>(s, kMergeUnroll);
       } else if (len <= kShortRingMaxContext) {
-        s = std::max<int64_t>(kMergeUnroll,
-                              (len + kShortRingSplitTokens - 1) / kShortRingSplitTokens);
-        short_ring = 3;
+        s = std::clamp<int64_t>((len + kShortRingSplitTokens - 1) / kShortRingSplitTokens,
+                                kMergeUnroll, kShortRingMaxSplits);
+        rule_ring = 3;
       }
     }
     s = std::clamp<int64_t>(s, 1, std::min<int64_t>(most, kMaxSplits));
@@ -1356,7 +1374,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
   if (plan.prologue_tiles == 0 && tensor_core_shape(p)) {
-    plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : short_ring;
+    plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
   }
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;

@@ -103,7 +103,7 @@ struct DecodeAttentionPlan {
   // Tiles of each split streamed whole into shared memory by bulk copies before the
   // previous kernel ends (short contexts at small batch); 0 = register loads only.
   int prologue_tiles = 0;
-  // Steps of K and V each warp keeps in flight in a shared-memory ring filled by bulk copies
+  // Steps of K and V each warp keeps in flight in a shared-memory ring filled by cp.async
   // (2 or 3; 0 = register loads). Only for the tensor-core steps without a prologue: head
   // dim 128, GQA 4 or 8, blocks of 16 tokens or more. The plan takes 3 for short contexts at
   // batch 1-2 past the prologue's reach (plan_decode_attention); ARBOR_DECODE_RING=2 or 3,

@@ -99,8 +99,9 @@ TEST_CASE("decode_attention plans use one wave of blocks and give every split to
 }
 
 // Short contexts at batch 1-2 on the tensor-core shapes (with the overlap): at most 8 splits
-// that each fit the prologue up to 1024 tokens, then splits of 256 tokens (8 to 16) through
-// 3-stage rings up to 4096; past that, and for other batches and shapes, one block per SM.
+// that each fit the prologue up to 1024 tokens, then splits of at least 256 tokens (8 to 16)
+// through 3-stage rings up to 7168; past that, and for other batches and shapes, one block
+// per SM.
 TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cuda-host][decode]") {
   if (std::getenv("ARBOR_DECODE_RING")) {
     WARN("skipped: ARBOR_DECODE_RING overrides the rule");
@@ -113,7 +114,8 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   for (const Case& c :
        {Case{1, 100, 4, 0, true}, Case{1, 512, 8, 0, true}, Case{1, 1024, 8, 0, true},
         Case{2, 1024, 8, 0, true}, Case{1, 1025, 8, 3, false}, Case{1, 2048, 8, 3, false},
-        Case{1, 3000, 12, 3, false}, Case{2, 4096, 16, 3, false}}) {
+        Case{1, 3000, 12, 3, false}, Case{2, 4096, 16, 3, false}, Case{1, 5120, 16, 3, false},
+        Case{2, 7168, 16, 3, false}}) {
     const DecodeAttentionPlan plan =
         plan_decode_attention(params(c.seqs, 32, 8, 128, 16, c.len, true), 132);
     INFO("seqs " << c.seqs << " len " << c.len);
@@ -123,14 +125,14 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   }
   // Outside the rule the plan is the one made without the overlap (which the rule needs):
   // 17 splits at 1024 tokens for batch 1 on 132 SMs, no ring; so for other shapes, for
-  // batch 4 and for 8192 tokens.
+  // batch 4 and from 7169 tokens.
   CHECK(plan_decode_attention(params(1, 32, 8, 128, 16, 1024, false), 132).num_splits == 17);
   struct Outside {
     int seqs, hq, d, len;
   };
   for (const Outside& c :
        {Outside{1, 16, 128, 1024}, Outside{1, 32, 64, 1024}, Outside{4, 32, 128, 1024},
-        Outside{4, 32, 128, 2048}, Outside{1, 32, 128, 8192}}) {
+        Outside{4, 32, 128, 2048}, Outside{1, 32, 128, 7169}, Outside{1, 32, 128, 8192}}) {
     INFO("seqs " << c.seqs << " hq " << c.hq << " d " << c.d << " len " << c.len);
     const DecodeAttentionPlan with =
         plan_decode_attention(params(c.seqs, c.hq, 8, c.d, 16, c.len, true), 132);
