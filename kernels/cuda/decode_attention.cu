@@ -80,6 +80,12 @@ constexpr int kShortRingSplitTokens = 256;
 // (2 per SM on 132 SMs); 24 took two (H100, batch 2 x 5120: 17.78 us with 16 splits, 23.30
 // with 24).
 constexpr int kShortRingMaxSplits = 16;
+// The plan's mid-sized rule: batches whose sequences hold this many tokens in all (max
+// context x sequences), from kRingMinBatchTokens to kRingMaxBatchTokens, take 3-stage rings
+// (plan_decode_attention).
+constexpr int64_t kRingMinBatchTokens = 16384;
+constexpr int64_t kRingMaxBatchTokens = 65536;
+constexpr int64_t kRingMaxBatchTokensGqa8 = 131072;  // GQA 8 gains up to twice as many
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
 // place whatever the plan, so that plans can share a workspace (workspace_num_seqs).
@@ -113,6 +119,10 @@ struct Tile {
   // accumulator registers per lane, so it gets the larger budget. Shared memory allows more.
   static constexpr int kBlocksPerSm = G == 8 ? 2 : 4;
 };
+
+// Resident blocks per SM of the tensor-core steps (kMma) at any GQA ratio: they fit in 128
+// registers at GQA 8 too.
+constexpr int kMmaBlocksPerSm = 4;
 
 // Runtime view of Tile<D, G>, for the host-side plan.
 struct TileInfo {
@@ -812,7 +822,7 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // kRing: the ring variant's stages (0: none; with kMma, without kPrologue).
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0>
 __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing : 1)>::kBlocksPerSm
-                                            : kMma    ? 4
+                                            : kMma    ? kMmaBlocksPerSm
                                                       : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4), "mma_steps: D 128, G 4 or 8");
@@ -1337,6 +1347,22 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     // setting (ARBOR_DECODE_RING) replaces them.
     const bool rules =
         p.overlap_previous_kernel && tensor_core_shape(p) && ring_stages_setting() == 0;
+    // The tensor-core steps over global memory are planned for the blocks per SM they run
+    // with; Tile's count is the CUDA-core steps' (2 at GQA 8: H100, GQA 8 per layer in a
+    // graph, batch 1 x 16k 32.9 -> 28.9 us, batch 8 x 1k 17.5 -> 15.3, x 4k 50.8 -> 47.9;
+    // level from batch 8 x 32k on, bench/RESULTS.md).
+    if (tensor_core_shape(p)) t.blocks_per_sm = kMmaBlocksPerSm;
+    // Mid-sized batches (kRingMinBatchTokens to kRingMaxBatchTokens tokens in all) stream
+    // faster through 3-stage rings, with the split count of their 2 blocks per SM (H100, per
+    // layer in a graph, bench/RESULTS.md: batch 1 x 32k 47.7 -> 46.5 us, batch 2 x 8k 26.9 ->
+    // 24.2, batch 4 x 4k 25.8 -> 23.9, batch 8 x 4k 46.2 -> 44.7, batch 16 x 2k 46.2 -> 44.5,
+    // batch 32 x 1k 45.9 -> 42.7); fewer tokens lose (batch 8 x 1k 13.3 -> 14.3), more are
+    // level or up to 0.7% slower. At GQA 8 up to twice as many gain (batch 32 x 4k 178.9 ->
+    // 175.3, batch 1 x 16k 28.9 -> 28.2).
+    const int64_t batch_tokens = int64_t(p.num_seqs) * len;
+    const int64_t ring_max =
+        p.num_q_heads / p.num_kv_heads == 8 ? kRingMaxBatchTokensGqa8 : kRingMaxBatchTokens;
+    if (rules && batch_tokens >= kRingMinBatchTokens && batch_tokens <= ring_max) rule_ring = 3;
     const int ring = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
     if (ring > 0 && tensor_core_shape(p)) {
       t.blocks_per_sm = ring == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;

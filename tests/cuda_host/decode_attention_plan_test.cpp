@@ -143,6 +143,51 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   }
 }
 
+// Mid-sized batches (16384 to 65536 tokens over the batch, 131072 at GQA 8) on the
+// tensor-core shapes, with the overlap: 3-stage rings, split for their 2 blocks per SM;
+// smaller and larger batches, other shapes and launches without the overlap keep the
+// register loads.
+TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host][decode]") {
+  if (std::getenv("ARBOR_DECODE_RING")) {
+    WARN("skipped: ARBOR_DECODE_RING overrides the rule");
+    return;
+  }
+  struct Case {
+    int seqs, len, splits, ring;
+  };
+  for (const Case& c :
+       {Case{1, 16384, 33, 3}, Case{1, 65536, 33, 3}, Case{2, 8192, 16, 3}, Case{8, 4096, 4, 3},
+        Case{32, 1024, 1, 3}, Case{32, 2048, 1, 3}, Case{8, 1024, 8, 0}, Case{1, 8192, 64, 0},
+        Case{1, 65537, 66, 0}, Case{8, 16384, 8, 0}, Case{32, 4096, 2, 0}}) {
+    const DecodeAttentionPlan plan =
+        plan_decode_attention(params(c.seqs, 32, 8, 128, 16, c.len, true), 132);
+    INFO("seqs " << c.seqs << " len " << c.len);
+    CHECK(plan.num_splits == c.splits);
+    CHECK(plan.ring_stages == c.ring);
+    CHECK(plan.prologue_tiles == 0);
+  }
+  // GQA 8 (64 query heads): up to 131072 tokens; its steps over global memory are planned
+  // for 4 blocks per SM, as GQA 4's.
+  for (const Case& c : {Case{1, 16384, 33, 3}, Case{32, 4096, 1, 3}, Case{8, 1024, 8, 0},
+                        Case{1, 131073, 66, 0}, Case{8, 32768, 8, 0}}) {
+    const DecodeAttentionPlan plan =
+        plan_decode_attention(params(c.seqs, 64, 8, 128, 16, c.len, true), 132);
+    INFO("GQA 8, seqs " << c.seqs << " len " << c.len);
+    CHECK(plan.num_splits == c.splits);
+    CHECK(plan.ring_stages == c.ring);
+  }
+  struct Outside {
+    int hq, d, bs;
+    bool overlap;
+  };
+  for (const Outside& c : {Outside{32, 128, 16, false}, Outside{16, 128, 16, true},
+                           Outside{32, 64, 16, true}, Outside{32, 128, 8, true}}) {
+    INFO("hq " << c.hq << " d " << c.d << " block size " << c.bs << " overlap " << c.overlap);
+    CHECK(plan_decode_attention(params(8, c.hq, 8, c.d, c.bs, 4096, c.overlap), 132).ring_stages ==
+          0);
+  }
+}
+
 TEST_CASE("decode_attention plans honour a forced split count", "[cuda-host][decode]") {
   const DecodeAttentionParams p = params(3, 32, 8, 128, 16, 5000, true);
   for (int splits : {1, 7, 64, 1024}) {
