@@ -114,9 +114,10 @@ struct Tile {
   static_assert(kMaxPrologueTiles >= 1, "a prologue holds at least one tile");
   // The warps' partials (o, m, l) at the end, in the same dynamic shared memory.
   static constexpr int kMergeBytes = kWarps * G * (D + 2) * 4;
-  // Resident blocks per SM the register budget is set for (__launch_bounds__: 128 registers
-  // at 4 blocks, 255 at 2); the plan sizes one wave with it. G = 8 holds 64 query and 64
-  // accumulator registers per lane, so it gets the larger budget. Shared memory allows more.
+  // Resident blocks per SM the CUDA-core steps' register budget is set for (__launch_bounds__:
+  // 128 registers at 4 blocks, 255 at 2); the plan sizes one wave with it (with
+  // kMmaBlocksPerSm for the tensor-core steps). G = 8 holds 64 query and 64 accumulator
+  // registers per lane, so it gets the larger budget. Shared memory allows more.
   static constexpr int kBlocksPerSm = G == 8 ? 2 : 4;
 };
 
@@ -660,8 +661,9 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ring variant (plan.ring_stages: the plan's short-context rule takes 3 stages; with
-// ARBOR_DECODE_RING=2 or 3 every plan without a prologue takes it): the tensor-core steps over
+// Ring variant (plan.ring_stages: the plan's rules take 3 stages, for short contexts at batch
+// 1-2 and for mid-sized batches; with ARBOR_DECODE_RING=2 or 3 every plan without a prologue
+// takes it): the tensor-core steps over
 // global memory (mma_steps) keep one 8 KiB step of K and V per warp in flight, in registers,
 // and wait for it before each step's math. Here each warp owns a ring of kStages steps in
 // shared memory, filled by cp.async: every lane copies 16 bytes at a time, 8 of the step's

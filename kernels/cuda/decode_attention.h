@@ -106,8 +106,9 @@ struct DecodeAttentionPlan {
   // Steps of K and V each warp keeps in flight in a shared-memory ring filled by cp.async
   // (2 or 3; 0 = register loads). Only for the tensor-core steps without a prologue: head
   // dim 128, GQA 4 or 8, blocks of 16 tokens or more. The plan takes 3 for short contexts at
-  // batch 1-2 past the prologue's reach (plan_decode_attention); ARBOR_DECODE_RING=2 or 3,
-  // set when the plan is made, takes that many wherever there is no prologue (measurements).
+  // batch 1-2 past the prologue's reach and for mid-sized batches (plan_decode_attention);
+  // ARBOR_DECODE_RING=2 or 3, set when the plan is made, takes that many wherever there is no
+  // prologue (measurements).
   int ring_stages = 0;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };

@@ -474,10 +474,11 @@ TEST_CASE("decode_attention merges partials per group of splits, then across gro
 }
 
 // The ring variant (plan.ring_stages: the plan takes 3 stages for short contexts at batch
-// 1-2, ARBOR_DECODE_RING 2 or 3 anywhere without a prologue): the tensor-core steps fed by
-// per-warp rings of 2 or 3 16-token steps filled by cp.async. Lengths around a step, a ring's worth
-// of steps per warp (4 warps) and a wave of refills, in a mixed batch with an empty context;
-// forced splits; pages of 16 to 128 tokens; GQA 4 and 8; up to 131072 tokens.
+// 1-2 and for mid-sized batches, ARBOR_DECODE_RING 2 or 3 anywhere without a prologue): the
+// tensor-core steps fed by per-warp rings of 2 or 3 16-token steps filled by cp.async. Lengths
+// around a step, a ring's worth of steps per warp (4 warps) and a wave of refills, in a mixed batch
+// with an empty context; forced splits; pages of 16 to 128 tokens; GQA 4 and 8; up to 131072
+// tokens.
 TEST_CASE("decode_attention's ring variant matches the CPU reference", "[gpu][decode]") {
   const std::vector<int> lens = {0,   1,   15,  16,  17,  63,  64,   65,
                                  127, 128, 129, 191, 192, 193, 1000, 4097};
