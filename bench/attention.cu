@@ -429,8 +429,10 @@ int main(int argc, char** argv) {
     if (o.trace > 0) {
       std::printf(
           "\nWhere a layer's time goes (traced build, %d replays; medians over layers, µs): "
-          "period = release to release; lead = blocks resident before release; then the "
-          "critical block (last merger): compute, publish, arrive, merge, level2, exit; "
+          "period = release to release; lead = blocks resident before release (started: the "
+          "critical block); then the "
+          "critical block (last merger): compute (within it, loaded: its requests before the "
+          "wait in shared memory), publish, arrive, merge, level2, exit; "
           "handoff = last block's end to the next release; spread = first to last block's "
           "steps done; untraced = this build's µs per layer with recording off; floor = "
           "µs per launch of empty kernels of the same grid, back to back in a graph "

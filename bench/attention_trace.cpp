@@ -39,9 +39,9 @@ DecodeTraceAnalysis::DecodeTraceAnalysis(int words_per_block, int blocks_per_lay
 }
 
 const std::vector<std::string>& DecodeTraceAnalysis::columns() {
-  static const std::vector<std::string> names = {"period",  "lead",  "compute", "publish",
-                                                 "arrive",  "merge", "level2",  "exit",
-                                                 "handoff", "spread"};
+  static const std::vector<std::string> names = {"period",  "lead",    "started", "loaded",
+                                                 "compute", "publish", "arrive",  "merge",
+                                                 "level2",  "exit",    "handoff", "spread"};
   return names;
 }
 
@@ -174,6 +174,10 @@ void DecodeTraceAnalysis::add_replay(const std::vector<uint64_t>& words, int lay
     auto& s = samples_;
     s["period"].push_back((release[size_t(l + 1)] - rel) * 1e-3);
     s["lead"].push_back((rel - median(starts)) * 1e-3);
+    s["started"].push_back((rel - crit->t[cuda::kTraceStart]) * 1e-3);
+    // Not recorded by the register loads: no sample, so the column reads NaN.
+    if (!std::isnan(crit->t[cuda::kTraceLoaded]))
+      s["loaded"].push_back((crit->t[cuda::kTraceLoaded] - rel) * 1e-3);
     s["compute"].push_back((crit->t[cuda::kTraceComputed] - rel) * 1e-3);
     s["publish"].push_back(span(cuda::kTraceComputed, cuda::kTraceWritten));
     s["arrive"].push_back(span(cuda::kTraceWritten, cuda::kTraceArrived));

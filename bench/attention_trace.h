@@ -11,6 +11,10 @@
 //             previous layer has completed);
 //   compute   release -> the critical block's steps done (the critical block: the merger
 //             that wrote the output last, or the last block of a one-split launch);
+//             started: how long before the release the critical block started (lead is
+//             the median block's); within compute, loaded: release -> the data its thread
+//             0's warp requested before the wait is in shared memory (prologue tiles or the
+//             ring's first steps; none with register loads);
 //   publish   its partial stored (or the output, with one split);
 //   arrive    its arrival counted (the atomic after the partials);
 //   merge     the merge it ran (the group's, or all partials with one level);

@@ -634,7 +634,8 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
                                                    int kvh, int warp, int lane, int begin, int end,
                                                    int prologue_tiles, int fresh_tok, bf16* tiles,
                                                    uint64_t* full, const uint4 (&qb)[4],
-                                                   float (&m)[2], float (&l)[2], float (&o)[8][4]) {
+                                                   float (&m)[2], float (&l)[2], float (&o)[8][4],
+                                                   BlockTrace& trace) {
   constexpr int D = 128;
   constexpr int kTileTokens = Tile<D, G>::kTileTokens;
   static_assert(kTileTokens % 16 == 0, "a tile holds whole 16-token steps");
@@ -644,6 +645,7 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
   for (int t0 = begin + warp * 16; t0 < min(end, prologue_end); t0 += kWarps * 16) {
     const int tile = (t0 - begin) / kTileTokens;
     mbar_wait(&full[tile], 0);
+    trace.at(kTraceLoaded);  // thread 0's last wait stays
     bf16* k_tile = tiles + size_t(tile) * 2 * kTileTokens * D;
     bf16* v_tile = k_tile + kTileTokens * D;
     const int first_row = t0 - begin - tile * kTileTokens;
@@ -738,7 +740,7 @@ template <int kStages>
 __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* table, int kvh,
                                            int warp, int lane, int begin, int end, bf16* ring,
                                            const uint4 (&qb)[4], float (&m)[2], float (&l)[2],
-                                           float (&o)[8][4]) {
+                                           float (&o)[8][4], BlockTrace& trace) {
   constexpr int D = 128;
   for (int i = 0;; ++i) {
     const int t0 = begin + 16 * (warp + i * kWarps);
@@ -746,6 +748,7 @@ __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* t
     bf16* stage = ring + (size_t(warp) * kStages + i % kStages) * Ring<kStages>::kStageElems;
     cp_async_wait<kStages - 1>();
     __syncwarp();
+    if (i < kStages) trace.at(kTraceLoaded);  // the steps requested first
     MmaStep st;
     mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
     __syncwarp();
@@ -935,11 +938,11 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
     load_q_fragments<G>(a, out_row0, lane, qb);
     if constexpr (kPrologue) {
       mma_prologue_steps<G>(a, table, kvh, warp, lane, begin, end, prologue_tiles, fresh_tok, tiles,
-                            full, qb, mm, lm, om);
+                            full, qb, mm, lm, om, trace);
       __syncthreads();  // the warps' partials below overwrite the tiles
     } else if constexpr (kRing > 0) {
       ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, false, ring);
-      ring_steps<kRing>(a, table, kvh, warp, lane, begin, end, ring, qb, mm, lm, om);
+      ring_steps<kRing>(a, table, kvh, warp, lane, begin, end, ring, qb, mm, lm, om, trace);
       __syncthreads();  // the warps' partials below overwrite the rings
     } else {
       mma_steps(a, table, kvh, warp, lane, begin, end, qb, mma_preloaded, mma_first, mm, lm, om);
@@ -1007,6 +1010,7 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
       register_steps<D, G, kOneBlock>(a, table, kvh, warp, row, col, prologue_end, end, q, m, l, o);
       for (int tile = 0; tile < prologue_tiles; ++tile) {
         mbar_wait(&full[tile], 0);
+        trace.at(kTraceLoaded);  // thread 0's last wait stays
         const bf16* k_tile = tiles + size_t(tile) * 2 * T::kTileTokens * D;
         const bf16* v_tile = k_tile + T::kTileTokens * D;
         const int t0 = begin + tile * T::kTileTokens;

@@ -78,6 +78,8 @@ enum DecodeAttentionTracePhase : int {
   kTraceStart = 0,  // first instruction
   kTraceIssued,     // prologue copies or the first step's loads requested (before the wait)
   kTraceReleased,   // griddepcontrol.wait returned: the previous kernel has completed
+  kTraceLoaded,     // thread 0's warp has the data requested before the wait (its last
+                    // prologue tile landed, or its ring's first steps); not on register loads
   kTraceComputed,   // every warp's steps done (the block barrier before the warps' merge)
   kTraceWritten,    // the block's partial (or its output, with one split) stored
   kTraceArrived,    // its arrival counted (first level of the merge)

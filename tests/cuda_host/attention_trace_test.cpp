@@ -41,6 +41,8 @@ double phase_offset(int b, int phase, bool two_level) {
       return -1900;
     case cu::kTraceReleased:
       return 10.0 * b;
+    case cu::kTraceLoaded:
+      return 300;
     case cu::kTraceComputed:
       return computed;
     case cu::kTraceWritten:
@@ -124,11 +126,18 @@ void check_breakdown(double tick_ns, double tolerance_us, bool two_level = false
   // merge 700,) the exit 50; it ends 2.51 (3.21) µs after the release, so the handoff is the
   // rest of the period.
   const double level2 = two_level ? 0.7 : 0.0;
-  const std::pair<const char*, double> expected[] = {
-      {"period", period}, {"lead", 2.0},   {"compute", 0.86},
-      {"publish", 0.1},   {"arrive", 0.6}, {"merge", 0.9},
-      {"level2", level2}, {"exit", 0.05},  {"handoff", period - 2.51 - level2},
-      {"spread", 0.06}};
+  const std::pair<const char*, double> expected[] = {{"period", period},
+                                                     {"lead", 2.0},
+                                                     {"started", 2.0},
+                                                     {"loaded", 0.3},
+                                                     {"compute", 0.86},
+                                                     {"publish", 0.1},
+                                                     {"arrive", 0.6},
+                                                     {"merge", 0.9},
+                                                     {"level2", level2},
+                                                     {"exit", 0.05},
+                                                     {"handoff", period - 2.51 - level2},
+                                                     {"spread", 0.06}};
   for (const auto& [name, us] : expected) {
     INFO(name << " tick " << tick_ns << " ns");
     REQUIRE(sum.us.count(name) == 1);
