@@ -367,12 +367,11 @@ int main(int argc, char** argv) {
     if (!o.peer.empty()) peer = run_peer(o);
 
     Stream stream;
-    const double load_bw = arbor::bench::measure_read_bandwidth();
     const arbor::bench::ReadPaths read_paths = arbor::bench::measure_read_paths();
     // The ceiling is the fastest path: a kernel can choose its loads (H100: the copies into
     // shared memory read ~1% faster than loads into registers, and cuDNN's SDPA exceeded
     // the loads' figure; bench/RESULTS.md).
-    const double read_bw = std::max({load_bw, read_paths.cp_async, read_paths.bulk});
+    const double read_bw = read_paths.fastest();
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     const DeviceBuffer kv_pool(size_t(double(free_bytes) * 0.85) / 4096 * 4096);
@@ -385,7 +384,8 @@ int main(int argc, char** argv) {
     std::printf(
         "measured read bandwidth: %.0f GB/s (the fastest of: loads %.0f, cp.async %.0f, bulk "
         "copies %.0f)\n",
-        read_bw * 1e-9, load_bw * 1e-9, read_paths.cp_async * 1e-9, read_paths.bulk * 1e-9);
+        read_bw * 1e-9, read_paths.loads * 1e-9, read_paths.cp_async * 1e-9,
+        read_paths.bulk * 1e-9);
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
         "overlap %d, prologue %s, plan for %s\n",

@@ -108,38 +108,47 @@ size_t probe_bytes() {
   return std::min<size_t>(size_t(4) << 30, free_bytes / 4) / kChunkBytes * kChunkBytes;
 }
 
+// What every probe reads: probe_bytes() of ones, and the SM count its grid is sized by.
+struct ProbeBuffer {
+  size_t bytes = probe_bytes();
+  cuda::DeviceBuffer buf{bytes};
+  int sms = 0;
+  ProbeBuffer() {
+    CUDA_CHECK(cudaMemset(buf.get(), 1, bytes));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  }
+};
+
+// The 16-byte loads into registers.
+double loads_rate(const ProbeBuffer& p) {
+  cuda::DeviceBuffer sink(sizeof(unsigned));
+  return median_rate(p.bytes, [&] {
+    read_kernel<<<p.sms * 8, 512>>>(p.buf.as<uint4>(), p.bytes / 16, sink.as<unsigned>());
+  });
+}
+
 }  // namespace
 
 ReadPaths measure_read_paths() {
-  const size_t bytes = probe_bytes();
-  cuda::DeviceBuffer buf(bytes);
-  CUDA_CHECK(cudaMemset(buf.get(), 1, bytes));
-  int sms = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const ProbeBuffer p;
   const int smem = kStages * kChunkBytes;
   CUDA_CHECK(cudaFuncSetAttribute(cp_async_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   smem));
   CUDA_CHECK(
       cudaFuncSetAttribute(bulk_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const size_t chunks = bytes / kChunkBytes;
+  const size_t chunks = p.bytes / kChunkBytes;
   ReadPaths r;
-  r.cp_async = median_rate(bytes, [&] {
-    cp_async_read_kernel<<<sms * 3, kAsyncThreads, smem>>>(buf.as<uint4>(), chunks);
+  r.loads = loads_rate(p);
+  r.cp_async = median_rate(p.bytes, [&] {
+    cp_async_read_kernel<<<p.sms * 3, kAsyncThreads, smem>>>(p.buf.as<uint4>(), chunks);
   });
-  r.bulk =
-      median_rate(bytes, [&] { bulk_read_kernel<<<sms * 3, 32, smem>>>(buf.as<uint4>(), chunks); });
+  r.bulk = median_rate(
+      p.bytes, [&] { bulk_read_kernel<<<p.sms * 3, 32, smem>>>(p.buf.as<uint4>(), chunks); });
   return r;
 }
 
 double measure_read_bandwidth() {
-  const size_t bytes = probe_bytes();
-  cuda::DeviceBuffer buf(bytes), sink(sizeof(unsigned));
-  CUDA_CHECK(cudaMemset(buf.get(), 1, bytes));
-  int sms = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  return median_rate(bytes, [&] {
-    read_kernel<<<sms * 8, 512>>>(buf.as<uint4>(), bytes / 16, sink.as<unsigned>());
-  });
+  return loads_rate(ProbeBuffer());
 }
 
 }  // namespace arbor::bench

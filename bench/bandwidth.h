@@ -2,18 +2,22 @@
 // compared with (METHOD.md: measure the ceilings on the machine, don't trust datasheets).
 #pragma once
 
+#include <algorithm>
+
 namespace arbor::bench {
 
 // Bytes per second of a read-only reduction over a 4 GiB buffer (less if the GPU has less free)
 // (16-byte loads, all SMs), median of several runs.
 double measure_read_bandwidth();
 
-// The same over the asynchronous copy paths into shared memory (bytes per second): cp.async,
-// 16 bytes per thread and copy, and the bulk copy engine, 16 KiB per copy; each with up to 64
-// KiB in flight per block, 3 blocks per SM. Load paths differ in what they reach (H100:
-// bench/RESULTS.md), so a kernel's share of the ceiling depends on which one it is held to.
+// The same bytes over three paths (bytes per second): those loads, and the asynchronous copy
+// paths into shared memory: cp.async, 16 bytes per thread and copy, and the bulk copy engine,
+// 16 KiB per copy; each copy path with up to 64 KiB in flight per block, 3 blocks per SM.
+// Load paths differ in what they reach (H100: bench/RESULTS.md), so a kernel's share of the
+// ceiling depends on which one it is held to.
 struct ReadPaths {
-  double cp_async = 0, bulk = 0;
+  double loads = 0, cp_async = 0, bulk = 0;
+  double fastest() const { return std::max({loads, cp_async, bulk}); }
 };
 ReadPaths measure_read_paths();
 

@@ -103,7 +103,7 @@ if [[ $parts == *" copy "* ]]; then
           --context 1024,2048,4096,8192,16384,32768,131072 "${graph[@]}"
       done
     done
-  } 2>&1 | tee -a "$OUT/copy.log" | grep -E "^ +[0-9]|^(--|measured|the same)"
+  } 2>&1 | tee -a "$OUT/copy.log" | grep -E "^ +[0-9]|^(--|measured)"
 fi
 
 if [[ $parts == *" trace "* ]]; then

@@ -1343,6 +1343,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   }
   DecodeAttentionPlan plan;
   int rule_ring = 0;  // ring stages the rules below ask for
+  const bool tensor_cores = tensor_core_shape(p);
   if (force_splits > 0) {
     plan.num_splits = force_splits;
   } else if (p.num_seqs > 0 && p.max_context_len > 0) {
@@ -1351,13 +1352,12 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     const int64_t len = p.max_context_len;
     // The rules below are for the tensor-core shapes with the overlap, as measured; a ring
     // setting (ARBOR_DECODE_RING) replaces them.
-    const bool rules =
-        p.overlap_previous_kernel && tensor_core_shape(p) && ring_stages_setting() == 0;
+    const bool rules = p.overlap_previous_kernel && tensor_cores && ring_stages_setting() == 0;
     // The tensor-core steps over global memory are planned for the blocks per SM they run
     // with; Tile's count is the CUDA-core steps' (2 at GQA 8: H100, GQA 8 per layer in a
     // graph, batch 1 x 16k 32.9 -> 28.9 us, batch 8 x 1k 17.5 -> 15.3, x 4k 50.8 -> 47.9;
     // level from batch 8 x 32k on, bench/RESULTS.md).
-    if (tensor_core_shape(p)) t.blocks_per_sm = kMmaBlocksPerSm;
+    if (tensor_cores) t.blocks_per_sm = kMmaBlocksPerSm;
     // Mid-sized batches (kRingMinBatchTokens to kRingMaxBatchTokens tokens in all) stream
     // faster through 3-stage rings, with the split count of their 2 blocks per SM (H100, per
     // layer in a graph, bench/RESULTS.md: batch 1 x 32k 47.7 -> 46.5 us, batch 2 x 8k 26.9 ->
@@ -1370,7 +1370,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
         p.num_q_heads / p.num_kv_heads == 8 ? kRingMaxBatchTokensGqa8 : kRingMaxBatchTokens;
     if (rules && batch_tokens >= kRingMinBatchTokens && batch_tokens <= ring_max) rule_ring = 3;
     const int ring = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
-    if (ring > 0 && tensor_core_shape(p)) {
+    if (ring > 0 && tensor_cores) {
       t.blocks_per_sm = ring == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
     }
     // Splits that still get at least one block-iteration of tokens each.
@@ -1405,7 +1405,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.num_splits = int(s);
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
-  if (plan.prologue_tiles == 0 && tensor_core_shape(p)) {
+  if (plan.prologue_tiles == 0 && tensor_cores) {
     plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
   }
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
