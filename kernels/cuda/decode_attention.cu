@@ -715,6 +715,15 @@ __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t*
 // holds it, or does not exist, so do all after it), after the wait the others (all of them
 // without overlap_previous_kernel). One group per step, empty for steps past the split, so
 // that each lane has committed exactly kStages groups when ring_steps starts.
+// Before the wait a warp keeps one step in flight: it requests the next early step once the
+// previous one has landed. The previous kernel (the layer before, in a graph) is then still
+// computing and merging, and the steps that every block of a short launch requested at once
+// (12 MiB at batch 1 x 4k) queued ahead of its loads and its arrival. One at a time costs
+// nothing measured and gains where the rings serve short splits (H100, per layer in a
+// graph: batch 1 x 4k 7.96 -> 7.74 us, x 5k 10.35 -> 9.47, x 6k 12.57 -> 11.63, x 16k 25.8
+// -> 25.2, batch 2 x 4k 14.8 -> 14.2, batch 4 x 4k 24.1 -> 23.7; level at batch 1 x 2k-3k,
+// batch 8 x 4k, 16 x 2k and 32 x 1k; bench/RESULTS.md). Two in flight measured as all three.
+// Bulk copies of the prologue throttled the same way were slower.
 template <int kStages>
 __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const int32_t* table,
                                                    int kvh, int warp, int lane, int begin, int end,
@@ -724,7 +733,8 @@ __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const in
     const int t0 = begin + 16 * (warp + s * kWarps);
     const bool early = t0 < end && a.overlap_previous_kernel && t0 + 16 < len;
     if (before_wait && !early) return;
-    if (!before_wait && early) continue;  // requested before the wait
+    if (!before_wait && early) continue;           // requested before the wait
+    if (before_wait && s > 0) cp_async_wait<0>();  // the previous early step has landed
     bf16* stage = ring + (size_t(warp) * kStages + s) * Ring<kStages>::kStageElems;
     if (t0 < end) ring_request(a, table, kvh, t0, end, stage, lane);
     cp_async_commit();
