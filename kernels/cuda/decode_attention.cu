@@ -82,8 +82,11 @@ constexpr int kShortRingSplitTokens = 256;
 constexpr int kShortRingMaxSplits = 16;
 // The plan's mid-sized rule: batches whose sequences hold this many tokens in all (max
 // context x sequences), from kRingMinBatchTokens to kRingMaxBatchTokens, take 3-stage rings
-// (plan_decode_attention).
-constexpr int64_t kRingMinBatchTokens = 16384;
+// (plan_decode_attention); at GQA 4, below kRingSmallBatchTokens, only contexts longer than
+// kRingSmallMaxShortContext do.
+constexpr int64_t kRingMinBatchTokens = 8192;
+constexpr int64_t kRingSmallBatchTokens = 16384;
+constexpr int64_t kRingSmallMaxShortContext = 1024;
 constexpr int64_t kRingMaxBatchTokens = 65536;
 constexpr int64_t kRingMaxBatchTokensGqa8 = 131072;  // GQA 8 gains up to twice as many
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
@@ -1372,13 +1375,19 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     // faster through 3-stage rings, with the split count of their 2 blocks per SM (H100, per
     // layer in a graph, bench/RESULTS.md: batch 1 x 32k 47.7 -> 46.5 us, batch 2 x 8k 26.9 ->
     // 24.2, batch 4 x 4k 25.8 -> 23.9, batch 8 x 4k 46.2 -> 44.7, batch 16 x 2k 46.2 -> 44.5,
-    // batch 32 x 1k 45.9 -> 42.7); fewer tokens lose (batch 8 x 1k 13.3 -> 14.3), more are
-    // level or up to 0.7% slower. At GQA 8 up to twice as many gain (batch 32 x 4k 178.9 ->
-    // 175.3, batch 1 x 16k 28.9 -> 28.2).
+    // batch 32 x 1k 45.9 -> 42.7), more are level or up to 0.7% slower. At GQA 8 up to twice
+    // as many gain (batch 32 x 4k 178.9 -> 175.3, batch 1 x 16k 28.9 -> 28.2). Since the
+    // rings keep one early step in flight, from 8192 tokens (batch 1 x 12k 20.9 -> 19.8,
+    // batch 2 x 7.5k 26.9 -> 23.1, batch 4 x 2.5k 17.8 -> 15.6, batch 8 x 1.5k 19.4 -> 18.7;
+    // GQA 8 batch 16 x 512 16.2 -> 14.4), but not GQA 4's 1k contexts (batch 8 x 1k 13.6 ->
+    // 14.1).
     const int64_t batch_tokens = int64_t(p.num_seqs) * len;
-    const int64_t ring_max =
-        p.num_q_heads / p.num_kv_heads == 8 ? kRingMaxBatchTokensGqa8 : kRingMaxBatchTokens;
-    if (rules && batch_tokens >= kRingMinBatchTokens && batch_tokens <= ring_max) rule_ring = 3;
+    const bool gqa8 = p.num_q_heads / p.num_kv_heads == 8;
+    const int64_t ring_max = gqa8 ? kRingMaxBatchTokensGqa8 : kRingMaxBatchTokens;
+    const bool ring_sized =
+        batch_tokens >= kRingMinBatchTokens && batch_tokens <= ring_max &&
+        (gqa8 || batch_tokens >= kRingSmallBatchTokens || len > kRingSmallMaxShortContext);
+    if (rules && ring_sized) rule_ring = 3;
     const int ring = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
     if (ring > 0 && tensor_cores) {
       t.blocks_per_sm = ring == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;

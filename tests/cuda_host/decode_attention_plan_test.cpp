@@ -129,14 +129,14 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   }
   // Outside the rule the plan is the one made without the overlap (which the rule needs):
   // 17 splits at 1024 tokens for batch 1 on 132 SMs, no ring; so for other shapes, for
-  // batch 4 and from 7169 tokens.
+  // batch 4 and from 7169 tokens (below the mid-sized rule's 8192 tokens).
   CHECK(plan_decode_attention(params(1, 32, 8, 128, 16, 1024, false), 132).num_splits == 17);
   struct Outside {
     int seqs, hq, d, len;
   };
   for (const Outside& c :
        {Outside{1, 16, 128, 1024}, Outside{1, 32, 64, 1024}, Outside{4, 32, 128, 1024},
-        Outside{4, 32, 128, 2048}, Outside{1, 32, 128, 7169}, Outside{1, 32, 128, 8192}}) {
+        Outside{4, 32, 128, 2047}, Outside{1, 32, 128, 7169}, Outside{1, 32, 128, 8191}}) {
     INFO("seqs " << c.seqs << " hq " << c.hq << " d " << c.d << " len " << c.len);
     const DecodeAttentionPlan with =
         plan_decode_attention(params(c.seqs, c.hq, 8, c.d, 16, c.len, true), 132);
@@ -147,10 +147,10 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   }
 }
 
-// Mid-sized batches (16384 to 65536 tokens over the batch, 131072 at GQA 8) on the
-// tensor-core shapes, with the overlap: 3-stage rings, split for their 2 blocks per SM;
-// smaller and larger batches, other shapes and launches without the overlap keep the
-// register loads.
+// Mid-sized batches (8192 to 65536 tokens over the batch, 131072 at GQA 8; at GQA 4 below
+// 16384 only with contexts over 1024) on the tensor-core shapes, with the overlap: 3-stage
+// rings, split for their 2 blocks per SM; smaller and larger batches, other shapes and
+// launches without the overlap keep the register loads.
 TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host][decode]") {
   if (ring_setting_overrides_rules()) return;
   struct Case {
@@ -158,7 +158,8 @@ TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host]
   };
   for (const Case& c :
        {Case{1, 16384, 33, 3}, Case{1, 65536, 33, 3}, Case{2, 8192, 16, 3}, Case{8, 4096, 4, 3},
-        Case{32, 1024, 1, 3}, Case{32, 2048, 1, 3}, Case{8, 1024, 8, 0}, Case{1, 8192, 64, 0},
+        Case{32, 1024, 1, 3}, Case{32, 2048, 1, 3}, Case{1, 8192, 33, 3}, Case{4, 2048, 8, 3},
+        Case{8, 1025, 4, 3}, Case{8, 1024, 8, 0}, Case{16, 512, 4, 0}, Case{1, 8191, 64, 0},
         Case{1, 65537, 66, 0}, Case{8, 16384, 8, 0}, Case{32, 4096, 2, 0}}) {
     const DecodeAttentionPlan plan =
         plan_decode_attention(params(c.seqs, 32, 8, 128, 16, c.len, true), 132);
@@ -169,8 +170,9 @@ TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host]
   }
   // GQA 8 (64 query heads): up to 131072 tokens; its steps over global memory are planned
   // for 4 blocks per SM, as GQA 4's.
-  for (const Case& c : {Case{1, 16384, 33, 3}, Case{32, 4096, 1, 3}, Case{8, 1024, 8, 0},
-                        Case{1, 131073, 66, 0}, Case{8, 32768, 8, 0}}) {
+  for (const Case& c :
+       {Case{1, 16384, 33, 3}, Case{32, 4096, 1, 3}, Case{8, 1024, 4, 3}, Case{16, 512, 2, 3},
+        Case{4, 2047, 16, 0}, Case{1, 131073, 66, 0}, Case{8, 32768, 8, 0}}) {
     const DecodeAttentionPlan plan =
         plan_decode_attention(params(c.seqs, 64, 8, 128, 16, c.len, true), 132);
     INFO("GQA 8, seqs " << c.seqs << " len " << c.len);
