@@ -107,8 +107,8 @@ bool ring_setting_overrides_rules() {
 
 // Short contexts at batch 1-2 on the tensor-core shapes (with the overlap): at most 8 splits
 // that each fit the prologue up to 1024 tokens, then splits of at least 256 tokens (8 to 16)
-// through 3-stage rings up to 7168; past that, and for other batches and shapes, one block
-// per SM.
+// through 3-stage rings up to 7168, at batch 1 24 splits from 5632 to 9216; past that, and
+// for other batches and shapes, the mid-sized rule or one block per SM.
 TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cuda-host][decode]") {
   if (ring_setting_overrides_rules()) return;
   struct Case {
@@ -119,7 +119,8 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
        {Case{1, 100, 4, 0, true}, Case{1, 512, 8, 0, true}, Case{1, 1024, 8, 0, true},
         Case{2, 1024, 8, 0, true}, Case{1, 1025, 8, 3, false}, Case{1, 2048, 8, 3, false},
         Case{1, 3000, 12, 3, false}, Case{2, 4096, 16, 3, false}, Case{1, 5120, 16, 3, false},
-        Case{2, 7168, 16, 3, false}}) {
+        Case{1, 5631, 16, 3, false}, Case{1, 5632, 24, 3, false}, Case{1, 9216, 24, 3, false},
+        Case{2, 6144, 16, 3, false}, Case{2, 7168, 16, 3, false}}) {
     const DecodeAttentionPlan plan =
         plan_decode_attention(params(c.seqs, 32, 8, 128, 16, c.len, true), 132);
     INFO("seqs " << c.seqs << " len " << c.len);
@@ -129,14 +130,14 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   }
   // Outside the rule the plan is the one made without the overlap (which the rule needs):
   // 17 splits at 1024 tokens for batch 1 on 132 SMs, no ring; so for other shapes, for
-  // batch 4 and from 7169 tokens (below the mid-sized rule's 8192 tokens).
+  // batch 3-4 below the mid-sized rule's 8192 tokens.
   CHECK(plan_decode_attention(params(1, 32, 8, 128, 16, 1024, false), 132).num_splits == 17);
   struct Outside {
     int seqs, hq, d, len;
   };
   for (const Outside& c :
        {Outside{1, 16, 128, 1024}, Outside{1, 32, 64, 1024}, Outside{4, 32, 128, 1024},
-        Outside{4, 32, 128, 2047}, Outside{1, 32, 128, 7169}, Outside{1, 32, 128, 8191}}) {
+        Outside{4, 32, 128, 2047}, Outside{3, 32, 128, 2048}, Outside{3, 32, 128, 2730}}) {
     INFO("seqs " << c.seqs << " hq " << c.hq << " d " << c.d << " len " << c.len);
     const DecodeAttentionPlan with =
         plan_decode_attention(params(c.seqs, c.hq, 8, c.d, 16, c.len, true), 132);
@@ -158,8 +159,8 @@ TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host]
   };
   for (const Case& c :
        {Case{1, 16384, 33, 3}, Case{1, 65536, 33, 3}, Case{2, 8192, 16, 3}, Case{8, 4096, 4, 3},
-        Case{32, 1024, 1, 3}, Case{32, 2048, 1, 3}, Case{1, 8192, 33, 3}, Case{4, 2048, 8, 3},
-        Case{8, 1025, 4, 3}, Case{8, 1024, 8, 0}, Case{16, 512, 4, 0}, Case{1, 8191, 64, 0},
+        Case{32, 1024, 1, 3}, Case{32, 2048, 1, 3}, Case{1, 9217, 33, 3}, Case{4, 2048, 8, 3},
+        Case{8, 1025, 4, 3}, Case{8, 1024, 8, 0}, Case{16, 512, 4, 0}, Case{3, 2730, 22, 0},
         Case{1, 65537, 66, 0}, Case{8, 16384, 8, 0}, Case{32, 4096, 2, 0}}) {
     const DecodeAttentionPlan plan =
         plan_decode_attention(params(c.seqs, 32, 8, 128, 16, c.len, true), 132);
