@@ -80,13 +80,14 @@ constexpr int kShortRingSplitTokens = 256;
 // (2 per SM on 132 SMs); 24 took two (H100, batch 2 x 5120: 17.78 us with 16 splits, 23.30
 // with 24).
 constexpr int kShortRingMaxSplits = 16;
-// Where the (sequence, kv head) pairs times kShortRingWideSplits take at most three quarters
-// of the ring blocks' slots (batch 1 at 8 kv heads: 192 of 264), contexts from
+// At GQA 4, where the (sequence, kv head) pairs times kShortRingWideSplits take at most three
+// quarters of the ring blocks' slots (batch 1 at 8 kv heads: 192 of 264), contexts from
 // kShortRingWideFrom up to kShortRingWideMaxContext take that many splits instead (H100, per
 // layer in a graph, 16 -> 24 splits: batch 1 x 5.5k 11.33 -> 11.03 us, x 6k 11.84 -> 10.29,
-// x 7k 14.18 -> 13.23, x 8k 16.0 -> 13.66; GQA 8 x 8k 17.3 -> 15.8; 33 -> 24 as mid-sized:
-// x 8k 14.8 -> 13.7, x 9k 16.67 -> 15.05; but x 5k 9.65 -> 10.9, x 4k 7.8 -> 9.9, and x 10k
-// 17.35 -> 19.0).
+// x 7k 14.18 -> 13.23, x 8k 16.0 -> 13.66; 33 -> 24 as mid-sized: x 8k 14.8 -> 13.7, x 9k
+// 16.67 -> 15.05; but x 5k 9.65 -> 10.9, x 4k 7.8 -> 9.9, and x 10k 17.35 -> 19.0). GQA 8
+// gains at some of these lengths and loses at others (x 5.5k 12.5 -> 13.9, x 6k 12.8 ->
+// 12.5, x 7k 15.1 -> 16.3, x 8k 17.3 -> 15.7) and keeps the other rules.
 constexpr int kShortRingWideSplits = 24;
 constexpr int kShortRingWideFrom = 5632;
 constexpr int kShortRingWideMaxContext = 9216;
@@ -1424,7 +1425,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     if (rules && pairs * kMergeUnroll <= num_sms) {
       if (len <= int64_t(kMergeUnroll) * t.max_prologue_tiles * t.tile_tokens) {
         s = std::min<int64_t>(s, kMergeUnroll);
-      } else if (len >= kShortRingWideFrom && len <= kShortRingWideMaxContext &&
+      } else if (!gqa8 && len >= kShortRingWideFrom && len <= kShortRingWideMaxContext &&
                  4 * pairs * kShortRingWideSplits <= 3 * int64_t(num_sms) * Ring<3>::kBlocksPerSm) {
         s = kShortRingWideSplits;
         rule_ring = 3;

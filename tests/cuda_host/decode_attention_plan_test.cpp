@@ -107,8 +107,8 @@ bool ring_setting_overrides_rules() {
 
 // Short contexts at batch 1-2 on the tensor-core shapes (with the overlap): at most 8 splits
 // that each fit the prologue up to 1024 tokens, then splits of at least 256 tokens (8 to 16)
-// through 3-stage rings up to 7168, at batch 1 24 splits from 5632 to 9216; past that, and
-// for other batches and shapes, the mid-sized rule or one block per SM.
+// through 3-stage rings up to 7168, at batch 1 and GQA 4 24 splits from 5632 to 9216; past that,
+// and for other batches and shapes, the mid-sized rule or one block per SM.
 TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cuda-host][decode]") {
   if (ring_setting_overrides_rules()) return;
   struct Case {
@@ -170,10 +170,11 @@ TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host]
     CHECK(plan.prologue_tiles == 0);
   }
   // GQA 8 (64 query heads): up to 131072 tokens; its steps over global memory are planned
-  // for 4 blocks per SM, as GQA 4's.
-  for (const Case& c :
-       {Case{1, 16384, 33, 3}, Case{32, 4096, 1, 3}, Case{8, 1024, 4, 3}, Case{16, 512, 2, 3},
-        Case{4, 2047, 16, 0}, Case{1, 131073, 66, 0}, Case{8, 32768, 8, 0}}) {
+  // for 4 blocks per SM, as GQA 4's; batch 1 keeps 16 short-context splits up to 7168 tokens
+  // and 33 mid-sized ones from 8192 (no 24).
+  for (const Case& c : {Case{1, 16384, 33, 3}, Case{32, 4096, 1, 3}, Case{8, 1024, 4, 3},
+                        Case{16, 512, 2, 3}, Case{1, 6144, 16, 3}, Case{1, 8192, 33, 3},
+                        Case{4, 2047, 16, 0}, Case{1, 131073, 66, 0}, Case{8, 32768, 8, 0}}) {
     const DecodeAttentionPlan plan =
         plan_decode_attention(params(c.seqs, 64, 8, 128, 16, c.len, true), 132);
     INFO("GQA 8, seqs " << c.seqs << " len " << c.len);
