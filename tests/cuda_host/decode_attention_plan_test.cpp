@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -157,30 +158,31 @@ TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host]
   struct Case {
     int seqs, len, splits, ring;
   };
-  for (const Case& c :
-       {Case{1, 16384, 33, 3}, Case{1, 65536, 33, 3}, Case{2, 8192, 16, 3}, Case{8, 4096, 4, 3},
-        Case{32, 1024, 1, 3}, Case{32, 2048, 1, 3}, Case{1, 9217, 33, 3}, Case{4, 2048, 8, 3},
-        Case{8, 1025, 4, 3}, Case{8, 1024, 8, 0}, Case{16, 512, 4, 0}, Case{3, 2730, 22, 0},
-        Case{1, 65537, 66, 0}, Case{8, 16384, 8, 0}, Case{32, 4096, 2, 0}}) {
-    const DecodeAttentionPlan plan =
-        plan_decode_attention(params(c.seqs, 32, 8, 128, 16, c.len, true), 132);
-    INFO("seqs " << c.seqs << " len " << c.len);
-    CHECK(plan.num_splits == c.splits);
-    CHECK(plan.ring_stages == c.ring);
-    CHECK(plan.prologue_tiles == 0);
-  }
+  // Each case planned at `hq` query heads over 8 kv heads (head dim 128, pages of 16).
+  const auto expect = [](int hq, std::initializer_list<Case> cases, bool check_no_prologue) {
+    for (const Case& c : cases) {
+      const DecodeAttentionPlan plan =
+          plan_decode_attention(params(c.seqs, hq, 8, 128, 16, c.len, true), 132);
+      INFO("hq " << hq << " seqs " << c.seqs << " len " << c.len);
+      CHECK(plan.num_splits == c.splits);
+      CHECK(plan.ring_stages == c.ring);
+      if (check_no_prologue) CHECK(plan.prologue_tiles == 0);
+    }
+  };
+  expect(32,
+         {Case{1, 16384, 33, 3}, Case{1, 65536, 33, 3}, Case{2, 8192, 16, 3}, Case{8, 4096, 4, 3},
+          Case{32, 1024, 1, 3}, Case{32, 2048, 1, 3}, Case{1, 9217, 33, 3}, Case{4, 2048, 8, 3},
+          Case{8, 1025, 4, 3}, Case{8, 1024, 8, 0}, Case{16, 512, 4, 0}, Case{3, 2730, 22, 0},
+          Case{1, 65537, 66, 0}, Case{8, 16384, 8, 0}, Case{32, 4096, 2, 0}},
+         true);
   // GQA 8 (64 query heads): up to 131072 tokens; its steps over global memory are planned
   // for 4 blocks per SM, as GQA 4's; batch 1 keeps 16 short-context splits up to 7168 tokens
   // and 33 mid-sized ones from 8192 (no 24).
-  for (const Case& c : {Case{1, 16384, 33, 3}, Case{32, 4096, 1, 3}, Case{8, 1024, 4, 3},
-                        Case{16, 512, 2, 3}, Case{1, 6144, 16, 3}, Case{1, 8192, 33, 3},
-                        Case{4, 2047, 16, 0}, Case{1, 131073, 66, 0}, Case{8, 32768, 8, 0}}) {
-    const DecodeAttentionPlan plan =
-        plan_decode_attention(params(c.seqs, 64, 8, 128, 16, c.len, true), 132);
-    INFO("GQA 8, seqs " << c.seqs << " len " << c.len);
-    CHECK(plan.num_splits == c.splits);
-    CHECK(plan.ring_stages == c.ring);
-  }
+  expect(64,
+         {Case{1, 16384, 33, 3}, Case{32, 4096, 1, 3}, Case{8, 1024, 4, 3}, Case{16, 512, 2, 3},
+          Case{1, 6144, 16, 3}, Case{1, 8192, 33, 3}, Case{4, 2047, 16, 0}, Case{1, 131073, 66, 0},
+          Case{8, 32768, 8, 0}},
+         false);
   struct Outside {
     int hq, d, bs;
     bool overlap;
