@@ -456,8 +456,8 @@ __device__ __forceinline__ void register_steps(const KernelArgs& a, const int32_
           elem = int64_t(__ldg(table + (tok >> shift))) * block_stride +
                  ((tok & offset_mask) * D + head_offset);
         }
-        kr[g] = load_stream16(a.k_cache + elem);
-        vr[g] = load_stream16(a.v_cache + elem);
+        kr[g] = load_stream16_prefetch256(a.k_cache + elem);
+        vr[g] = load_stream16_prefetch256(a.v_cache + elem);
       }
     }
     accumulate<D, G>(q, kr, vr, valid, m, l, o);
@@ -510,7 +510,7 @@ __device__ __forceinline__ void mma_load_rows(const bf16* k_rows, const bf16* v_
     if constexpr (kShared) {
       return *reinterpret_cast<const uint4*>(p);
     } else {
-      return load_stream16(p);
+      return load_stream16_prefetch256(p);
     }
   };
   const bf16* kp = k_rows + g * D + 8 * t;
@@ -546,16 +546,28 @@ __device__ __forceinline__ void mma_load_step(const KernelArgs& a, const int32_t
 // Folds the step from t0 into lane (g, t)'s share of the warp's state for heads 2t and
 // 2t + 1: m (the same in the 8 lanes of a t), l summed over its tokens,
 // o[4h + j][e + 2i] = O[head 2t + e][dim 64h + 8g + 2j + i].
+// kTwoChains: S = q·k as two chains of 4 dependent MMAs (dims 0-31 and 64-95, 32-63 and
+// 96-127) summed at the end, instead of one chain of 8: shorter latency per step, which the
+// rings' short splits at batch 1 wait on (H100, per layer in a graph: batch 1 x 2k 6.28 ->
+// 6.13 us, x 4k 7.77 -> 7.67, GQA 8 x 4k 9.11 -> 9.01). The prologue and global-memory steps
+// keep one chain: there it cost batch 8 x 1k 2.5% (and GQA 8 spills).
+template <bool kTwoChains = false>
 __device__ __forceinline__ void mma_step(const MmaStep& st, const uint4 (&qb)[4], int t0, int end,
                                          int lane, float scale_log2, float (&m)[2], float (&l)[2],
                                          float (&o)[8][4]) {
   const int g = lane / 4;
   const bool k_valid[2] = {t0 + g < end, t0 + g + 8 < end};
-  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // S[token g or g + 8][head 2t or 2t + 1]
+  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};      // S[token g or g + 8][head 2t or 2t + 1]
+  float s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // kTwoChains: dims 32p .. + 32 of odd p
 #pragma unroll
   for (int p = 0; p < 4; ++p) {
-    mma_bf16_16816(s, {st.k[0][p].x, st.k[1][p].x, st.k[0][p].y, st.k[1][p].y}, qb[p].x, qb[p].y);
-    mma_bf16_16816(s, {st.k[0][p].z, st.k[1][p].z, st.k[0][p].w, st.k[1][p].w}, qb[p].z, qb[p].w);
+    float(&acc)[4] = kTwoChains && p % 2 == 1 ? s_odd : s;
+    mma_bf16_16816(acc, {st.k[0][p].x, st.k[1][p].x, st.k[0][p].y, st.k[1][p].y}, qb[p].x, qb[p].y);
+    mma_bf16_16816(acc, {st.k[0][p].z, st.k[1][p].z, st.k[0][p].w, st.k[1][p].w}, qb[p].z, qb[p].w);
+  }
+  if constexpr (kTwoChains) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[i] += s_odd[i];
   }
   float pr[4];
 #pragma unroll
@@ -778,7 +790,7 @@ __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* t
     const int t_next = t0 + kStages * kWarps * 16;
     if (t_next < end) ring_request(a, table, kvh, t_next, end, stage, lane);
     cp_async_commit();
-    mma_step(st, qb, t0, end, lane, a.scale_log2, m, l, o);
+    mma_step<true>(st, qb, t0, end, lane, a.scale_log2, m, l, o);
   }
   cp_async_wait<0>();  // only empty groups are left; none may outlive the ring's memory
 }
