@@ -1,10 +1,11 @@
 // Decode-attention benchmark: microseconds per layer of cuda::decode_attention, as single
 // launches and inside a CUDA graph that replays --layers layers back to back (each layer its
 // own KV cache, so the caches together exceed L2), and the bandwidth that implies against
-// the device's own measured read bandwidth (the fastest of three load paths: 16-byte loads
-// into registers, cp.async and bulk copies into shared memory; bench/bandwidth.h). With --peer it
-// also runs a peer script (tools/bench_sdpa.py: torch SDPA flash and cuDNN on the same shapes, as
-// single calls and in a CUDA graph of --layers calls) and prints one table.
+// the device's own measured read bandwidth (the fastest of four load paths: 16-byte loads
+// into registers, with and without a 256-byte L2 prefetch, cp.async and bulk copies into shared
+// memory; bench/bandwidth.h). With --peer it also runs a peer script (tools/bench_sdpa.py: torch
+// SDPA flash and cuDNN on the same shapes, as single calls and in a CUDA graph of --layers calls)
+// and prints one table.
 //
 //   arbor_bench_attention --batch 1,8 --context 1024,4096,32768,131072
 //       --peer "python3 tools/bench_sdpa.py"
@@ -388,10 +389,10 @@ int main(int argc, char** argv) {
     std::printf("device: %s (%d SMs, L2 %.0f MiB), %s\n", prop.name, sms,
                 prop.l2CacheSize / 1048576.0, date);
     std::printf(
-        "measured read bandwidth: %.0f GB/s (the fastest of: loads %.0f, cp.async %.0f, bulk "
-        "copies %.0f)\n",
-        read_bw * 1e-9, read_paths.loads * 1e-9, read_paths.cp_async * 1e-9,
-        read_paths.bulk * 1e-9);
+        "measured read bandwidth: %.0f GB/s (the fastest of: loads %.0f, loads with a 256-byte "
+        "prefetch %.0f, cp.async %.0f, bulk copies %.0f)\n",
+        read_bw * 1e-9, read_paths.loads * 1e-9, read_paths.loads_prefetch * 1e-9,
+        read_paths.cp_async * 1e-9, read_paths.bulk * 1e-9);
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
         "overlap %d, prologue %s, ring %s, plan for %s\n",

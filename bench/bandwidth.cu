@@ -9,24 +9,38 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/load.cuh"
 
 namespace arbor::bench {
 namespace {
 
 // Each thread sums 16-byte words along a grid-stride loop, four loads in flight; the sum
-// goes to `sink` only if impossible, so the loads cannot be optimized away.
+// goes to `sink` only if impossible, so the loads cannot be optimized away. kPrefetch256:
+// the loads the decode-attention kernel streams the KV cache with (a 256-byte L2 prefetch per
+// miss) instead of plain streaming loads.
+template <bool kPrefetch256>
+__device__ __forceinline__ uint4 probe_load(const uint4* p) {
+  if constexpr (kPrefetch256) {
+    return cuda::load_stream16_prefetch256(p);
+  } else {
+    return __ldcs(p);
+  }
+}
+
+template <bool kPrefetch256>
 __global__ void read_kernel(const uint4* __restrict__ data, size_t n, unsigned* sink) {
+  const auto load = probe_load<kPrefetch256>;
   unsigned acc = 0;
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   for (; i + 3 * stride < n; i += 4 * stride) {
-    uint4 a = __ldcs(data + i), b = __ldcs(data + i + stride), c = __ldcs(data + i + 2 * stride),
-          d = __ldcs(data + i + 3 * stride);
+    uint4 a = load(data + i), b = load(data + i + stride), c = load(data + i + 2 * stride),
+          d = load(data + i + 3 * stride);
     acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^
            d.w;
   }
   for (; i < n; i += stride) {
-    uint4 a = __ldcs(data + i);
+    uint4 a = load(data + i);
     acc ^= a.x ^ a.y ^ a.z ^ a.w;
   }
   if (acc == 0x9e3779b9u) *sink = acc;
@@ -120,10 +134,12 @@ struct ProbeBuffer {
 };
 
 // The 16-byte loads into registers.
+template <bool kPrefetch256 = false>
 double loads_rate(const ProbeBuffer& p) {
   cuda::DeviceBuffer sink(sizeof(unsigned));
   return median_rate(p.bytes, [&] {
-    read_kernel<<<p.sms * 8, 512>>>(p.buf.as<uint4>(), p.bytes / 16, sink.as<unsigned>());
+    read_kernel<kPrefetch256>
+        <<<p.sms * 8, 512>>>(p.buf.as<uint4>(), p.bytes / 16, sink.as<unsigned>());
   });
 }
 
@@ -139,6 +155,7 @@ ReadPaths measure_read_paths() {
   const size_t chunks = p.bytes / kChunkBytes;
   ReadPaths r;
   r.loads = loads_rate(p);
+  r.loads_prefetch = loads_rate<true>(p);
   r.cp_async = median_rate(p.bytes, [&] {
     cp_async_read_kernel<<<p.sms * 3, kAsyncThreads, smem>>>(p.buf.as<uint4>(), chunks);
   });
