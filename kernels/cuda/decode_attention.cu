@@ -100,6 +100,11 @@ constexpr int64_t kRingSmallBatchTokens = 16384;
 constexpr int64_t kRingSmallMaxShortContext = 1024;
 constexpr int64_t kRingMaxBatchTokens = 65536;
 constexpr int64_t kRingMaxBatchTokensGqa8 = 131072;  // GQA 8 gains up to twice as many
+// Splits short enough for the prologue take 3-stage rings instead (same splits) when all their
+// blocks fit one wave of ring blocks, except the shortest contexts: up to this many tokens at
+// batch 1, and below kPrologueMinRingContextBatched at larger batches (plan_decode_attention).
+constexpr int64_t kPrologueMaxContext = 512;
+constexpr int64_t kPrologueMinRingContextBatched = 256;
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
 // place whatever the plan, so that plans can share a workspace (workspace_num_seqs).
@@ -1347,10 +1352,11 @@ void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
 // A split streamed whole into shared memory takes the latency of its loads off the
 // critical path (they start before the previous kernel ends) but costs occupancy, which
 // long splits need to keep loads in flight: so the prologue is used only with
-// overlap_previous_kernel, when every split
-// of the longest planned context fits in it and the grid still fits one wave of blocks with
-// that shared memory. In practice: batch 1-2 with short contexts, the latency-bound launches
-// (bench/RESULTS.md: batch 1 at 1k 8.2 -> 6.4 us on an H100). 0: no prologue.
+// overlap_previous_kernel, when every split of the longest planned context fits in it and the
+// grid still fits one wave of blocks with that shared memory (bench/RESULTS.md: batch 1 at 1k
+// 8.2 -> 6.4 us on an H100). The plan's rules then take 3-stage rings for most of these
+// splits (kPrologueMaxContext); the prologue keeps the shortest contexts and the grids too
+// large for one wave of ring blocks. 0: no prologue.
 int prologue_tiles(const DecodeAttentionParams& p, int num_splits, int num_sms) {
   // Without the overlap there is nothing to hide the prologue behind, and it only costs
   // (H100, batch 1 at 4k: 17.2 us with it, 14.3 without).
@@ -1377,7 +1383,8 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
          std::to_string(kMaxSplits) + "]");
   }
   DecodeAttentionPlan plan;
-  int rule_ring = 0;  // ring stages the rules below ask for
+  int rule_ring = 0;                // ring stages the rules below ask for
+  bool ring_over_prologue = false;  // the rules take a ring where the prologue fits
   const bool tensor_cores = tensor_core_shape(p);
   if (force_splits > 0) {
     plan.num_splits = force_splits;
@@ -1410,6 +1417,18 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
         batch_tokens >= kRingMinBatchTokens && batch_tokens <= ring_max &&
         (gqa8 || batch_tokens >= kRingSmallBatchTokens || len > kRingSmallMaxShortContext);
     if (rules && ring_sized) rule_ring = 3;
+    // A prologue requests its whole split at once, and the next layer's prologues then queue
+    // ahead of this layer's last loads, partials and arrival; a ring keeps one early step in
+    // flight per warp. With two q·k chains in the ring steps the ring is faster for splits
+    // that fit the prologue too, where its 2 blocks per SM hold the grid (H100, per layer in a
+    // graph, prologue -> ring: batch 1 x 768 4.62 -> 4.35 us, x 1k 4.66 -> 4.52; batch 2 x
+    // 256 4.43 -> 4.15, x 512 5.13 -> 4.44, x 1k 6.69 -> 5.38; batch 4 x 512 7.21 -> 6.43;
+    // batch 8 x 256 6.94 -> 5.98; batch 16 x 256 9.13 -> 8.41; GQA 8 batch 2 x 1k 7.39 ->
+    // 6.12), but not for the shortest (batch 1 x 512 3.83 -> 4.10, x 256 3.64 -> 3.84; batch
+    // 2 x 128 4.09 -> 4.30) or where the ring's blocks would take two waves (batch 8 x 1k
+    // 13.2 -> 16.6; bench/RESULTS.md).
+    ring_over_prologue = rules && (len > kPrologueMaxContext ||
+                                   (p.num_seqs > 1 && len >= kPrologueMinRingContextBatched));
     const int ring = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
     if (ring > 0 && tensor_cores) {
       t.blocks_per_sm = ring == 2 ? Ring<2>::kBlocksPerSm : Ring<3>::kBlocksPerSm;
@@ -1425,14 +1444,14 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     int64_t s = std::max(std::min(wave, by_len), std::min(fill, most));
     // Short contexts with few (sequence, kv head) pairs (batch 1-2 at 8 kv heads; tensor-core
     // shapes, with the overlap): what matters there is the chain after the wait, not filling
-    // every SM. Up to kMergeUnroll splits that each fit the prologue, merged in one round of
-    // loads; longer contexts, up to kShortRingMaxContext, splits of kShortRingSplitTokens
-    // (8 to kShortRingMaxSplits of them) through 3-stage rings (H100, per layer in a graph,
-    // the split sweeps in bench/RESULTS.md: batch 1 x 512 4.92 -> 3.87 us, x 1k 5.64 -> 4.69,
-    // x 2k 7.15 -> 6.49, x 4k 10.77 -> 8.91, x 5k 13.26 -> 10.14, x 6k 15.53 -> 12.50, x 7k
-    // 14.87 -> 14.61; batch 2 x 2k 9.36 -> 8.50, x 4k 15.67 -> 15.17, x 5k 18.63 -> 17.78,
-    // x 6k 21.39 -> 20.04, x 7k 24.19 -> 22.85; at 8k the rule's best, 15.61, loses to 64
-    // splits over global memory, 14.79).
+    // every SM. Up to kMergeUnroll splits that each fit the prologue (through rings from 513
+    // tokens: ring_over_prologue above), merged in one round of loads; longer contexts, up to
+    // kShortRingMaxContext, splits of kShortRingSplitTokens (8 to kShortRingMaxSplits of them)
+    // through 3-stage rings (H100, per layer in a graph, the split sweeps in bench/RESULTS.md:
+    // batch 1 x 512 4.92 -> 3.87 us, x 1k 5.64 -> 4.69, x 2k 7.15 -> 6.49, x 4k 10.77 -> 8.91, x
+    // 5k 13.26 -> 10.14, x 6k 15.53 -> 12.50, x 7k 14.87 -> 14.61; batch 2 x 2k 9.36 -> 8.50, x
+    // 4k 15.67 -> 15.17, x 5k 18.63 -> 17.78, x 6k 21.39 -> 20.04, x 7k 24.19 -> 22.85; at 8k the
+    // rule's best, 15.61, loses to 64 splits over global memory, 14.79).
     if (rules && pairs * kMergeUnroll <= num_sms) {
       if (len <= int64_t(kMergeUnroll) * t.max_prologue_tiles * t.tile_tokens) {
         s = std::min<int64_t>(s, kMergeUnroll);
@@ -1450,6 +1469,12 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.num_splits = int(s);
   }
   plan.prologue_tiles = prologue_tiles(p, plan.num_splits, num_sms);
+  if (ring_over_prologue && plan.prologue_tiles > 0 &&
+      int64_t(p.num_seqs) * p.num_kv_heads * plan.num_splits <=
+          int64_t(num_sms) * Ring<3>::kBlocksPerSm) {
+    plan.prologue_tiles = 0;
+    rule_ring = 3;
+  }
   if (plan.prologue_tiles == 0 && tensor_cores) {
     plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
   }

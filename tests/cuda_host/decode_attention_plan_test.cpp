@@ -107,9 +107,10 @@ bool ring_setting_overrides_rules() {
 }
 
 // Short contexts at batch 1-2 on the tensor-core shapes (with the overlap): at most 8 splits
-// that each fit the prologue up to 1024 tokens, then splits of at least 256 tokens (8 to 16)
-// through 3-stage rings up to 7168, at batch 1 and GQA 4 24 splits from 5632 to 9216; past that,
-// and for other batches and shapes, the mid-sized rule or one block per SM.
+// that each fit the prologue up to 1024 tokens (through 3-stage rings from 513 tokens at batch
+// 1, from 256 at batch 2), then splits of at least 256 tokens (8 to 16) through rings up to
+// 7168, at batch 1 and GQA 4 24 splits from 5632 to 9216; past that, and for other batches and
+// shapes, the mid-sized rule or one block per SM.
 TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cuda-host][decode]") {
   if (ring_setting_overrides_rules()) return;
   struct Case {
@@ -117,8 +118,9 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
     bool prologue;
   };
   for (const Case& c :
-       {Case{1, 100, 4, 0, true}, Case{1, 512, 8, 0, true}, Case{1, 1024, 8, 0, true},
-        Case{2, 1024, 8, 0, true}, Case{1, 1025, 8, 3, false}, Case{1, 2048, 8, 3, false},
+       {Case{1, 100, 4, 0, true}, Case{1, 512, 8, 0, true}, Case{1, 513, 8, 3, false},
+        Case{1, 1024, 8, 3, false}, Case{2, 255, 8, 0, true}, Case{2, 256, 8, 3, false},
+        Case{2, 1024, 8, 3, false}, Case{1, 1025, 8, 3, false}, Case{1, 2048, 8, 3, false},
         Case{1, 3000, 12, 3, false}, Case{2, 4096, 16, 3, false}, Case{1, 5120, 16, 3, false},
         Case{1, 5631, 16, 3, false}, Case{1, 5632, 24, 3, false}, Case{1, 9216, 24, 3, false},
         Case{2, 6144, 16, 3, false}, Case{2, 7168, 16, 3, false}}) {
@@ -131,14 +133,14 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   }
   // Outside the rule the plan is the one made without the overlap (which the rule needs):
   // 17 splits at 1024 tokens for batch 1 on 132 SMs, no ring; so for other shapes, for
-  // batch 3-4 below the mid-sized rule's 8192 tokens.
+  // batch 3-4 below the mid-sized rule's 8192 tokens where the splits do not fit the prologue.
   CHECK(plan_decode_attention(params(1, 32, 8, 128, 16, 1024, false), 132).num_splits == 17);
   struct Outside {
     int seqs, hq, d, len;
   };
   for (const Outside& c :
-       {Outside{1, 16, 128, 1024}, Outside{1, 32, 64, 1024}, Outside{4, 32, 128, 1024},
-        Outside{4, 32, 128, 2047}, Outside{3, 32, 128, 2048}, Outside{3, 32, 128, 2730}}) {
+       {Outside{1, 16, 128, 1024}, Outside{1, 32, 64, 1024}, Outside{4, 32, 128, 2047},
+        Outside{3, 32, 128, 2048}, Outside{3, 32, 128, 2730}}) {
     INFO("seqs " << c.seqs << " hq " << c.hq << " d " << c.d << " len " << c.len);
     const DecodeAttentionPlan with =
         plan_decode_attention(params(c.seqs, c.hq, 8, c.d, 16, c.len, true), 132);
@@ -147,6 +149,39 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
     CHECK(with.num_splits == without.num_splits);
     CHECK(with.ring_stages == 0);
   }
+}
+
+// Splits that fit the prologue, at any batch, take 3-stage rings instead when one wave of ring
+// blocks (2 per SM) holds them, except the shortest contexts (up to 512 tokens at batch 1,
+// below 256 at larger batches); grids too large for that wave keep their path.
+TEST_CASE("decode_attention plans rings where the prologue fits and one ring wave holds the grid",
+          "[cuda-host][decode]") {
+  if (ring_setting_overrides_rules()) return;
+  struct Case {
+    int hq, seqs, len, ring;
+    bool prologue;
+  };
+  for (const Case& c :
+       {Case{32, 4, 255, 0, true}, Case{32, 4, 256, 3, false}, Case{32, 4, 1024, 3, false},
+        Case{32, 8, 256, 3, false}, Case{32, 8, 512, 3, false}, Case{32, 16, 256, 3, false},
+        Case{32, 3, 700, 3, false}, Case{32, 8, 1024, 0, false}, Case{64, 1, 512, 0, true},
+        Case{64, 1, 768, 3, false}, Case{64, 8, 512, 3, false}, Case{64, 4, 128, 0, true}}) {
+    const DecodeAttentionPlan plan =
+        plan_decode_attention(params(c.seqs, c.hq, 8, 128, 16, c.len, true), 132);
+    INFO("hq " << c.hq << " seqs " << c.seqs << " len " << c.len << ": " << plan.num_splits
+               << " splits");
+    CHECK(plan.ring_stages == c.ring);
+    CHECK((plan.prologue_tiles > 0) == c.prologue);
+    // Every block of a ring plan is resident at once: 2 ring blocks per SM.
+    if (plan.ring_stages > 0) CHECK(int64_t(c.seqs) * 8 * plan.num_splits <= 2 * 132);
+    // The splits are the ones the prologue would have taken (those made without the ring).
+    const DecodeAttentionPlan no_overlap =
+        plan_decode_attention(params(c.seqs, c.hq, 8, 128, 16, c.len, false), 132);
+    if (c.len <= 1024 && c.seqs > 2) CHECK(plan.num_splits == no_overlap.num_splits);
+  }
+  // Without the overlap, or off the tensor-core shapes, there is no prologue and no ring.
+  CHECK(plan_decode_attention(params(4, 32, 8, 128, 16, 512, false), 132).ring_stages == 0);
+  CHECK(plan_decode_attention(params(4, 32, 8, 64, 16, 512, true), 132).ring_stages == 0);
 }
 
 // Mid-sized batches (8192 to 65536 tokens over the batch, 131072 at GQA 8; at GQA 4 below
