@@ -133,14 +133,14 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
   }
   // Outside the rule the plan is the one made without the overlap (which the rule needs):
   // 17 splits at 1024 tokens for batch 1 on 132 SMs, no ring; so for other shapes, for
-  // batch 3-4 below the mid-sized rule's 8192 tokens where the splits do not fit the prologue.
+  // batch 3-4 below the mid-sized rule's 8192 tokens where the splits do not fit the prologue
+  // (batch 3 x 2048's do: see the next test case).
   CHECK(plan_decode_attention(params(1, 32, 8, 128, 16, 1024, false), 132).num_splits == 17);
   struct Outside {
     int seqs, hq, d, len;
   };
-  for (const Outside& c :
-       {Outside{1, 16, 128, 1024}, Outside{1, 32, 64, 1024}, Outside{4, 32, 128, 2047},
-        Outside{3, 32, 128, 2048}, Outside{3, 32, 128, 2730}}) {
+  for (const Outside& c : {Outside{1, 16, 128, 1024}, Outside{1, 32, 64, 1024},
+                           Outside{4, 32, 128, 2047}, Outside{3, 32, 128, 2730}}) {
     INFO("seqs " << c.seqs << " hq " << c.hq << " d " << c.d << " len " << c.len);
     const DecodeAttentionPlan with =
         plan_decode_attention(params(c.seqs, c.hq, 8, c.d, 16, c.len, true), 132);
@@ -153,7 +153,8 @@ TEST_CASE("decode_attention plans short contexts at batch 1-2 for latency", "[cu
 
 // Splits that fit the prologue, at any batch, take 3-stage rings instead when one wave of ring
 // blocks (2 per SM) holds them, except the shortest contexts (up to 512 tokens at batch 1,
-// below 256 at larger batches); grids too large for that wave keep their path.
+// below 256 at larger batches); grids too large for that wave take as many splits as it holds
+// below 8192 tokens over the batch, and keep their path from there.
 TEST_CASE("decode_attention plans rings where the prologue fits and one ring wave holds the grid",
           "[cuda-host][decode]") {
   if (ring_setting_overrides_rules()) return;
@@ -174,10 +175,27 @@ TEST_CASE("decode_attention plans rings where the prologue fits and one ring wav
     CHECK((plan.prologue_tiles > 0) == c.prologue);
     // Every block of a ring plan is resident at once: 2 ring blocks per SM.
     if (plan.ring_stages > 0) CHECK(int64_t(c.seqs) * 8 * plan.num_splits <= 2 * 132);
-    // The splits are the ones the prologue would have taken (those made without the ring).
+    // The splits are the ones the prologue would have taken (those made without the ring)
+    // where that wave holds them.
     const DecodeAttentionPlan no_overlap =
         plan_decode_attention(params(c.seqs, c.hq, 8, 128, 16, c.len, false), 132);
-    if (c.len <= 1024 && c.seqs > 2) CHECK(plan.num_splits == no_overlap.num_splits);
+    if (c.seqs > 2 && c.seqs * 8 * no_overlap.num_splits <= 2 * 132) {
+      CHECK(plan.num_splits == no_overlap.num_splits);
+    }
+  }
+  // Too many prologue splits for one ring wave: as many as it holds, below 8192 tokens over
+  // the batch.
+  struct Fewer {
+    int seqs, len, splits, ring;
+  };
+  for (const Fewer& c :
+       {Fewer{8, 768, 4, 3}, Fewer{16, 384, 2, 3}, Fewer{8, 640, 4, 3}, Fewer{6, 1024, 5, 3},
+        Fewer{3, 2048, 11, 3}, Fewer{8, 1024, 8, 0}, Fewer{16, 512, 4, 0}}) {
+    const DecodeAttentionPlan plan =
+        plan_decode_attention(params(c.seqs, 32, 8, 128, 16, c.len, true), 132);
+    INFO("seqs " << c.seqs << " len " << c.len);
+    CHECK(plan.num_splits == c.splits);
+    CHECK(plan.ring_stages == c.ring);
   }
   // Without the overlap, or off the tensor-core shapes, there is no prologue and no ring.
   CHECK(plan_decode_attention(params(4, 32, 8, 128, 16, 512, false), 132).ring_stages == 0);
