@@ -12,9 +12,9 @@ double measure_read_bandwidth();
 
 // The same bytes over four paths (bytes per second): those loads, the same loads with a 256-byte
 // L2 prefetch (load_stream16_prefetch256, as decode attention streams the KV cache), and the
-// asynchronous copy
-// paths into shared memory: cp.async, 16 bytes per thread and copy, and the bulk copy engine,
-// 16 KiB per copy; each copy path with up to 64 KiB in flight per block, 3 blocks per SM.
+// asynchronous copy paths into shared memory: cp.async, 16 bytes per thread and copy, and the
+// bulk copy engine, 16 KiB per copy; each copy path with up to 64 KiB in flight per block, 3
+// blocks per SM.
 // Load paths differ in what they reach (H100: bench/RESULTS.md), so a kernel's share of the
 // ceiling depends on which one it is held to.
 struct ReadPaths {

@@ -695,19 +695,19 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
 
 // ---------------------------------------------------------------------------------------------
 // Ring variant (plan.ring_stages: the plan's rules take 3 stages, for short contexts at batch
-// 1-2 and for mid-sized batches; with ARBOR_DECODE_RING=2 or 3 every plan without a prologue
-// takes it): the tensor-core steps over global memory (mma_steps) keep one 8 KiB step of K
-// and V per warp in flight, in registers, and wait for it before each step's math. Here each warp
-// owns a ring of kStages steps in shared memory, filled by cp.async: every lane copies 16 bytes at
-// a time, 8 of the step's 256 chunks of K and of V (the 16 rows of a step are consecutive in one
-// cache page, so a warp instruction covers two whole rows, 512 contiguous bytes), and each lane's
-// copies of a step are one cp.async group, so that waiting for a step is cp.async.wait_group
-// (groups complete in order) and a __syncwarp. A stage is refilled with the warp's step kStages
-// ahead as soon as its rows are in registers, so while a step's math runs the next kStages - 1 are
-// in flight without holding registers. 2 stages: 64 KiB a block, 3 blocks per SM; 3 stages:
-// 96 KiB, 2 blocks. Steps whose rows hold each sequence's last (which the previous kernel may
-// still be writing) are requested after griddepcontrol.wait, the others before it.
-// Bulk copies (one per K and V of a step, completing on an mbarrier) filled the rings before:
+// 1-2, for most splits that fit the prologue and for mid-sized batches; with ARBOR_DECODE_RING=2 or
+// 3 every plan without a prologue takes it): the tensor-core steps over global memory (mma_steps)
+// keep one 8 KiB step of K and V per warp in flight, in registers, and wait for it before each
+// step's math. Here each warp owns a ring of kStages steps in shared memory, filled by cp.async:
+// every lane copies 16 bytes at a time, 8 of the step's 256 chunks of K and of V (the 16 rows of a
+// step are consecutive in one cache page, so a warp instruction covers two whole rows, 512
+// contiguous bytes), and each lane's copies of a step are one cp.async group, so that waiting for a
+// step is cp.async.wait_group (groups complete in order) and a __syncwarp. A stage is refilled with
+// the warp's step kStages ahead as soon as its rows are in registers, so while a step's math runs
+// the next kStages - 1 are in flight without holding registers. 2 stages: 64 KiB a block, 3 blocks
+// per SM; 3 stages: 96 KiB, 2 blocks. Steps whose rows hold each sequence's last (which the
+// previous kernel may still be writing) are requested after griddepcontrol.wait, the others before
+// it. Bulk copies (one per K and V of a step, completing on an mbarrier) filled the rings before:
 // cp.async is faster almost everywhere (H100, per layer in a graph: batch 1 x 4k 8.91 -> 7.95
 // us, batch 2 x 2k 8.47 -> 7.51, with 3 stages at batch 8 x 32k 360.8 -> 350.0;
 // bench/RESULTS.md).

@@ -204,8 +204,9 @@ TEST_CASE("decode_attention plans rings where the prologue fits and one ring wav
 
 // Mid-sized batches (8192 to 65536 tokens over the batch, 131072 at GQA 8; at GQA 4 below
 // 16384 only with contexts over 1024) on the tensor-core shapes, with the overlap: 3-stage
-// rings, split for their 2 blocks per SM; smaller and larger batches, other shapes and
-// launches without the overlap keep the register loads.
+// rings, split for their 2 blocks per SM; larger batches, smaller ones whose splits do not fit
+// the prologue (see the test case above), other shapes and launches without the overlap keep
+// the register loads.
 TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host][decode]") {
   if (ring_setting_overrides_rules()) return;
   struct Case {
