@@ -29,18 +29,18 @@ __device__ __forceinline__ uint4 probe_load(const uint4* p) {
 
 template <bool kPrefetch256>
 __global__ void read_kernel(const uint4* __restrict__ data, size_t n, unsigned* sink) {
-  const auto load = probe_load<kPrefetch256>;
   unsigned acc = 0;
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   for (; i + 3 * stride < n; i += 4 * stride) {
-    uint4 a = load(data + i), b = load(data + i + stride), c = load(data + i + 2 * stride),
-          d = load(data + i + 3 * stride);
+    uint4 a = probe_load<kPrefetch256>(data + i), b = probe_load<kPrefetch256>(data + i + stride),
+          c = probe_load<kPrefetch256>(data + i + 2 * stride),
+          d = probe_load<kPrefetch256>(data + i + 3 * stride);
     acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^
            d.w;
   }
   for (; i < n; i += stride) {
-    uint4 a = load(data + i);
+    uint4 a = probe_load<kPrefetch256>(data + i);
     acc ^= a.x ^ a.y ^ a.z ^ a.w;
   }
   if (acc == 0x9e3779b9u) *sink = acc;
