@@ -442,7 +442,8 @@ int main(int argc, char** argv) {
           "critical block (last merger): compute (within it, loaded: its requests before the "
           "wait in shared memory), publish, arrive, merge, level2, exit; "
           "handoff = last block's end to the next release; spread = first to last block's "
-          "steps done; untraced = this build's µs per layer with recording off; floor = "
+          "steps done; last%% = share of layers whose critical block is its sequence's last split; "
+          "untraced = this build's µs per layer with recording off; floor = "
           "µs per launch of empty kernels of the same grid, back to back in a graph "
           "(bench/attention_trace.h)\n",
           o.trace);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <stdexcept>
 
 #include "kernels/cuda/decode_attention.h"
@@ -39,9 +40,9 @@ DecodeTraceAnalysis::DecodeTraceAnalysis(int words_per_block, int blocks_per_lay
 }
 
 const std::vector<std::string>& DecodeTraceAnalysis::columns() {
-  static const std::vector<std::string> names = {"period",  "lead",    "started", "loaded",
-                                                 "compute", "publish", "arrive",  "merge",
-                                                 "level2",  "exit",    "handoff", "spread"};
+  static const std::vector<std::string> names = {
+      "period", "lead",   "started", "loaded",  "compute", "publish", "arrive",
+      "merge",  "level2", "exit",    "handoff", "spread",  "last%"};
   return names;
 }
 
@@ -185,6 +186,7 @@ void DecodeTraceAnalysis::add_replay(const std::vector<uint64_t>& words, int lay
     s["level2"].push_back(span(cuda::kTraceMerged, cuda::kTraceMerged2));
     s["exit"].push_back(span(last, cuda::kTraceEnd));
     s["handoff"].push_back((release[size_t(l + 1)] - end[size_t(l)]) * 1e-3);
+    s["last%"].push_back(crit->role & cuda::kTraceLastRow ? 100.0 : 0.0);
     s["spread"].push_back(computed.empty() ? 0.0
                                            : (*std::max_element(computed.begin(), computed.end()) -
                                               *std::min_element(computed.begin(), computed.end())) *
@@ -195,7 +197,9 @@ void DecodeTraceAnalysis::add_replay(const std::vector<uint64_t>& words, int lay
 DecodeTraceSummary DecodeTraceAnalysis::summary() const {
   DecodeTraceSummary out;
   for (const auto& [name, v] : samples_) {
-    out.us[name] = median(v);
+    // A share, not a time: the mean of 100s and 0s.
+    out.us[name] =
+        name == "last%" ? std::accumulate(v.begin(), v.end(), 0.0) / double(v.size()) : median(v);
     out.layers = int(v.size());
   }
   out.timer_step_ns = timer_step_ns_;

@@ -20,7 +20,9 @@
 //   merge     the merge it ran (the group's, or all partials with one level);
 //   level2    second arrival and the merge of the groups (two-level merges only);
 //   exit      -> the block's last instruction;
-//   handoff   the layer's last block end -> the next layer's release.
+//   handoff   the layer's last block end -> the next layer's release;
+//   last%     not a time: the share of layers (percent) whose critical block's split holds the
+//             sequence's last row (the last split used).
 // Their sum is the period (release to release) up to the critical block's own release lag.
 #pragma once
 

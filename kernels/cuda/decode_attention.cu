@@ -918,6 +918,7 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
   }
   const int begin = split * chunk;
   const int end = min(len, begin + chunk);
+  if (end == len) trace.role(kTraceLastRow);
   const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
 
   // Prologue: the split's first tiles, normally all of them, stream into shared memory as

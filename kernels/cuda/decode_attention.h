@@ -94,6 +94,7 @@ enum DecodeAttentionTraceRole : uint32_t {
   kTraceSingleSplit = 2,  // wrote the output itself (one split used)
   kTraceGroupMerger = 4,  // merged a group of partials (first level of two)
   kTraceFinalMerger = 8,  // merged into the output
+  kTraceLastRow = 16,     // its split holds the sequence's last row (the last split used)
 };
 constexpr int kDecodeAttentionTraceHeader = 3;
 
