@@ -30,7 +30,9 @@
 //      uses one split writes its output directly; otherwise each split writes its partial
 //      (m, l, unnormalized o) to the workspace, and the last block to arrive on an atomic
 //      counter (acquire-release) merges them; with 40 splits or more, in two levels: per
-//      group of 8 consecutive splits, then over the groups. Each last block resets its
+//      group of 8 consecutive splits, then over the groups. The merge loads the partials
+//      into registers, or for ring plans with many or long splits (plan.staged_merge) copies
+//      them all at once into the ring's shared memory. Each last block resets its
 //      counter to zero, so the next launch (or graph replay) starts from zero without a
 //      memset.
 #include "kernels/cuda/decode_attention.h"
@@ -104,6 +106,11 @@ constexpr int64_t kRingMaxBatchTokensGqa8 = 131072;  // GQA 8 gains up to twice 
 // blocks fit one wave of ring blocks, except the shortest contexts: up to this many tokens at
 // batch 1, and below kPrologueMinRingContextBatched at larger batches (plan_decode_attention).
 constexpr int64_t kPrologueMaxContext = 512;
+// The ring plans whose merge goes through shared memory (staged_merge): more than two
+// rounds of the register merge's loads (2 kMergeUnroll splits), or at batch 2 and more, at
+// least this many splits of at least this many tokens.
+constexpr int kStagedMergeMinSplits = 4;
+constexpr int64_t kStagedMergeMinSplitTokens = 256;
 constexpr int64_t kPrologueMinRingContextBatched = 256;
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
@@ -858,6 +865,100 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
   }
 }
 
+// merge_partials through shared memory, for the ring variants, whose rings (64 or 96 KiB) are
+// free by then: every thread's share of the partials is requested at once with cp.async, in
+// as few batches as the `smem_bytes` at `smem` allow, and then merged from shared memory in the
+// same order and arithmetic as merge_partials, so the output's bits are the same. The merger's
+// loads compete with the DRAM traffic of the blocks still streaming and of the next launch, and
+// its time grows with the partials it reads (H100, batch 1: 0.8 us for 8 splits, 1.6 for 16,
+// 4.7 for 33). merge_partials keeps kMergeUnroll partials in flight per thread; copies hold no
+// registers, so all of a batch's are in flight at once (33 partials: 3.5-4.2 us;
+// bench/RESULTS.md).
+template <int D, int G>
+__device__ __forceinline__ void merge_partials_staged(const KernelArgs& a, size_t first, int count,
+                                                      bool final, size_t out_row0, size_t dst,
+                                                      unsigned char* smem, int smem_bytes) {
+  constexpr int kChunks = G * D / 4;  // float4 chunks of a partial's o
+  static_assert(kChunks % kThreads == 0, "every thread merges the same number of chunks");
+  static_assert(G % 4 == 0, "a partial's m and l are whole 16-byte chunks");
+  constexpr int kPerThread = kChunks / kThreads;
+  constexpr int kMlChunks = G / 4;                            // 16-byte chunks of m (and of l)
+  constexpr int kPartBytes = (kChunks + 2 * kMlChunks) * 16;  // o, m, l of one partial
+  float* s_o = reinterpret_cast<float*>(smem);  // [batch][G][D], then m [batch][G], l [batch][G]
+  const int batch_max = smem_bytes / kPartBytes;
+  float mm[kPerThread], lm[kPerThread];
+  float4 om[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    mm[k] = -INFINITY;
+    lm[k] = 0.0f;
+    om[k] = make_float4(0, 0, 0, 0);
+  }
+  for (int from = 0; from < count; from += batch_max) {
+    const int n = min(batch_max, count - from);
+    float* s_m = s_o + size_t(n) * G * D;
+    float* s_l = s_m + n * G;
+    const uint32_t o_dst = shared_address(s_o), m_dst = shared_address(s_m);
+    const uint32_t l_dst = shared_address(s_l);
+    for (int c = threadIdx.x; c < n * (kChunks + 2 * kMlChunks); c += kThreads) {
+      if (c < n * kChunks) {
+        cp_async_16(o_dst + c * 16, a.ws_o + (first + from) * G * D + size_t(c) * 4, true);
+      } else {
+        const int r = c - n * kChunks;  // m chunks, then l chunks
+        const bool is_m = r < n * kMlChunks;
+        const int i = is_m ? r : r - n * kMlChunks;
+        cp_async_16((is_m ? m_dst : l_dst) + i * 16,
+                    (is_m ? a.ws_m : a.ws_l) + (first + from) * G + size_t(i) * 4, true);
+      }
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int e = threadIdx.x + k * kThreads;
+      const int h = e / (D / 4), d = e % (D / 4) * 4;
+      for (int i = 0; i < n; ++i) {
+        const float ms = s_m[i * G + h], ls = s_l[i * G + h];
+        const float4 os = *reinterpret_cast<const float4*>(s_o + (size_t(i) * G + h) * D + d);
+        const float m_new = fmaxf(mm[k], ms);
+        const float c_old = fast_exp2(mm[k] - m_new), c_new = fast_exp2(ms - m_new);
+        lm[k] = lm[k] * c_old + ls * c_new;
+        om[k] = scale_add(om[k], c_old, os, c_new);
+        mm[k] = m_new;
+      }
+    }
+    __syncthreads();  // the next batch overwrites the buffers
+  }
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int e = threadIdx.x + k * kThreads;
+    const int h = e / (D / 4), d = e % (D / 4) * 4;
+    if (final) {
+      write_final<D>(a, out_row0 + h, d, om[k], lm[k], mm[k]);
+    } else {
+      *reinterpret_cast<float4*>(a.ws_o + (dst * G + h) * D + d) = om[k];
+      if (d == 0) {
+        a.ws_m[dst * G + h] = mm[k];
+        a.ws_l[dst * G + h] = lm[k];
+      }
+    }
+  }
+}
+
+// The merge a variant takes: through its ring's shared memory (kStagedMerge, see
+// merge_partials_staged) or with register loads.
+template <int D, int G, int kRing, bool kStagedMerge>
+__device__ __forceinline__ void merge(const KernelArgs& a, size_t first, int count, bool final,
+                                      size_t out_row0, size_t dst, unsigned char* smem) {
+  if constexpr (kStagedMerge) {
+    static_assert(kRing > 0, "the staged merge uses the ring's shared memory");
+    merge_partials_staged<D, G>(a, first, count, final, out_row0, dst, smem, Ring<kRing>::kBytes);
+  } else {
+    merge_partials<D, G>(a, first, count, final, out_row0, dst);
+  }
+}
+
 // kPrologue: the variant for plans with a prologue; without, the kernel is the register
 // loop alone, with the register budget to itself (one kernel with both paths cost the
 // H200 2% at long contexts: the loop recomputed indices it could no longer keep).
@@ -865,13 +966,18 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // per SM (their loads in flight: with 3, as 134 registers allowed, batch 8 x 32k took 22%
 // longer).
 // kRing: the ring variant's stages (0: none; with kMma, without kPrologue).
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0>
+// kStagedMerge: plan.staged_merge (ring variants only). The other variants keep the register
+// merge's code: compiled with both paths, the ring variant took 168 registers instead of 186
+// and batch 1 x 1k took 2% longer with the same merge (H100, bench/RESULTS.md).
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0,
+          bool kStagedMerge = false>
 __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing : 1)>::kBlocksPerSm
                                             : kMma    ? kMmaBlocksPerSm
                                                       : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4), "mma_steps: D 128, G 4 or 8");
   static_assert(kRing == 0 || (kMma && !kPrologue), "the ring feeds the tensor-core steps");
+  static_assert(!kStagedMerge || kRing > 0, "the staged merge uses the ring's shared memory");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -1156,7 +1262,7 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
     const bool last = arrive_last(pair_counters, n_used);
     trace.at(kTraceArrived);
     if (last) {
-      merge_partials<D, G>(a, parts, n_used, true, out_row0, 0);
+      merge<D, G, kRing, kStagedMerge>(a, parts, n_used, true, out_row0, 0, smem);
       trace.role(kTraceFinalMerger);
       trace.at(kTraceMerged);
     }
@@ -1172,14 +1278,14 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
     trace.end();
     return;
   }
-  merge_partials<D, G>(a, parts + group_first, group_size, false, out_row0,
-                       parts + a.num_splits + group);
+  merge<D, G, kRing, kStagedMerge>(a, parts + group_first, group_size, false, out_row0,
+                                   parts + a.num_splits + group, smem);
   trace.role(kTraceGroupMerger);
   trace.at(kTraceMerged);
   const bool last = arrive_last(pair_counters, n_groups);
   trace.at(kTraceArrived2);
   if (last) {
-    merge_partials<D, G>(a, parts + a.num_splits, n_groups, true, out_row0, 0);
+    merge<D, G, kRing, kStagedMerge>(a, parts + a.num_splits, n_groups, true, out_row0, 0, smem);
     trace.role(kTraceFinalMerger);
     trace.at(kTraceMerged2);
   }
@@ -1271,14 +1377,16 @@ bool aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0>
+template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0,
+          bool kStagedMerge = false>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
   if constexpr (kRing > 0) smem = std::max(smem, Ring<kRing>::kBytes);
-  const auto kernel = decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing>;
+  const auto kernel =
+      decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing, kStagedMerge>;
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
@@ -1331,9 +1439,13 @@ void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
       if (prologue) return launch_variant<D, G, true, true, true>(args, grid, stream);
       switch (plan.ring_stages) {
         case 2:
-          return launch_variant<D, G, false, true, true, 2>(args, grid, stream);
+          return plan.staged_merge
+                     ? launch_variant<D, G, false, true, true, 2, true>(args, grid, stream)
+                     : launch_variant<D, G, false, true, true, 2>(args, grid, stream);
         case 3:
-          return launch_variant<D, G, false, true, true, 3>(args, grid, stream);
+          return plan.staged_merge
+                     ? launch_variant<D, G, false, true, true, 3, true>(args, grid, stream)
+                     : launch_variant<D, G, false, true, true, 3>(args, grid, stream);
         default:
           return launch_variant<D, G, false, true, true>(args, grid, stream);
       }
@@ -1349,6 +1461,26 @@ void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
 }
 
 }  // namespace
+
+// Whether a ring plan's merge goes through shared memory (plan.staged_merge). The merger's
+// loads compete with the DRAM traffic of the blocks still streaming and of the next launch,
+// and come back in rounds; requested all at once as copies they take less time wherever
+// there are many partials or the launch streams long splits, but cost a block barrier and a
+// pass through shared memory, which loses at batch 1 with up to 16 splits and with splits of
+// 128 tokens. H100, per layer in a graph, register -> staged merge (bench/RESULTS.md): batch
+// 1 x 6k (24 splits) 10.29 -> 10.04 us, x 12k (33) 19.84 -> 18.70, x 16k 25.19 -> 23.94, x 32k
+// 46.06 -> 45.05; GQA 8 batch 1 x 16k 27.79 -> 26.79; batch 2 x 4k (16 splits of 256
+// tokens) 14.06 -> 13.83, batch 8 x 4k (4 of 1024) 44.70 -> 43.97, GQA 8 batch 2 x 4k 15.38 ->
+// 14.59; but batch 1 x 1k (8 splits) 4.51 -> 4.79, x 2k 6.15 -> 6.48, x 4k (16) 7.67 -> 7.76,
+// batch 2 x 1k (8 of 128) 5.44 -> 5.70. Two-split plans were not measured and keep the
+// register merge. With this rule, in-run against the register merge everywhere: batch 1 x 1k-4k
+// within 0.3%, x 12k -5.9%, x 32k -2.5%, batch 8 x 4k -1.6%, GQA 8 batch 8 x 1k -6.0%.
+bool staged_merge(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan) {
+  if (plan.ring_stages == 0 || plan.num_splits < kStagedMergeMinSplits) return false;
+  if (plan.num_splits > 2 * kMergeUnroll) return true;
+  const int64_t split_tokens = (int64_t(p.max_context_len) + plan.num_splits - 1) / plan.num_splits;
+  return p.num_seqs > 1 && split_tokens >= kStagedMergeMinSplitTokens;
+}
 
 // A split streamed whole into shared memory takes the latency of its loads off the
 // critical path (they start before the previous kernel ends) but costs occupancy, which
@@ -1491,6 +1623,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   if (plan.prologue_tiles == 0 && tensor_cores) {
     plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
   }
+  plan.staged_merge = staged_merge(p, plan);
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1532,6 +1665,9 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     fail(
         "plan.ring_stages needs no prologue, head_dim 128, GQA 4 or 8, block_size >= 16 and the "
         "tensor-core steps (ARBOR_DECODE_MMA not 0)");
+  }
+  if (plan.staged_merge && plan.ring_stages == 0) {
+    fail("plan.staged_merge needs plan.ring_stages (it merges through the ring's shared memory)");
   }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +

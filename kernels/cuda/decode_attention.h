@@ -113,6 +113,11 @@ struct DecodeAttentionPlan {
   // ARBOR_DECODE_RING=2 or 3, set when the plan is made, takes that many wherever there is no
   // prologue (measurements).
   int ring_stages = 0;
+  // Ring plans only: the last split to arrive requests every partial at once with cp.async
+  // into its ring's shared memory and merges them from there, instead of register loads in
+  // rounds of 8. The plan takes it for many splits and, at batch 2 and more, for long ones
+  // (plan_decode_attention).
+  bool staged_merge = false;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 

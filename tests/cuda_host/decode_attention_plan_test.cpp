@@ -249,6 +249,35 @@ TEST_CASE("decode_attention plans mid-sized batches through rings", "[cuda-host]
   }
 }
 
+// Ring plans merge through shared memory (plan.staged_merge) with more than 16 splits, and at
+// batch 2 and more with at least 4 splits of at least 256 tokens; other plans with register
+// loads.
+TEST_CASE("decode_attention plans the staged merge for many or long ring splits",
+          "[cuda-host][decode]") {
+  struct Case {
+    int hq, seqs, len;
+    bool staged;
+  };
+  for (const Case& c :
+       {Case{32, 1, 1024, false}, Case{32, 1, 4096, false}, Case{32, 1, 6144, true},
+        Case{32, 1, 32768, true}, Case{32, 2, 1024, false}, Case{32, 2, 4096, true},
+        Case{32, 8, 4096, true}, Case{32, 8, 1025, true}, Case{32, 16, 4096, false},
+        Case{32, 32, 1024, false}, Case{64, 1, 4096, false}, Case{64, 1, 16384, true},
+        Case{64, 2, 4096, true}, Case{32, 8, 16384, false}, Case{32, 1, 131072, false}}) {
+    const DecodeAttentionPlan plan =
+        plan_decode_attention(params(c.seqs, c.hq, 8, 128, 16, c.len, true), 132);
+    INFO("hq " << c.hq << " seqs " << c.seqs << " len " << c.len << ": " << plan.num_splits
+               << " splits, ring " << plan.ring_stages);
+    CHECK(plan.staged_merge == c.staged);
+    if (plan.staged_merge) CHECK(plan.ring_stages > 0);
+  }
+  // Forced splits follow the same rule; without a ring there is no staged merge.
+  const DecodeAttentionParams p = params(1, 32, 8, 128, 16, 32768, true);
+  CHECK(plan_decode_attention(p, 132, 17).staged_merge ==
+        (plan_decode_attention(p, 132, 17).ring_stages > 0));
+  CHECK_FALSE(plan_decode_attention(params(1, 32, 8, 128, 16, 32768, false), 132).staged_merge);
+}
+
 TEST_CASE("decode_attention plans honour a forced split count", "[cuda-host][decode]") {
   const DecodeAttentionParams p = params(3, 32, 8, 128, 16, 5000, true);
   for (int splits : {1, 7, 64, 1024}) {
@@ -404,4 +433,9 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
   bad.block_size = 8;
   bad.max_blocks_per_seq *= 2;
   rejects(bad, ring, workspace);
+  // The merge through shared memory uses the ring's.
+  DecodeAttentionPlan staged = multi;
+  staged.ring_stages = 0;
+  staged.staged_merge = true;
+  rejects(p, staged, workspace);
 }

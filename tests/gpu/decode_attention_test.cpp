@@ -203,11 +203,12 @@ class GpuCase {
   cudaStream_t stream() const { return stream_.get(); }
 
   // The ring variant with this many stages (0: as planned), over the whole split: it takes
-  // the place of the prologue.
-  void use_ring(int stages) {
+  // the place of the prologue; staged_merge: its merge through shared memory.
+  void use_ring(int stages, bool staged_merge = false) {
     if (stages == 0) return;
     plan_.prologue_tiles = 0;
     plan_.ring_stages = stages;
+    plan_.staged_merge = staged_merge;
   }
 
   // New device-side lengths (each at most what the cache was filled for).
@@ -322,7 +323,7 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
   ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
      << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
      << " plan.prologue_tiles=" << plan.prologue_tiles << " plan.ring_stages=" << plan.ring_stages
-     << " lens=[";
+     << " plan.staged_merge=" << plan.staged_merge << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
   ss << "]";
@@ -400,21 +401,24 @@ void check_outputs(const Inputs& in, const std::vector<int>& lens, const Referen
 }
 
 // Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
-// rings: ring stages to run each setting with (0: as planned).
+// rings: ring stages to run each setting with (0: as planned), each with both merges (the
+// register loads' and the staged one through the ring's shared memory).
 void run_and_check(const Shape& shape, const std::vector<int>& lens,
                    const std::vector<int>& force_splits, bool with_f32, uint64_t seed,
                    const std::vector<int>& rings = {0}) {
   const Inputs in = make_inputs(shape, lens, seed);
   const Reference ref = cpu_reference(in, lens);
   for (int ring : rings) {
-    for (int splits : force_splits) {
-      for (bool overlap : {false, true}) {
-        GpuCase gpu(in, with_f32, splits, -1, overlap);
-        gpu.use_ring(ring);
-        const std::string what =
-            describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
-            " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
-        check_outputs(in, lens, ref, gpu.run(), what);
+    for (bool staged : ring > 0 ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+      for (int splits : force_splits) {
+        for (bool overlap : {false, true}) {
+          GpuCase gpu(in, with_f32, splits, -1, overlap);
+          gpu.use_ring(ring, staged);
+          const std::string what =
+              describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
+              " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
+          check_outputs(in, lens, ref, gpu.run(), what);
+        }
       }
     }
   }
@@ -489,6 +493,12 @@ TEST_CASE("decode_attention's ring variant matches the CPU reference", "[gpu][de
   }
   for (int len : {32768, 131072}) {
     run_and_check(Shape{4, 1, 128, 16}, {len}, {0, 1}, /*with_f32=*/true, seed++, {2, 3});
+  }
+  // The staged merge requests as many partials at a time as the ring's shared memory holds
+  // (GQA 8: 15 with 2 stages, 23 with 3; GQA 4: 31 and 47): one-level merges of 32 and 39
+  // partials (1248 tokens in 39 splits of 32) take two or three batches.
+  for (const Shape& shape : {Shape{16, 2, 128, 16}, Shape{8, 2, 128, 16}}) {
+    run_and_check(shape, {1248, 1000, 0}, {32, 39}, /*with_f32=*/true, seed++, {2, 3});
   }
 }
 
