@@ -868,7 +868,10 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // merge_partials through shared memory, for the ring variants, whose rings (64 or 96 KiB) are
 // free by then: every thread's share of the partials is requested at once with cp.async, in
 // as few batches as the `smem_bytes` at `smem` allow, and then merged from shared memory in the
-// same order and arithmetic as merge_partials, so the output's bits are the same. The merger's
+// same order and with the same formulas as merge_partials. The two agree to fp32 rounding, not
+// bit for bit: the compiler contracts their products and sums into FMAs differently. The
+// plan's choice between them depends on the shape alone, and plans with forced splits take no
+// ring, so a forced split count still gives batch-invariant bits. The merger's
 // loads compete with the DRAM traffic of the blocks still streaming and of the next launch, and
 // its time grows with the partials it reads (H100, batch 1: 0.8 us for 8 splits, 1.6 for 16,
 // 4.7 for 33). merge_partials keeps kMergeUnroll partials in flight per thread; copies hold no
