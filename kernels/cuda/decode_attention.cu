@@ -106,12 +106,12 @@ constexpr int64_t kRingMaxBatchTokensGqa8 = 131072;  // GQA 8 gains up to twice 
 // blocks fit one wave of ring blocks, except the shortest contexts: up to this many tokens at
 // batch 1, and below kPrologueMinRingContextBatched at larger batches (plan_decode_attention).
 constexpr int64_t kPrologueMaxContext = 512;
+constexpr int64_t kPrologueMinRingContextBatched = 256;
 // The ring plans whose merge goes through shared memory (staged_merge): more than two
 // rounds of the register merge's loads (2 kMergeUnroll splits), or at batch 2 and more, at
 // least this many splits of at least this many tokens.
 constexpr int kStagedMergeMinSplits = 4;
 constexpr int64_t kStagedMergeMinSplitTokens = 256;
-constexpr int64_t kPrologueMinRingContextBatched = 256;
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
 // place whatever the plan, so that plans can share a workspace (workspace_num_seqs).
@@ -876,7 +876,9 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // its time grows with the partials it reads (H100, batch 1: 0.8 us for 8 splits, 1.6 for 16,
 // 4.7 for 33). merge_partials keeps kMergeUnroll partials in flight per thread; copies hold no
 // registers, so all of a batch's are in flight at once (33 partials: 3.5-4.2 us;
-// bench/RESULTS.md).
+// bench/RESULTS.md). The merge step and the store repeat merge_partials' on purpose: moved into
+// shared helpers they changed the PTX of every kernel variant, the register-loop ones too, and
+// these kernels have moved by 2% on such changes (see kStagedMerge).
 template <int D, int G>
 __device__ __forceinline__ void merge_partials_staged(const KernelArgs& a, size_t first, int count,
                                                       bool final, size_t out_row0, size_t dst,
