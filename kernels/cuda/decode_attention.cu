@@ -851,6 +851,17 @@ __device__ __forceinline__ void store_partial(float* dst, float v, uint64_t poli
   asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(dst), "f"(v), "l"(policy)
                : "memory");
 }
+// Part `part`'s dims [d, d + 4) of query head h (of the pair's G): o, and with d = 0 its m, l.
+template <int D, int G>
+__device__ __forceinline__ void store_part(const KernelArgs& a, size_t part, int h, int d, float4 o,
+                                           float m, float l) {
+  const uint64_t policy = l2_evict_last_policy();
+  store_partial(reinterpret_cast<float4*>(a.ws_o + (part * G + h) * D + d), o, policy);
+  if (d == 0) {
+    store_partial(a.ws_m + part * G + h, m, policy);
+    store_partial(a.ws_l + part * G + h, l, policy);
+  }
+}
 
 // Merges the `count` partials of the workspace from part `first` into the output (final) or
 // into part `dst`. .cg loads: read from L2, where the other SMs wrote them.
@@ -877,12 +888,7 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
     if (final) {
       write_final<D>(a, out_row0 + h, d, om, lm, mm);
     } else {
-      const uint64_t policy = l2_evict_last_policy();
-      store_partial(reinterpret_cast<float4*>(a.ws_o + (dst * G + h) * D + d), om, policy);
-      if (d == 0) {
-        store_partial(a.ws_m + dst * G + h, mm, policy);
-        store_partial(a.ws_l + dst * G + h, lm, policy);
-      }
+      store_part<D, G>(a, dst, h, d, om, mm, lm);
     }
   }
 }
@@ -964,12 +970,7 @@ __device__ __forceinline__ void merge_partials_staged(const KernelArgs& a, size_
     if (final) {
       write_final<D>(a, out_row0 + h, d, om[k], lm[k], mm[k]);
     } else {
-      const uint64_t policy = l2_evict_last_policy();
-      store_partial(reinterpret_cast<float4*>(a.ws_o + (dst * G + h) * D + d), om[k], policy);
-      if (d == 0) {
-        store_partial(a.ws_m + dst * G + h, mm[k], policy);
-        store_partial(a.ws_l + dst * G + h, lm[k], policy);
-      }
+      store_part<D, G>(a, dst, h, d, om[k], mm[k], lm[k]);
     }
   }
 }
@@ -1260,13 +1261,7 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
     if (n_used == 1) {
       write_final<D>(a, out_row0 + h, d, ob, lb, mb);
     } else {
-      const size_t part = pair * a.parts_per_pair + split;
-      const uint64_t policy = l2_evict_last_policy();
-      store_partial(reinterpret_cast<float4*>(a.ws_o + (part * G + h) * D + d), ob, policy);
-      if (d == 0) {
-        store_partial(a.ws_m + part * G + h, mb, policy);
-        store_partial(a.ws_l + part * G + h, lb, policy);
-      }
+      store_part<D, G>(a, pair * a.parts_per_pair + split, h, d, ob, mb, lb);
     }
   }
   trace.at(kTraceWritten);
