@@ -904,9 +904,10 @@ __device__ __forceinline__ void merge_partials(const KernelArgs& a, size_t first
 // its time grows with the partials it reads (H100, batch 1: 0.8 us for 8 splits, 1.6 for 16,
 // 4.7 for 33). merge_partials keeps kMergeUnroll partials in flight per thread; copies hold no
 // registers, so all of a batch's are in flight at once (33 partials: 3.5-4.2 us;
-// bench/RESULTS.md). The merge step and the store repeat merge_partials' on purpose: moved into
-// shared helpers they changed the PTX of every kernel variant, the register-loop ones too, and
-// these kernels have moved by 2% on such changes (see kStagedMerge).
+// bench/RESULTS.md). The merge step (five lines) repeats merge_partials' on purpose: moved into
+// a shared helper it changed the PTX of every kernel variant, the register-loop ones too, and
+// these kernels have moved by 2% on such changes (see kStagedMerge). The stores are shared
+// (write_final, store_part).
 template <int D, int G>
 __device__ __forceinline__ void merge_partials_staged(const KernelArgs& a, size_t first, int count,
                                                       bool final, size_t out_row0, size_t dst,
