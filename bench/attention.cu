@@ -400,6 +400,11 @@ int main(int argc, char** argv) {
         read_bw * 1e-9, read_paths.loads * 1e-9, read_paths.loads_prefetch * 1e-9,
         read_paths.cp_async * 1e-9, read_paths.bulk * 1e-9);
     std::printf(
+        "4 KiB pages in shuffled order (a paged cache's reads): loads with the prefetch %.0f, "
+        "cp.async %.0f, bulk copies %.0f GB/s\n",
+        read_paths.paged_loads * 1e-9, read_paths.paged_cp_async * 1e-9,
+        read_paths.paged_bulk * 1e-9);
+    std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
         "overlap %d, prologue %s, ring %s, staged merge %s, plan for %s\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),

@@ -1,6 +1,8 @@
 #include "bench/bandwidth.h"
 
 #include <algorithm>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -47,21 +49,32 @@ __global__ void read_kernel(const uint4* __restrict__ data, size_t n, unsigned* 
 }
 
 // The same bytes through the two asynchronous copy paths into shared memory, each block
-// streaming 16 KiB chunks (grid-stride) through a ring of kStages buffers, so that up to
-// kStages chunks per block are in flight: cp.async (16 bytes per thread and copy, through
-// L1TEX like a load, without registers) and the bulk copy engine (one thread per chunk).
+// streaming chunks of kChunk bytes (grid-stride) through a ring of kStages buffers, so that up
+// to kStages chunks (64 KiB) per block are in flight: cp.async (16 bytes per thread and copy,
+// through L1TEX like a load, without registers) and the bulk copy engine (one thread per
+// chunk). Chunk k is chunk `order[k]` of the buffer (k itself without `order`): 16 KiB chunks
+// in order measure the device; 4 KiB chunks in shuffled order read as decode attention reads a
+// paged KV cache (one 16-token page of one KV head at head dim 128 per chunk, pages scattered).
 // Nothing reads the buffers: what is timed is the bytes arriving.
 constexpr int kChunkBytes = 16 * 1024;
-constexpr int kStages = 4;
+constexpr int kPageBytes = 4 * 1024;
+constexpr int kInFlightBytes = 64 * 1024;
 constexpr int kAsyncThreads = 128;
 
-__global__ void cp_async_read_kernel(const uint4* __restrict__ data, size_t chunks) {
+__device__ __forceinline__ size_t chunk_at(const uint32_t* order, size_t k) {
+  return order ? order[k] : k;
+}
+
+template <int kChunk>
+__global__ void cp_async_read_kernel(const uint4* __restrict__ data, size_t chunks,
+                                     const uint32_t* __restrict__ order) {
+  constexpr int kStages = kInFlightBytes / kChunk;
   extern __shared__ __align__(128) uint4 ring[];
-  constexpr int kPerThread = kChunkBytes / 16 / kAsyncThreads;
+  constexpr int kPerThread = kChunk / 16 / kAsyncThreads;
   auto issue = [&](size_t chunk, int stage) {
     if (chunk < chunks) {
-      const uint4* src = data + chunk * (kChunkBytes / 16);
-      uint4* dst = ring + stage * (kChunkBytes / 16);
+      const uint4* src = data + chunk_at(order, chunk) * (kChunk / 16);
+      uint4* dst = ring + stage * (kChunk / 16);
       for (int i = 0; i < kPerThread; ++i) {
         const int e = threadIdx.x + i * kAsyncThreads;
         arbor::cuda::cp_async_16(arbor::cuda::shared_address(dst + e), src + e, true);
@@ -78,7 +91,10 @@ __global__ void cp_async_read_kernel(const uint4* __restrict__ data, size_t chun
   arbor::cuda::cp_async_wait<0>();
 }
 
-__global__ void bulk_read_kernel(const uint4* __restrict__ data, size_t chunks) {
+template <int kChunk>
+__global__ void bulk_read_kernel(const uint4* __restrict__ data, size_t chunks,
+                                 const uint32_t* __restrict__ order) {
+  constexpr int kStages = kInFlightBytes / kChunk;
   extern __shared__ __align__(128) uint4 ring[];
   __shared__ uint64_t full[kStages];
   if (threadIdx.x != 0) return;
@@ -86,9 +102,10 @@ __global__ void bulk_read_kernel(const uint4* __restrict__ data, size_t chunks) 
   arbor::cuda::fence_mbar_init();
   auto issue = [&](size_t chunk, int stage) {
     if (chunk >= chunks) return;
-    arbor::cuda::mbar_arrive_expect_tx(&full[stage], kChunkBytes);
-    arbor::cuda::bulk_copy_to_shared(ring + stage * (kChunkBytes / 16),
-                                     data + chunk * (kChunkBytes / 16), kChunkBytes, &full[stage]);
+    arbor::cuda::mbar_arrive_expect_tx(&full[stage], kChunk);
+    arbor::cuda::bulk_copy_to_shared(ring + stage * (kChunk / 16),
+                                     data + chunk_at(order, chunk) * (kChunk / 16), kChunk,
+                                     &full[stage]);
   };
   size_t chunk = blockIdx.x;
   for (int s = 0; s < kStages; ++s) issue(chunk + size_t(s) * gridDim.x, s);
@@ -96,6 +113,26 @@ __global__ void bulk_read_kernel(const uint4* __restrict__ data, size_t chunks) 
     arbor::cuda::mbar_wait(&full[k % kStages], uint32_t(k / kStages) & 1);
     issue(chunk + size_t(kStages) * gridDim.x, k % kStages);
   }
+}
+
+// 4 KiB pages in shuffled order through 16-byte loads with the 256-byte prefetch, as decode
+// attention's register steps read them: one page per warp at a time, all of its 8 loads per lane
+// in flight.
+__global__ void paged_load_kernel(const uint4* __restrict__ data, size_t pages,
+                                  const uint32_t* __restrict__ order, unsigned* sink) {
+  constexpr int kPerLane = kPageBytes / 16 / 32;
+  const int lane = threadIdx.x % 32;
+  const size_t warps = size_t(gridDim.x) * blockDim.x / 32;
+  unsigned acc = 0;
+  for (size_t k = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; k < pages; k += warps) {
+    const uint4* page = data + size_t(order[k]) * (kPageBytes / 16);
+    uint4 v[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) v[i] = cuda::load_stream16_prefetch256(page + lane + 32 * i);
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) acc ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
 }
 
 // Median bytes per second of `launch` over `bytes`, after two warm-up runs.
@@ -147,20 +184,48 @@ double loads_rate(const ProbeBuffer& p) {
 
 ReadPaths measure_read_paths() {
   const ProbeBuffer p;
-  const int smem = kStages * kChunkBytes;
-  CUDA_CHECK(cudaFuncSetAttribute(cp_async_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  smem));
-  CUDA_CHECK(
-      cudaFuncSetAttribute(bulk_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  CUDA_CHECK(cudaFuncSetAttribute(cp_async_read_kernel<kChunkBytes>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kInFlightBytes));
+  CUDA_CHECK(cudaFuncSetAttribute(bulk_read_kernel<kChunkBytes>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kInFlightBytes));
+  CUDA_CHECK(cudaFuncSetAttribute(cp_async_read_kernel<kPageBytes>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kInFlightBytes));
+  CUDA_CHECK(cudaFuncSetAttribute(bulk_read_kernel<kPageBytes>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, kInFlightBytes));
   const size_t chunks = p.bytes / kChunkBytes;
   ReadPaths r;
   r.loads = loads_rate(p);
   r.loads_prefetch = loads_rate<true>(p);
   r.cp_async = median_rate(p.bytes, [&] {
-    cp_async_read_kernel<<<p.sms * 3, kAsyncThreads, smem>>>(p.buf.as<uint4>(), chunks);
+    cp_async_read_kernel<kChunkBytes>
+        <<<p.sms * 3, kAsyncThreads, kInFlightBytes>>>(p.buf.as<uint4>(), chunks, nullptr);
   });
-  r.bulk = median_rate(
-      p.bytes, [&] { bulk_read_kernel<<<p.sms * 3, 32, smem>>>(p.buf.as<uint4>(), chunks); });
+  r.bulk = median_rate(p.bytes, [&] {
+    bulk_read_kernel<kChunkBytes>
+        <<<p.sms * 3, 32, kInFlightBytes>>>(p.buf.as<uint4>(), chunks, nullptr);
+  });
+
+  // The pages in a fixed shuffled order (the attention benchmark's block tables are shuffled).
+  const size_t pages = p.bytes / kPageBytes;
+  std::vector<uint32_t> order(pages);
+  std::iota(order.begin(), order.end(), 0u);
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(42));
+  cuda::DeviceBuffer d_order(pages * sizeof(uint32_t));
+  CUDA_CHECK(
+      cudaMemcpy(d_order.get(), order.data(), pages * sizeof(uint32_t), cudaMemcpyHostToDevice));
+  cuda::DeviceBuffer sink(sizeof(unsigned));
+  r.paged_loads = median_rate(p.bytes, [&] {
+    paged_load_kernel<<<p.sms * 4, 128>>>(p.buf.as<uint4>(), pages, d_order.as<uint32_t>(),
+                                          sink.as<unsigned>());
+  });
+  r.paged_cp_async = median_rate(p.bytes, [&] {
+    cp_async_read_kernel<kPageBytes><<<p.sms * 3, kAsyncThreads, kInFlightBytes>>>(
+        p.buf.as<uint4>(), pages, d_order.as<uint32_t>());
+  });
+  r.paged_bulk = median_rate(p.bytes, [&] {
+    bulk_read_kernel<kPageBytes>
+        <<<p.sms * 3, 32, kInFlightBytes>>>(p.buf.as<uint4>(), pages, d_order.as<uint32_t>());
+  });
   return r;
 }
 
