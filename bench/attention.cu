@@ -107,11 +107,12 @@ struct Options {
   std::vector<int> contexts = {1024, 4096, 32768, 131072};
   int hq = 32, hkv = 8, head_dim = 128, block_size = 16;
   int iters = 200, warmup = 20, layers = 32, splits = 0;
-  int prologue = -1;     // tiles of each split streamed into shared memory first; -1: as planned
-  int ring = -1;         // ring stages (0, 2 or 3; with no prologue); -1: as planned
-  int staged = -1;       // ring plans: 1 merge through shared memory, 0 not; -1: as planned
-  int plan_context = 0;  // plan for this many tokens (>= the context); 0: the context
-  int trace = 0;         // traced graph replays (a traced build only)
+  int prologue = -1;  // tiles of each split streamed into shared memory first; -1: as planned
+  int ring = -1;      // ring stages (0, 2 or 3; with no prologue); -1: as planned
+  int kv_heads_adjacent = -1;  // 1 grid (kv head, split, seq), 0 (split, kv head, seq); -1: planned
+  int staged = -1;             // ring plans: 1 merge through shared memory, 0 not; -1: as planned
+  int plan_context = 0;        // plan for this many tokens (>= the context); 0: the context
+  int trace = 0;               // traced graph replays (a traced build only)
   bool overlap = true;
   std::string mode = "both";
   std::string block_order = "shuffled";
@@ -229,6 +230,7 @@ Row run_case(const Options& o, int batch, int context, int sms, const DeviceBuff
   if (o.prologue >= 0) plan.prologue_tiles = o.prologue;
   if (o.ring >= 0) plan.ring_stages = o.ring;
   if (o.staged >= 0) plan.staged_merge = o.staged == 1;
+  if (o.kv_heads_adjacent >= 0) plan.kv_heads_adjacent = o.kv_heads_adjacent == 1;
   row.splits = plan.num_splits;
   DeviceBuffer workspace(plan.workspace_bytes);
   if (plan.workspace_bytes) CUDA_CHECK(cudaMemset(workspace.get(), 0, plan.workspace_bytes));
@@ -349,6 +351,10 @@ int main(int argc, char** argv) {
                  "ring plans' merge: -1 as planned, 1 through the ring's shared memory, 0 from "
                  "registers (with --splits, the plan takes no ring: give --ring too)")
       ->check(CLI::IsMember({-1, 0, 1}));
+  app.add_option("--kv-heads-adjacent", o.kv_heads_adjacent,
+                 "grid order: -1 as planned, 1 one split's KV heads launched next to each other, "
+                 "0 one KV head's splits")
+      ->check(CLI::IsMember({-1, 0, 1}));
   app.add_option("--plan-context", o.plan_context,
                  "plan for this many tokens and run at each --context, as the model's captured "
                  "decode graphs do (planned for its longest context); 0: plan for the context");
@@ -406,11 +412,12 @@ int main(int argc, char** argv) {
         read_paths.paged_bulk * 1e-9);
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
-        "overlap %d, prologue %s, ring %s, staged merge %s, plan for %s\n",
+        "overlap %d, prologue %s, ring %s, staged merge %s, kv heads adjacent %s, plan for %s\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),
         o.prologue < 0 ? "as planned" : (std::to_string(o.prologue) + " tiles").c_str(),
         o.ring < 0 ? "as planned" : (std::to_string(o.ring) + " stages").c_str(),
         o.staged < 0 ? "as planned" : (o.staged ? "on" : "off"),
+        o.kv_heads_adjacent < 0 ? "as planned" : (o.kv_heads_adjacent ? "on" : "off"),
         o.plan_context > 0 ? (std::to_string(o.plan_context) + " tokens").c_str() : "the context");
     std::printf(
         "GB/s and %% use the graph time (else single); SDPA: dense KV, µs of a single call "

@@ -112,6 +112,16 @@ constexpr int64_t kPrologueMinRingContextBatched = 256;
 // least this many splits of at least this many tokens.
 constexpr int kStagedMergeMinSplits = 4;
 constexpr int64_t kStagedMergeMinSplitTokens = 256;
+// Batches whose sequences hold this many tokens in all (max context x sequences) launch the
+// blocks of one split's KV heads next to each other (plan.kv_heads_adjacent). A cache block
+// holds all KV heads' K rows (and V rows) contiguously, so the blocks launched together read
+// 32 KiB runs instead of scattered 4 KiB pages (the paged-read probe of bench/bandwidth.cu:
+// 4 KiB pages in shuffled order 3152-3164 GB/s, grouped by 8 3171-3184, H100). In-run, same
+// build, one KV head's splits -> one split's KV heads, per layer in a graph: batch 1 x 16k
+// 23.13 -> 23.06 us, x 32k 44.05 -> 43.78, x 128k 174.18 -> 173.88, batch 2 x 16k 43.35 ->
+// 43.24, GQA 8 batch 1 x 32k 47.16 -> 46.96; level at batch 8-32 from 4k; but batch 1 x 8k
+// 13.09 -> 13.23, GQA 8 batch 1 x 1k 5.33 -> 5.40 (bench/RESULTS.md).
+constexpr int64_t kKvHeadsAdjacentMinBatchTokens = 16384;
 // Merge counters per (sequence, kv head) in the workspace, for any plan: one for the groups,
 // one per group of kMergeGroup splits. A fixed stride keeps each pair's counters in the same
 // place whatever the plan, so that plans can share a workspace (workspace_num_seqs).
@@ -200,10 +210,11 @@ struct KernelArgs {
   int block_shift;  // log2(block_size)
   int cp_size;      // context parallelism: attend to this rank's share (kernels/paged_kv.h)
   int cp_rank;
-  int num_splits;      // plan.num_splits = gridDim.x
+  int num_splits;      // plan.num_splits = gridDim.x (gridDim.y with kv_heads_adjacent)
   int prologue_tiles;  // plan.prologue_tiles: a split's tiles streamed into shared memory
   float scale_log2;    // scale * log2(e): scores are kept in base 2
   bool overlap_previous_kernel;
+  bool kv_heads_adjacent;  // plan.kv_heads_adjacent: grid (kv head, split, sequence)
 #if ARBOR_DECODE_TRACE
   uint64_t* trace;  // DecodeAttentionParams::trace
 #endif
@@ -1021,7 +1032,9 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
     trace.at(kTraceReleased);
   }
 
-  const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+  const int split = a.kv_heads_adjacent ? blockIdx.y : blockIdx.x;
+  const int kvh = a.kv_heads_adjacent ? blockIdx.x : blockIdx.y;
+  const int seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = lane / kLanes, col = lane % kLanes;
   const int num_q_heads = a.num_kv_heads * G;
@@ -1649,6 +1662,8 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
   }
   plan.staged_merge = staged_merge(p, plan);
+  plan.kv_heads_adjacent =
+      int64_t(p.num_seqs) * p.max_context_len >= kKvHeadsAdjacentMinBatchTokens;
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1743,11 +1758,15 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   a.cp_rank = p.cp_rank;
   a.scale_log2 = p.scale * kLog2e;
   a.overlap_previous_kernel = p.overlap_previous_kernel;
+  a.kv_heads_adjacent = plan.kv_heads_adjacent;
 #if ARBOR_DECODE_TRACE
   a.trace = p.trace;
 #endif
 
-  const dim3 grid(unsigned(plan.num_splits), unsigned(p.num_kv_heads), unsigned(p.num_seqs));
+  const dim3 grid =
+      plan.kv_heads_adjacent
+          ? dim3(unsigned(p.num_kv_heads), unsigned(plan.num_splits), unsigned(p.num_seqs))
+          : dim3(unsigned(plan.num_splits), unsigned(p.num_kv_heads), unsigned(p.num_seqs));
   const int group = p.num_q_heads / p.num_kv_heads;
   // The one dispatch switch: runtime head dim and GQA ratio to template constants.
   switch (p.head_dim * 16 + group) {

@@ -118,6 +118,12 @@ struct DecodeAttentionPlan {
   // rounds of 8. The plan takes it for many splits and, at batch 2 and more, for long ones
   // (plan_decode_attention).
   bool staged_merge = false;
+  // Grid order: the blocks of one split's KV heads launch next to each other (grid x = KV
+  // head) instead of one KV head's splits. A cache block holds the K (and the V) of all KV
+  // heads contiguously, so blocks launched together then read neighbouring bytes at about the
+  // same time. Changes no result bit. The plan takes it for large batches and long contexts
+  // (plan_decode_attention).
+  bool kv_heads_adjacent = false;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 

@@ -278,6 +278,30 @@ TEST_CASE("decode_attention plans the staged merge for many or long ring splits"
   CHECK_FALSE(plan_decode_attention(params(1, 32, 8, 128, 16, 32768, false), 132).staged_merge);
 }
 
+// One split's KV heads launch next to each other once the batch holds 16384 tokens in all
+// (max context x sequences), whatever the split count or path; smaller batches keep one KV
+// head's splits together.
+TEST_CASE("decode_attention plans the grid order from the batch's tokens", "[cuda-host][decode]") {
+  struct Case {
+    int seqs, len;
+    bool adjacent;
+  };
+  for (const Case& c :
+       {Case{1, 1024, false}, Case{1, 8192, false}, Case{1, 16383, false}, Case{1, 16384, true},
+        Case{1, 131072, true}, Case{2, 8192, true}, Case{8, 1024, false}, Case{8, 2048, true},
+        Case{32, 1024, true}, Case{64, 256, true}, Case{3, 0, false}}) {
+    for (int hq : {32, 64}) {
+      for (int splits : {0, 5}) {
+        const DecodeAttentionPlan plan =
+            plan_decode_attention(params(c.seqs, hq, 8, 128, 16, c.len, true), 132, splits);
+        INFO("hq " << hq << " seqs " << c.seqs << " len " << c.len << " forced " << splits);
+        CHECK(plan.kv_heads_adjacent == c.adjacent);
+      }
+    }
+  }
+  CHECK(plan_decode_attention(params(4, 8, 8, 64, 8, 4096, false), 132).kv_heads_adjacent);
+}
+
 TEST_CASE("decode_attention plans honour a forced split count", "[cuda-host][decode]") {
   const DecodeAttentionParams p = params(3, 32, 8, 128, 16, 5000, true);
   for (int splits : {1, 7, 64, 1024}) {
