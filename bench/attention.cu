@@ -420,12 +420,13 @@ int main(int argc, char** argv) {
         o.kv_heads_adjacent < 0 ? "as planned" : (o.kv_heads_adjacent ? "on" : "off"),
         o.plan_context > 0 ? (std::to_string(o.plan_context) + " tokens").c_str() : "the context");
     std::printf(
-        "GB/s and %% use the graph time (else single); SDPA: dense KV, µs of a single call "
-        "(flash, cudnn) and per call in a graph of %d calls (flash_g, cudnn_g)\n\n",
+        "GB/s and %% use the graph time (else single); %%read: against the fastest read path, "
+        "%%paged: against the loads over 4 KiB pages in shuffled order; SDPA: dense KV, µs of a "
+        "single call (flash, cudnn) and per call in a graph of %d calls (flash_g, cudnn_g)\n\n",
         o.layers);
-    std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %9s %9s %9s %9s  %s\n", "batch", "context",
-                "splits", "caches", "single_us", "graph_us/ly", "GB/s", "%read", "flash", "cudnn",
-                "flash_g", "cudnn_g", "note");
+    std::printf("%6s %8s %6s %7s %10s %12s %8s %7s %7s %9s %9s %9s %9s  %s\n", "batch", "context",
+                "splits", "caches", "single_us", "graph_us/ly", "GB/s", "%read", "%paged", "flash",
+                "cudnn", "flash_g", "cudnn_g", "note");
     std::vector<Row> rows;
     for (int b : o.batches) {
       for (int c : o.contexts) {
@@ -445,9 +446,10 @@ int main(int argc, char** argv) {
         const PeerResult none;
         const PeerResult& flash = pf != peer.end() ? pf->second : none;
         const PeerResult& cudnn = pc != peer.end() ? pc->second : none;
-        std::printf("%6d %8d %6d %7d %10s %12s %8s %7s %9s %9s %9s %9s  %s\n", b, c, r.splits,
+        std::printf("%6d %8d %6d %7d %10s %12s %8s %7s %7s %9s %9s %9s %9s  %s\n", b, c, r.splits,
                     r.layers_used, fmt(r.single_us).c_str(), fmt(r.graph_us).c_str(),
                     fmt(gbs, "%.0f").c_str(), fmt(100.0 * gbs * 1e9 / read_bw, "%.1f").c_str(),
+                    fmt(100.0 * gbs * 1e9 / read_paths.paged_loads, "%.1f").c_str(),
                     fmt(flash.us).c_str(), fmt(cudnn.us).c_str(), fmt(flash.graph_us).c_str(),
                     fmt(cudnn.graph_us).c_str(), note.c_str());
         std::fflush(stdout);

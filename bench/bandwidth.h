@@ -17,8 +17,9 @@ double measure_read_bandwidth();
 // blocks per SM.
 // Also the same bytes as 4 KiB pages in shuffled order (what decode attention reads from a paged
 // KV cache: one 16-token page of one KV head at head dim 128 per page) through the loads with the
-// prefetch, cp.async and bulk copies: the ceiling a paged kernel can reach, reported beside the
-// device's. Not part of fastest(), which is the device's ceiling.
+// prefetch, cp.async and bulk copies: what a paged kernel's reads compare with (bench/RESULTS.md:
+// the loads are the fastest of the three there, ~2.4% under dense bulk copies on an H100).
+// Not part of fastest(), which is the device's ceiling.
 // Load paths differ in what they reach (H100: bench/RESULTS.md), so a kernel's share of the
 // ceiling depends on which one it is held to.
 struct ReadPaths {
