@@ -410,14 +410,15 @@ int main(int argc, char** argv) {
         "cp.async %.0f, bulk copies %.0f GB/s\n",
         read_paths.paged_loads * 1e-9, read_paths.paged_cp_async * 1e-9,
         read_paths.paged_bulk * 1e-9);
+    // A -1 / 0 / 1 option as the header shows it.
+    const auto on_off = [](int v) { return v < 0 ? "as planned" : v ? "on" : "off"; };
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
         "overlap %d, prologue %s, ring %s, staged merge %s, kv heads adjacent %s, plan for %s\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),
         o.prologue < 0 ? "as planned" : (std::to_string(o.prologue) + " tiles").c_str(),
-        o.ring < 0 ? "as planned" : (std::to_string(o.ring) + " stages").c_str(),
-        o.staged < 0 ? "as planned" : (o.staged ? "on" : "off"),
-        o.kv_heads_adjacent < 0 ? "as planned" : (o.kv_heads_adjacent ? "on" : "off"),
+        o.ring < 0 ? "as planned" : (std::to_string(o.ring) + " stages").c_str(), on_off(o.staged),
+        on_off(o.kv_heads_adjacent),
         o.plan_context > 0 ? (std::to_string(o.plan_context) + " tokens").c_str() : "the context");
     std::printf(
         "GB/s and %% use the graph time (else single); %%read: against the fastest read path, "
