@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -660,7 +661,16 @@ TEST_CASE("decode_attention's grid order changes no bit of the result", "[gpu][d
   // The two orders run the same blocks over the same splits; only where they are launched
   // differs, so every output, fp32 output and lse is bit-identical: single, one-level and
   // two-level merges, over global memory, through rings (register and staged merges) and
-  // with the prologue (the plan for batch 1 x 300).
+  // with the prologue (the plan for batch 1 x 300). run_both_orders: the outputs of the
+  // split-major and of the kv-head-major launch of the same plan, in that order.
+  auto run_both_orders = [](const Inputs& in, int splits, int ring) {
+    GpuCase split_major(in, true, splits), kv_major(in, true, splits);
+    split_major.use_ring(ring, splits >= 33);
+    kv_major.use_ring(ring, splits >= 33);
+    split_major.set_kv_heads_adjacent(false);
+    kv_major.set_kv_heads_adjacent(true);
+    return std::pair<Outputs, Outputs>(split_major.run(), kv_major.run());
+  };
   uint64_t seed = 1200;
   for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{64, 8, 128, 16}, Shape{8, 8, 64, 16}}) {
     const std::vector<int> lens = {5000, 1, 0, 300, 2049};
@@ -668,12 +678,7 @@ TEST_CASE("decode_attention's grid order changes no bit of the result", "[gpu][d
     for (int splits : {0, 1, 5, 33, 66}) {
       for (int ring : {0, 3}) {
         if (ring > 0 && (shape.d != 128 || splits == 0)) continue;
-        GpuCase split_major(in, true, splits), kv_major(in, true, splits);
-        split_major.use_ring(ring, splits >= 33);
-        kv_major.use_ring(ring, splits >= 33);
-        split_major.set_kv_heads_adjacent(false);
-        kv_major.set_kv_heads_adjacent(true);
-        const Outputs a = split_major.run(), b = kv_major.run();
+        const auto [a, b] = run_both_orders(in, splits, ring);
         INFO("hq " << shape.hq << " d " << shape.d << " splits " << splits << " ring " << ring);
         CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
         CHECK(std::memcmp(a.out_f32.data(), b.out_f32.data(), a.out_f32.size() * sizeof(float)) ==
@@ -682,11 +687,7 @@ TEST_CASE("decode_attention's grid order changes no bit of the result", "[gpu][d
       }
     }
   }
-  const Inputs short_one = make_inputs(Shape{32, 8, 128, 16}, {300}, seed);
-  GpuCase split_major(short_one, true, 0), kv_major(short_one, true, 0);
-  split_major.set_kv_heads_adjacent(false);
-  kv_major.set_kv_heads_adjacent(true);
-  const Outputs a = split_major.run(), b = kv_major.run();
+  const auto [a, b] = run_both_orders(make_inputs(Shape{32, 8, 128, 16}, {300}, seed), 0, 0);
   CHECK(std::memcmp(a.out_f32.data(), b.out_f32.data(), a.out_f32.size() * sizeof(float)) == 0);
 }
 
