@@ -111,8 +111,9 @@ struct Options {
   int ring = -1;      // ring stages (0, 2 or 3; with no prologue); -1: as planned
   int kv_heads_adjacent = -1;  // 1 grid (kv head, split, seq), 0 (split, kv head, seq); -1: planned
   int staged = -1;             // ring plans: 1 merge through shared memory, 0 not; -1: as planned
-  int plan_context = 0;        // plan for this many tokens (>= the context); 0: the context
-  int trace = 0;               // traced graph replays (a traced build only)
+  int ldmatrix = -1;     // ring plans: 1 steps through ldmatrix, 0 register loads; -1: planned
+  int plan_context = 0;  // plan for this many tokens (>= the context); 0: the context
+  int trace = 0;         // traced graph replays (a traced build only)
   bool overlap = true;
   std::string mode = "both";
   std::string block_order = "shuffled";
@@ -230,6 +231,12 @@ Row run_case(const Options& o, int batch, int context, int sms, const DeviceBuff
   if (o.prologue >= 0) plan.prologue_tiles = o.prologue;
   if (o.ring >= 0) plan.ring_stages = o.ring;
   if (o.staged >= 0) plan.staged_merge = o.staged == 1;
+  // A plan without a ring (or forced to none) takes no ldmatrix steps unless asked.
+  if (o.ldmatrix >= 0) {
+    plan.ring_ldmatrix = o.ldmatrix == 1;
+  } else if (plan.ring_stages == 0) {
+    plan.ring_ldmatrix = false;
+  }
   if (o.kv_heads_adjacent >= 0) plan.kv_heads_adjacent = o.kv_heads_adjacent == 1;
   row.splits = plan.num_splits;
   DeviceBuffer workspace(plan.workspace_bytes);
@@ -351,6 +358,9 @@ int main(int argc, char** argv) {
                  "ring plans' merge: -1 as planned, 1 through the ring's shared memory, 0 from "
                  "registers (with --splits, the plan takes no ring: give --ring too)")
       ->check(CLI::IsMember({-1, 0, 1}));
+  app.add_option("--ldmatrix", o.ldmatrix,
+                 "ring plans' steps: -1 as planned, 1 through ldmatrix, 0 register loads")
+      ->check(CLI::IsMember({-1, 0, 1}));
   app.add_option("--kv-heads-adjacent", o.kv_heads_adjacent,
                  "grid order: -1 as planned, 1 one split's KV heads launched next to each other, "
                  "0 one KV head's splits")
@@ -414,11 +424,12 @@ int main(int argc, char** argv) {
     const auto on_off = [](int v) { return v < 0 ? "as planned" : v ? "on" : "off"; };
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
-        "overlap %d, prologue %s, ring %s, staged merge %s, kv heads adjacent %s, plan for %s\n",
+        "overlap %d, prologue %s, ring %s, staged merge %s, ldmatrix %s, kv heads adjacent %s, "
+        "plan for %s\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),
         o.prologue < 0 ? "as planned" : (std::to_string(o.prologue) + " tiles").c_str(),
         o.ring < 0 ? "as planned" : (std::to_string(o.ring) + " stages").c_str(), on_off(o.staged),
-        on_off(o.kv_heads_adjacent),
+        on_off(o.ldmatrix), on_off(o.kv_heads_adjacent),
         o.plan_context > 0 ? (std::to_string(o.plan_context) + " tokens").c_str() : "the context");
     std::printf(
         "GB/s and %% use the graph time (else single); %%read: against the fastest read path, "

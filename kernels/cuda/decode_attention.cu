@@ -93,6 +93,9 @@ constexpr int kShortRingMaxSplits = 16;
 constexpr int kShortRingWideSplits = 24;
 constexpr int kShortRingWideFrom = 5632;
 constexpr int kShortRingWideMaxContext = 9216;
+// Batch-1 ring plans with this many splits or more keep the register steps (ring_ldmatrix).
+constexpr int kLdmatrixMaxSplitsBatch1 = 16;
+
 // The plan's mid-sized rule: batches whose sequences hold this many tokens in all (max
 // context x sequences), from kRingMinBatchTokens to kRingMaxBatchTokens, take 3-stage rings
 // (plan_decode_attention); at GQA 4, below kRingSmallBatchTokens, only contexts longer than
@@ -729,17 +732,27 @@ __device__ __forceinline__ void mma_prologue_steps(const KernelArgs& a, const in
 // cp.async is faster almost everywhere (H100, per layer in a graph: batch 1 x 4k 8.91 -> 7.95
 // us, batch 2 x 2k 8.47 -> 7.51, with 3 stages at batch 8 x 32k 360.8 -> 350.0;
 // bench/RESULTS.md).
-template <int kStages>
+// kLdmatrix (plan.ring_ldmatrix): the steps read their stage with ldmatrix (ring_load_step),
+// and the stage's 16-byte chunk j of row r is stored at chunk j ^ (r % 8), so that the 8 rows
+// each ldmatrix reads lie in 8 different groups of 4 banks while a row's copies still fill
+// whole 128-byte lines (rows padded to 272 bytes instead made the streaming splits up to 21%
+// slower: H100, batch 1 x 6k, bench/RESULTS.md). The swizzle XORs address bits 4-7, so these
+// rings start 256-byte aligned: hence kBytes' slack.
+template <int kStages, bool kLdmatrix = false>
 struct Ring {
   static constexpr int kStepTokens = 16;
   static constexpr int kStageElems = 2 * kStepTokens * 128;  // K then V, head dim 128
-  static constexpr int kBytes = kWarps * kStages * kStageElems * 2;
+  static constexpr int kBytes = kWarps * kStages * kStageElems * 2 + (kLdmatrix ? 256 : 0);
   static constexpr int kBlocksPerSm = kSmemPerSm / (kBytes + kSmemPerBlockExtra);
   static_assert(kBlocksPerSm >= 1, "a block's ring fits an SM");
 };
 
 // Requests the step of 16 tokens from t0 (rows up to `end`) into `stage`; every lane of the
 // warp, one cp.async per 16 bytes (the caller commits the group).
+// With kLdmatrix, chunks land swizzled (Ring), and rows past `end` are zero-filled (nothing is
+// read): p = 0 multiplies their V, where what an earlier step left could be NaN (the register
+// steps zero them instead).
+template <bool kLdmatrix>
 __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t* table, int kvh,
                                              int t0, int end, bf16* stage, int lane) {
   constexpr int D = 128;
@@ -751,10 +764,120 @@ __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t*
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const int c = lane + 32 * i;  // chunk c: row c / 16, dims 8 (c % 16) .. + 8
-    if (c / 16 < rows) {
+    if constexpr (kLdmatrix) {
+      const uint32_t at = dst + (c / 16) * D * 2 + ((c % 16) ^ (c / 16 % 8)) * 16;
+      cp_async_16(at, k + c * 8, c / 16 < rows);
+      cp_async_16(at + 16 * D * 2, v + c * 8, c / 16 < rows);
+    } else if (c / 16 < rows) {
       cp_async_16(dst + c * 16, k + c * 8, true);
       cp_async_16(dst + 16 * D * 2 + c * 16, v + c * 8, true);
     }
+  }
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// A kLdmatrix ring step's operands, as mma.m16n8k16 A fragments (mma_sync.cuh): k[c] = K rows
+// (the 16 tokens) by dims 16c .. + 16, v[mt] = V^T rows (dims 16mt .. + 16) by the 16 tokens.
+struct RingStep {
+  uint32_t k[8][4];
+  uint32_t v[8][4];
+};
+
+// The swizzled step at shared address `stage` (256-byte aligned) into fragments, V transposed
+// on the way: 16 ldmatrix where the register steps' layout (mma_load_rows, mma_step) takes 16
+// loads, 32 byte permutes and the moves that gather A fragments from two loads (a launch at
+// batch 1 x 2k executes 25% fewer instructions: H100, Nsight Compute, bench/RESULTS.md).
+// Lane l gives the address of row l % 8 of matrix l / 8 (a0 .. a3 of the fragment). Chunk
+// 2c + h of row r is at (2c + h) ^ r = 2c ^ (h ^ r) (h < 2), so chunk 2c's address is chunk
+// 0's XOR 32c.
+__device__ __forceinline__ void ring_load_step(uint32_t stage, int lane, RingStep& st) {
+  constexpr int kRowBytes = 128 * 2;
+  const int i = lane / 8, r = lane % 8;
+  // K: matrices (tokens 0-7, dims +0), (tokens 8-15, +0), (tokens 0-7, +8), (tokens 8-15, +8).
+  const uint32_t k = stage + ((i % 2) * 8 + r) * kRowBytes + ((i / 2) ^ r) * 16;
+  // V: (tokens 0-7, dims +0), (tokens 0-7, +8), (tokens 8-15, +0), (tokens 8-15, +8), each
+  // transposed.
+  const uint32_t v = stage + (16 + (i / 2) * 8 + r) * kRowBytes + ((i % 2) ^ r) * 16;
+#pragma unroll
+  for (int c = 0; c < 8; ++c) ldmatrix_x4(st.k[c], k ^ (32 * c));
+#pragma unroll
+  for (int mt = 0; mt < 8; ++mt) ldmatrix_x4_trans(st.v[mt], v ^ (32 * mt));
+}
+
+// The query heads of the KV group as B fragments of S^T = K·q^T for ring_mma_step:
+// qs[c] = q[head g][16c + 2t .. + 2] and [16c + 8 + 2t .. + 2] (zero for the padding heads).
+template <int G>
+__device__ __forceinline__ void load_q_ring(const KernelArgs& a, size_t q_row0, int lane,
+                                            uint32_t (&qs)[8][2]) {
+  constexpr int D = 128;
+  const int g = lane / 4, t = lane % 4;
+  const uint32_t* q = reinterpret_cast<const uint32_t*>(a.q + (q_row0 + g) * D) + t;
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    qs[c][0] = g < G ? __ldcg(q + 8 * c) : 0u;
+    qs[c][1] = g < G ? __ldcg(q + 8 * c + 4) : 0u;
+  }
+}
+
+// mma_step<true> for a kLdmatrix ring step (ring_load_step's fragments, load_q_ring's q): the
+// same math, with S = q·k as two chains of 4 MMAs (even and odd 16-dim chunks) and o in the
+// standard fragment layout: o[mt][e + 2i] = O[head 2t + e][dim 16mt + g + 8i]. The softmax
+// lines repeat mma_step's on purpose, as merge_partials_staged's do: these kernels have moved
+// by 2% when shared code changed their PTX.
+__device__ __forceinline__ void ring_mma_step(const RingStep& st, const uint32_t (&qs)[8][2],
+                                              int t0, int end, int lane, float scale_log2,
+                                              float (&m)[2], float (&l)[2], float (&o)[8][4]) {
+  const int g = lane / 4;
+  const bool k_valid[2] = {t0 + g < end, t0 + g + 8 < end};
+  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};      // S[token g or g + 8][head 2t or 2t + 1]
+  float s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // odd chunks
+#pragma unroll
+  for (int c = 0; c < 8; ++c) mma_bf16_16816(c % 2 ? s_odd : s, st.k[c], qs[c][0], qs[c][1]);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) s[i] += s_odd[i];
+  float pr[4];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {  // head 2t + e: s[e] (token g), s[e + 2] (token g + 8)
+    const float s0 = k_valid[0] ? s[e] * scale_log2 : -INFINITY;
+    const float s1 = k_valid[1] ? s[e + 2] * scale_log2 : -INFINITY;
+    float mx = fmaxf(s0, s1);
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+    const float m_new = fmaxf(m[e], mx);  // finite: token t0 is in range
+    const float alpha = fast_exp2(m[e] - m_new);
+    m[e] = m_new;
+    pr[e] = fast_exp2(s0 - m_new);
+    pr[e + 2] = fast_exp2(s1 - m_new);
+    l[e] = l[e] * alpha + pr[e] + pr[e + 2];
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt) {
+      o[mt][e] *= alpha;
+      o[mt][e + 2] *= alpha;
+    }
+  }
+  // P as hi + lo bf16 pairs, transposed into B fragments (as in mma_step).
+  const uint32_t hi0 = pack_bf16x2(pr[0], pr[1]), hi1 = pack_bf16x2(pr[2], pr[3]);
+  const uint32_t lo0 =
+      pack_bf16x2(pr[0] - __uint_as_float(hi0 << 16), pr[1] - __uint_as_float(hi0 & 0xffff0000u));
+  const uint32_t lo1 =
+      pack_bf16x2(pr[2] - __uint_as_float(hi1 << 16), pr[3] - __uint_as_float(hi1 & 0xffff0000u));
+  const uint32_t bh0 = movmatrix_trans(hi0), bh1 = movmatrix_trans(hi1);
+  const uint32_t bl0 = movmatrix_trans(lo0), bl1 = movmatrix_trans(lo1);
+#pragma unroll
+  for (int mt = 0; mt < 8; ++mt) {
+    mma_bf16_16816(o[mt], st.v[mt], bh0, bh1);
+    mma_bf16_16816(o[mt], st.v[mt], bl0, bl1);
   }
 }
 
@@ -772,7 +895,7 @@ __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t*
 // -> 25.2, batch 2 x 4k 14.8 -> 14.2, batch 4 x 4k 24.1 -> 23.7; level at batch 1 x 2k-3k,
 // batch 8 x 4k, 16 x 2k and 32 x 1k; bench/RESULTS.md). Two in flight measured as all three.
 // Bulk copies of the prologue throttled the same way were slower.
-template <int kStages>
+template <int kStages, bool kLdmatrix>
 __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const int32_t* table,
                                                    int kvh, int warp, int lane, int begin, int end,
                                                    int len, bool before_wait, bf16* ring) {
@@ -784,7 +907,7 @@ __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const in
     if (!before_wait && early) continue;           // requested before the wait
     if (before_wait && s > 0) cp_async_wait<0>();  // the previous early step has landed
     bf16* stage = ring + (size_t(warp) * kStages + s) * Ring<kStages>::kStageElems;
-    if (t0 < end) ring_request(a, table, kvh, t0, end, stage, lane);
+    if (t0 < end) ring_request<kLdmatrix>(a, table, kvh, t0, end, stage, lane);
     cp_async_commit();
   }
 }
@@ -794,10 +917,12 @@ __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const in
 // into registers; once every lane has read the stage, its refill with the step kStages ahead
 // (a group, empty past the split, to keep one per step); then the step's math. Leaves the
 // lane's state as mma_step.
-template <int kStages>
+// kLdmatrix: `q` is load_q_ring's, and the steps are ring_load_step's and ring_mma_step's;
+// otherwise `q` is load_q_fragments', read as uint4[4].
+template <int kStages, bool kLdmatrix, typename Q>
 __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* table, int kvh,
                                            int warp, int lane, int begin, int end, bf16* ring,
-                                           const uint4 (&qb)[4], float (&m)[2], float (&l)[2],
+                                           const Q& q, float (&m)[2], float (&l)[2],
                                            float (&o)[8][4], BlockTrace& trace) {
   constexpr int D = 128;
   for (int i = 0;; ++i) {
@@ -807,13 +932,23 @@ __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* t
     cp_async_wait<kStages - 1>();
     __syncwarp();
     if (i < kStages) trace.at(kTraceLoaded);  // the steps requested first
-    MmaStep st;
-    mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
-    __syncwarp();
-    const int t_next = t0 + kStages * kWarps * 16;
-    if (t_next < end) ring_request(a, table, kvh, t_next, end, stage, lane);
-    cp_async_commit();
-    mma_step<true>(st, qb, t0, end, lane, a.scale_log2, m, l, o);
+    if constexpr (kLdmatrix) {
+      RingStep st;
+      ring_load_step(shared_address(stage), lane, st);
+      __syncwarp();
+      const int t_next = t0 + kStages * kWarps * 16;
+      if (t_next < end) ring_request<true>(a, table, kvh, t_next, end, stage, lane);
+      cp_async_commit();
+      ring_mma_step(st, q, t0, end, lane, a.scale_log2, m, l, o);
+    } else {
+      MmaStep st;
+      mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
+      __syncwarp();
+      const int t_next = t0 + kStages * kWarps * 16;
+      if (t_next < end) ring_request<false>(a, table, kvh, t_next, end, stage, lane);
+      cp_async_commit();
+      mma_step<true>(st, q, t0, end, lane, a.scale_log2, m, l, o);
+    }
   }
   cp_async_wait<0>();  // only empty groups are left; none may outlive the ring's memory
 }
@@ -1010,15 +1145,19 @@ __device__ __forceinline__ void merge(const KernelArgs& a, size_t first, int cou
 // kStagedMerge: plan.staged_merge (ring variants only). The other variants keep the register
 // merge's code: compiled with both paths, the ring variant took 168 registers instead of 186
 // and batch 1 x 1k took 2% longer with the same merge (H100, bench/RESULTS.md).
+// kLdmatrix: plan.ring_ldmatrix (ring variants only): the steps read their stages with
+// ldmatrix (Ring, ring_load_step, ring_mma_step).
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0,
-          bool kStagedMerge = false>
-__global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing : 1)>::kBlocksPerSm
-                                            : kMma    ? kMmaBlocksPerSm
-                                                      : Tile<D, G>::kBlocksPerSm)
+          bool kStagedMerge = false, bool kLdmatrix = false>
+__global__ void __launch_bounds__(kThreads,
+                                  kRing > 0 ? Ring<(kRing > 0 ? kRing : 1), kLdmatrix>::kBlocksPerSm
+                                  : kMma    ? kMmaBlocksPerSm
+                                            : Tile<D, G>::kBlocksPerSm)
     decode_attention_kernel(const KernelArgs a) {
   static_assert(!kMma || (D == 128 && G >= 4), "mma_steps: D 128, G 4 or 8");
   static_assert(kRing == 0 || (kMma && !kPrologue), "the ring feeds the tensor-core steps");
   static_assert(!kStagedMerge || kRing > 0, "the staged merge uses the ring's shared memory");
+  static_assert(!kLdmatrix || kRing > 0, "ldmatrix reads the ring's stages");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -1094,9 +1233,11 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
   // 130.6 -> 128.3; bench/RESULTS.md).
   [[maybe_unused]] MmaStep mma_first;
   [[maybe_unused]] bool mma_preloaded = false;
-  [[maybe_unused]] bf16* ring = reinterpret_cast<bf16*>(smem);  // [warp][stage][K, V][16][D]
+  // [warp][stage][K, V][16][D], 256-byte aligned with kLdmatrix (Ring)
+  [[maybe_unused]] bf16* ring =
+      reinterpret_cast<bf16*>(smem + (kLdmatrix ? (256 - shared_address(smem) % 256) % 256 : 0));
   if constexpr (kRing > 0) {
-    ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, true, ring);
+    ring_request_first<kRing, kLdmatrix>(a, table, kvh, warp, lane, begin, end, len, true, ring);
   } else if constexpr (kMma && !kPrologue) {
     const int t_first = begin + warp * 16;
     if (a.overlap_previous_kernel && t_first < end && t_first + 16 < len) {
@@ -1124,18 +1265,27 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
   }
   if constexpr (kMma) {
     float mm[2] = {-INFINITY, -INFINITY}, lm[2] = {0.0f, 0.0f}, om[8][4] = {};
-    uint4 qb[4];
-    load_q_fragments<G>(a, out_row0, lane, qb);
-    if constexpr (kPrologue) {
-      mma_prologue_steps<G>(a, table, kvh, warp, lane, begin, end, prologue_tiles, fresh_tok, tiles,
-                            full, qb, mm, lm, om, trace);
-      __syncthreads();  // the warps' partials below overwrite the tiles
-    } else if constexpr (kRing > 0) {
-      ring_request_first<kRing>(a, table, kvh, warp, lane, begin, end, len, false, ring);
-      ring_steps<kRing>(a, table, kvh, warp, lane, begin, end, ring, qb, mm, lm, om, trace);
+    if constexpr (kLdmatrix) {
+      uint32_t qs[8][2];
+      load_q_ring<G>(a, out_row0, lane, qs);
+      ring_request_first<kRing, true>(a, table, kvh, warp, lane, begin, end, len, false, ring);
+      ring_steps<kRing, true>(a, table, kvh, warp, lane, begin, end, ring, qs, mm, lm, om, trace);
       __syncthreads();  // the warps' partials below overwrite the rings
     } else {
-      mma_steps(a, table, kvh, warp, lane, begin, end, qb, mma_preloaded, mma_first, mm, lm, om);
+      uint4 qb[4];
+      load_q_fragments<G>(a, out_row0, lane, qb);
+      if constexpr (kPrologue) {
+        mma_prologue_steps<G>(a, table, kvh, warp, lane, begin, end, prologue_tiles, fresh_tok,
+                              tiles, full, qb, mm, lm, om, trace);
+        __syncthreads();  // the warps' partials below overwrite the tiles
+      } else if constexpr (kRing > 0) {
+        ring_request_first<kRing, false>(a, table, kvh, warp, lane, begin, end, len, false, ring);
+        ring_steps<kRing, false>(a, table, kvh, warp, lane, begin, end, ring, qb, mm, lm, om,
+                                 trace);
+        __syncthreads();  // the warps' partials below overwrite the rings
+      } else {
+        mma_steps(a, table, kvh, warp, lane, begin, end, qb, mma_preloaded, mma_first, mm, lm, om);
+      }
     }
     // l over the warp's tokens; then the warp's (m, l, o) of heads 2t, 2t + 1 to shared memory.
     const int g = lane / 4, t = lane % 4;
@@ -1146,12 +1296,20 @@ __global__ void __launch_bounds__(kThreads, kRing > 0 ? Ring<(kRing > 0 ? kRing 
       lm[e] += __shfl_xor_sync(0xffffffffu, lm[e], 16);
       const int h = 2 * t + e;
       if (h < G) {
+        if constexpr (kLdmatrix) {  // ring_mma_step's layout: dims 16mt + g and + 8
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const float(*x)[4] = om + 4 * half;  // m-tiles 4 half + j: dims 64 half + 8g + 2j, + 1
-          float4* dst = reinterpret_cast<float4*>(&s_o[warp][h][64 * half + 8 * g]);
-          dst[0] = make_float4(x[0][e], x[0][e + 2], x[1][e], x[1][e + 2]);
-          dst[1] = make_float4(x[2][e], x[2][e + 2], x[3][e], x[3][e + 2]);
+          for (int mt = 0; mt < 8; ++mt) {
+            s_o[warp][h][16 * mt + g] = om[mt][e];
+            s_o[warp][h][16 * mt + 8 + g] = om[mt][e + 2];
+          }
+        } else {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const float(*x)[4] = om + 4 * half;  // m-tiles 4 half + j: dims 64 half + 8g + 2j, + 1
+            float4* dst = reinterpret_cast<float4*>(&s_o[warp][h][64 * half + 8 * g]);
+            dst[0] = make_float4(x[0][e], x[0][e + 2], x[1][e], x[1][e + 2]);
+            dst[1] = make_float4(x[2][e], x[2][e + 2], x[3][e], x[3][e + 2]);
+          }
         }
         if (g == 0) {
           s_m[warp][h] = mm[e];
@@ -1416,15 +1574,15 @@ bool aligned(const void* ptr, size_t bytes) {
 }
 
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0,
-          bool kStagedMerge = false>
+          bool kStagedMerge = false, bool kLdmatrix = false>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
-  if constexpr (kRing > 0) smem = std::max(smem, Ring<kRing>::kBytes);
+  if constexpr (kRing > 0) smem = std::max(smem, Ring<kRing, kLdmatrix>::kBytes);
   const auto kernel =
-      decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing, kStagedMerge>;
+      decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing, kStagedMerge, kLdmatrix>;
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
@@ -1475,6 +1633,22 @@ void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
     const MmaUse use = mma_use();
     if (args.block_shift >= 4 && (use == MmaUse::kAll || (use == MmaUse::kSteps && !prologue))) {
       if (prologue) return launch_variant<D, G, true, true, true>(args, grid, stream);
+      if (plan.ring_ldmatrix) {
+        switch (plan.ring_stages) {
+          case 2:
+            return plan.staged_merge
+                       ? launch_variant<D, G, false, true, true, 2, true, true>(args, grid, stream)
+                       : launch_variant<D, G, false, true, true, 2, false, true>(args, grid,
+                                                                                 stream);
+          case 3:
+            return plan.staged_merge
+                       ? launch_variant<D, G, false, true, true, 3, true, true>(args, grid, stream)
+                       : launch_variant<D, G, false, true, true, 3, false, true>(args, grid,
+                                                                                 stream);
+          default:
+            break;
+        }
+      }
       switch (plan.ring_stages) {
         case 2:
           return plan.staged_merge
@@ -1518,6 +1692,21 @@ bool staged_merge(const DecodeAttentionParams& p, const DecodeAttentionPlan& pla
   if (plan.num_splits > 2 * kMergeUnroll) return true;
   const int64_t split_tokens = (int64_t(p.max_context_len) + plan.num_splits - 1) / plan.num_splits;
   return p.num_seqs > 1 && split_tokens >= kStagedMergeMinSplitTokens;
+}
+
+// Whether a ring plan's steps read their stages with ldmatrix (plan.ring_ldmatrix: Ring,
+// ring_load_step). A quarter fewer instructions per step shortens the chain after the wait
+// where the splits are short, and batches of two and more gain too. H100, in-run against the
+// register steps, per layer in a graph (bench/RESULTS.md): batch 1 x 1k 4.53 -> 4.40 us, x 1.5k
+// 5.38 -> 4.81, x 2k 6.15 -> 5.32, x 3k 7.41 -> 6.72; batch 2 x 2k 7.22 -> 6.86, x 4k 13.57 ->
+// 12.63; batch 4 x 1k 8.60 -> 8.13, x 2k 13.34 -> 12.49; batch 8 x 512 9.17 -> 8.39; batch
+// 16-32 up to 1.9% faster; GQA 8 batch 1 x 2k 6.95 -> 6.06, batch 2 x 4k 14.57 -> 13.49. But
+// batch 1 with kLdmatrixMaxSplitsBatch1 splits or more lost (x 4k 7.62 -> 7.74, x 6k 9.91 ->
+// 10.59, x 8k 13.12 -> 13.90, x 32k 43.84 -> 44.31; GQA 8 x 4k 8.80 -> 9.80) although, alone
+// under Nsight Compute, batch 1 x 6k ran 3.5% faster with it; the cause was not found, and
+// those plans keep the register steps.
+bool ring_ldmatrix(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan) {
+  return plan.ring_stages > 0 && (p.num_seqs > 1 || plan.num_splits < kLdmatrixMaxSplitsBatch1);
 }
 
 // A split streamed whole into shared memory takes the latency of its loads off the
@@ -1662,6 +1851,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
     plan.ring_stages = ring_stages_setting() > 0 ? ring_stages_setting() : rule_ring;
   }
   plan.staged_merge = staged_merge(p, plan);
+  plan.ring_ldmatrix = ring_ldmatrix(p, plan);
   plan.kv_heads_adjacent =
       int64_t(p.num_seqs) * p.max_context_len >= kKvHeadsAdjacentMinBatchTokens;
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
@@ -1705,6 +1895,9 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
     fail(
         "plan.ring_stages needs no prologue, head_dim 128, GQA 4 or 8, block_size >= 16 and the "
         "tensor-core steps (ARBOR_DECODE_MMA not 0)");
+  }
+  if (plan.ring_ldmatrix && plan.ring_stages == 0) {
+    fail("plan.ring_ldmatrix needs plan.ring_stages (ldmatrix reads the ring's stages)");
   }
   if (plan.staged_merge && plan.ring_stages == 0) {
     fail("plan.staged_merge needs plan.ring_stages (it merges through the ring's shared memory)");

@@ -118,6 +118,11 @@ struct DecodeAttentionPlan {
   // rounds of 8. The plan takes it for many splits and, at batch 2 and more, for long ones
   // (plan_decode_attention).
   bool staged_merge = false;
+  // Ring plans only: the steps read their stages with ldmatrix, from a swizzled layout, instead
+  // of register loads that are rearranged into MMA fragments (about a quarter fewer
+  // instructions a step). The plan takes it for every ring plan but batch 1 with 16 splits or
+  // more (plan_decode_attention).
+  bool ring_ldmatrix = false;
   // Grid order: the blocks of one split's KV heads launch next to each other (grid x = KV
   // head) instead of one KV head's splits. A cache block holds the K (and the V) of all KV
   // heads contiguously, so blocks launched together then read neighbouring bytes at about the

@@ -278,6 +278,29 @@ TEST_CASE("decode_attention plans the staged merge for many or long ring splits"
   CHECK_FALSE(plan_decode_attention(params(1, 32, 8, 128, 16, 32768, false), 132).staged_merge);
 }
 
+// Ring plans read their stages with ldmatrix (plan.ring_ldmatrix), except at batch 1 with 16
+// splits or more; plans without a ring never do.
+TEST_CASE("decode_attention plans ldmatrix ring steps", "[cuda-host][decode]") {
+  struct Case {
+    int hq, seqs, len;
+    bool ldmatrix;
+  };
+  for (const Case& c :
+       {Case{32, 1, 1024, true}, Case{32, 1, 3072, true}, Case{32, 1, 4096, false},
+        Case{32, 1, 6144, false}, Case{32, 1, 32768, false}, Case{32, 2, 1024, true},
+        Case{32, 2, 4096, true}, Case{32, 8, 4096, true}, Case{32, 32, 1024, true},
+        Case{64, 1, 2048, true}, Case{64, 1, 4096, false}, Case{32, 1, 512, false},
+        Case{32, 8, 16384, false}, Case{32, 1, 131072, false}}) {
+    const DecodeAttentionPlan plan =
+        plan_decode_attention(params(c.seqs, c.hq, 8, 128, 16, c.len, true), 132);
+    INFO("hq " << c.hq << " seqs " << c.seqs << " len " << c.len << ": " << plan.num_splits
+               << " splits, ring " << plan.ring_stages);
+    CHECK(plan.ring_ldmatrix == c.ldmatrix);
+    if (plan.ring_ldmatrix) CHECK(plan.ring_stages > 0);
+    if (plan.ring_stages > 0 && c.seqs == 1) CHECK(plan.ring_ldmatrix == (plan.num_splits < 16));
+  }
+}
+
 // One split's KV heads launch next to each other once the batch holds 16384 tokens in all
 // (max context x sequences), whatever the split count or path; smaller batches keep one KV
 // head's splits together.
@@ -457,6 +480,11 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
   bad.block_size = 8;
   bad.max_blocks_per_seq *= 2;
   rejects(bad, ring, workspace);
+  // ldmatrix reads the ring's stages.
+  DecodeAttentionPlan ldmatrix = multi;
+  ldmatrix.ring_stages = 0;
+  ldmatrix.ring_ldmatrix = true;
+  rejects(p, ldmatrix, workspace);
   // The merge through shared memory uses the ring's.
   DecodeAttentionPlan staged = multi;
   staged.ring_stages = 0;

@@ -205,11 +205,12 @@ class GpuCase {
 
   // The ring variant with this many stages (0: as planned), over the whole split: it takes
   // the place of the prologue; staged_merge: its merge through shared memory.
-  void use_ring(int stages, bool staged_merge = false) {
+  void use_ring(int stages, bool staged_merge = false, bool ldmatrix = false) {
     if (stages == 0) return;
     plan_.prologue_tiles = 0;
     plan_.ring_stages = stages;
     plan_.staged_merge = staged_merge;
+    plan_.ring_ldmatrix = ldmatrix;
   }
 
   // The grid order (plan.kv_heads_adjacent).
@@ -327,7 +328,7 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
   ss << "hq=" << in.shape.hq << " hkv=" << in.shape.hkv << " d=" << in.shape.d
      << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
      << " plan.prologue_tiles=" << plan.prologue_tiles << " plan.ring_stages=" << plan.ring_stages
-     << " plan.staged_merge=" << plan.staged_merge
+     << " plan.staged_merge=" << plan.staged_merge << " plan.ring_ldmatrix=" << plan.ring_ldmatrix
      << " plan.kv_heads_adjacent=" << plan.kv_heads_adjacent << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
@@ -407,18 +408,20 @@ void check_outputs(const Inputs& in, const std::vector<int>& lens, const Referen
 
 // Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
 // rings: ring stages to run each setting with (0: as planned), each with both merges (the
-// register loads' and the staged one through the ring's shared memory).
+// register loads' and the staged one through the ring's shared memory) and both kinds of steps
+// (register loads, ldmatrix).
 void run_and_check(const Shape& shape, const std::vector<int>& lens,
                    const std::vector<int>& force_splits, bool with_f32, uint64_t seed,
                    const std::vector<int>& rings = {0}) {
   const Inputs in = make_inputs(shape, lens, seed);
   const Reference ref = cpu_reference(in, lens);
   for (int ring : rings) {
-    for (bool staged : ring > 0 ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+    for (int variant = 0; variant < (ring > 0 ? 4 : 1); ++variant) {
+      const bool staged = variant % 2 == 1, ldmatrix = variant / 2 == 1;
       for (int splits : force_splits) {
         for (bool overlap : {false, true}) {
           GpuCase gpu(in, with_f32, splits, -1, overlap);
-          gpu.use_ring(ring, staged);
+          gpu.use_ring(ring, staged, ldmatrix);
           const std::string what =
               describe(in, lens, gpu.plan()) + " force_splits=" + std::to_string(splits) +
               " overlap=" + std::to_string(overlap) + " seed=" + std::to_string(seed);
@@ -484,7 +487,8 @@ TEST_CASE("decode_attention merges partials per group of splits, then across gro
 
 // The ring variant (plan.ring_stages: the plan takes 3 stages for short contexts at batch
 // 1-2 and for mid-sized batches, ARBOR_DECODE_RING 2 or 3 anywhere without a prologue): the
-// tensor-core steps fed by per-warp rings of 2 or 3 16-token steps filled by cp.async. Lengths
+// tensor-core steps fed by per-warp rings of 2 or 3 16-token steps filled by cp.async, read
+// by register loads or (plan.ring_ldmatrix) by ldmatrix from a swizzled layout. Lengths
 // around a step, a ring's worth of steps per warp (4 warps) and a wave of refills, in a mixed batch
 // with an empty context; forced splits; pages of 16 to 128 tokens; GQA 4 and 8; up to 131072
 // tokens.
@@ -660,13 +664,14 @@ TEST_CASE("decode_attention with fixed splits is deterministic and batch-invaria
 TEST_CASE("decode_attention's grid order changes no bit of the result", "[gpu][decode]") {
   // The two orders run the same blocks over the same splits; only where they are launched
   // differs, so every output, fp32 output and lse is bit-identical: single, one-level and
-  // two-level merges, over global memory, through rings (register and staged merges) and
-  // with the prologue (the plan for batch 1 x 300). run_both_orders: the outputs of the
-  // split-major and of the kv-head-major launch of the same plan, in that order.
-  auto run_both_orders = [](const Inputs& in, int splits, int ring) {
+  // two-level merges, over global memory, through rings (register and staged merges, register
+  // and ldmatrix steps) and with the prologue (the plan for batch 1 x 300). run_both_orders:
+  // the outputs of the split-major and of the kv-head-major launch of the same plan, in that
+  // order.
+  auto run_both_orders = [](const Inputs& in, int splits, int ring, bool ldmatrix = false) {
     GpuCase split_major(in, true, splits), kv_major(in, true, splits);
-    split_major.use_ring(ring, splits >= 33);
-    kv_major.use_ring(ring, splits >= 33);
+    split_major.use_ring(ring, splits >= 33, ldmatrix);
+    kv_major.use_ring(ring, splits >= 33, ldmatrix);
     split_major.set_kv_heads_adjacent(false);
     kv_major.set_kv_heads_adjacent(true);
     return std::pair<Outputs, Outputs>(split_major.run(), kv_major.run());
@@ -676,10 +681,12 @@ TEST_CASE("decode_attention's grid order changes no bit of the result", "[gpu][d
     const std::vector<int> lens = {5000, 1, 0, 300, 2049};
     const Inputs in = make_inputs(shape, lens, seed++);
     for (int splits : {0, 1, 5, 33, 66}) {
-      for (int ring : {0, 3}) {
+      for (int variant : {0, 3, 4}) {  // no ring; 3 stages with register or ldmatrix steps
+        const int ring = variant > 0 ? 3 : 0;
         if (ring > 0 && (shape.d != 128 || splits == 0)) continue;
-        const auto [a, b] = run_both_orders(in, splits, ring);
-        INFO("hq " << shape.hq << " d " << shape.d << " splits " << splits << " ring " << ring);
+        const auto [a, b] = run_both_orders(in, splits, ring, variant == 4);
+        INFO("hq " << shape.hq << " d " << shape.d << " splits " << splits << " ring " << ring
+                   << " ldmatrix " << (variant == 4));
         CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
         CHECK(std::memcmp(a.out_f32.data(), b.out_f32.data(), a.out_f32.size() * sizeof(float)) ==
               0);
