@@ -1697,14 +1697,14 @@ bool staged_merge(const DecodeAttentionParams& p, const DecodeAttentionPlan& pla
 // Whether a ring plan's steps read their stages with ldmatrix (plan.ring_ldmatrix: Ring,
 // ring_load_step). A quarter fewer instructions per step shortens the chain after the wait
 // where the splits are short, and batches of two and more gain too. H100, in-run against the
-// register steps, per layer in a graph (bench/RESULTS.md): batch 1 x 1k 4.53 -> 4.40 us, x 1.5k
-// 5.38 -> 4.81, x 2k 6.15 -> 5.32, x 3k 7.41 -> 6.72; batch 2 x 2k 7.22 -> 6.86, x 4k 13.57 ->
-// 12.63; batch 4 x 1k 8.60 -> 8.13, x 2k 13.34 -> 12.49; batch 8 x 512 9.17 -> 8.39; batch
-// 16-32 up to 1.9% faster; GQA 8 batch 1 x 2k 6.95 -> 6.06, batch 2 x 4k 14.57 -> 13.49. But
-// batch 1 with kLdmatrixMaxSplitsBatch1 splits or more lost (x 4k 7.62 -> 7.74, x 6k 9.91 ->
-// 10.59, x 8k 13.12 -> 13.90, x 32k 43.84 -> 44.31; GQA 8 x 4k 8.80 -> 9.80) although, alone
-// under Nsight Compute, batch 1 x 6k ran 3.5% faster with it; the cause was not found, and
-// those plans keep the register steps.
+// register steps, per layer in a graph (bench/RESULTS.md): batch 1 x 1k 4.50 -> 4.42 us, x 1.5k
+// 5.37 -> 4.85, x 2k 6.17 -> 5.25, x 3k 7.40 -> 6.74; batch 2 x 1k 5.44 -> 5.16, x 4k 13.61 ->
+// 12.61; batch 4 x 2k 13.38 -> 12.48; batch 8 x 512 9.19 -> 8.38; batch 16-32 up to 2.2%
+// faster; GQA 8 batch 1 x 2k 6.95 -> 6.07, batch 2 x 4k 14.56 -> 13.48. But forced at batch 1
+// with kLdmatrixMaxSplitsBatch1 splits or more it loses (x 4k 7.65 -> 7.82, x 6k 9.98 -> 10.55,
+// x 8k 13.12 -> 13.92, x 32k 43.74 -> 44.41; GQA 8 x 4k 8.80 -> 9.80), although alone, under
+// Nsight Compute, batch 1 x 6k runs 3.5% faster with it; the cause was not found, and those
+// plans keep the register steps.
 bool ring_ldmatrix(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan) {
   return plan.ring_stages > 0 && (p.num_seqs > 1 || plan.num_splits < kLdmatrixMaxSplitsBatch1);
 }
