@@ -569,6 +569,48 @@ __device__ __forceinline__ void mma_load_step(const KernelArgs& a, const int32_t
   mma_load_rows<false>(a.k_cache + base, a.v_cache + base, lane, t0, end, st);
 }
 
+// The online softmax of a warp's 16-token step, shared by mma_step and ring_mma_step. `s` holds
+// the scores S[token g or g + 8][head 2t or 2t + 1] (rows past the split's end masked by
+// k_valid); folds them into the lane's m and l, rescales o (either layout: o[mt][e] and
+// o[mt][e + 2] belong to head 2t + e), and returns P as hi + lo bf16 pairs (heads 2t, 2t + 1)
+// of tokens g and g + 8, transposed into the B fragments of the P·V MMAs (tokens 2t, 2t + 1
+// and 2t + 8, 2t + 9 of head g).
+__device__ __forceinline__ void softmax_step(const float (&s)[4], const bool (&k_valid)[2],
+                                             float scale_log2, float (&m)[2], float (&l)[2],
+                                             float (&o)[8][4], uint32_t& bh0, uint32_t& bh1,
+                                             uint32_t& bl0, uint32_t& bl1) {
+  float pr[4];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {  // head 2t + e: s[e] (token g), s[e + 2] (token g + 8)
+    const float s0 = k_valid[0] ? s[e] * scale_log2 : -INFINITY;
+    const float s1 = k_valid[1] ? s[e + 2] * scale_log2 : -INFINITY;
+    float mx = fmaxf(s0, s1);
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+    const float m_new = fmaxf(m[e], mx);  // finite: the step's first token is in range
+    const float alpha = fast_exp2(m[e] - m_new);
+    m[e] = m_new;
+    pr[e] = fast_exp2(s0 - m_new);
+    pr[e + 2] = fast_exp2(s1 - m_new);
+    l[e] = l[e] * alpha + pr[e] + pr[e + 2];
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt) {
+      o[mt][e] *= alpha;
+      o[mt][e + 2] *= alpha;
+    }
+  }
+  const uint32_t hi0 = pack_bf16x2(pr[0], pr[1]), hi1 = pack_bf16x2(pr[2], pr[3]);
+  const uint32_t lo0 =
+      pack_bf16x2(pr[0] - __uint_as_float(hi0 << 16), pr[1] - __uint_as_float(hi0 & 0xffff0000u));
+  const uint32_t lo1 =
+      pack_bf16x2(pr[2] - __uint_as_float(hi1 << 16), pr[3] - __uint_as_float(hi1 & 0xffff0000u));
+  bh0 = movmatrix_trans(hi0);
+  bh1 = movmatrix_trans(hi1);
+  bl0 = movmatrix_trans(lo0);
+  bl1 = movmatrix_trans(lo1);
+}
+
 // Folds the step from t0 into lane (g, t)'s share of the warp's state for heads 2t and
 // 2t + 1: m (the same in the 8 lanes of a t), l summed over its tokens,
 // o[4h + j][e + 2i] = O[head 2t + e][dim 64h + 8g + 2j + i].
@@ -595,36 +637,8 @@ __device__ __forceinline__ void mma_step(const MmaStep& st, const uint4 (&qb)[4]
 #pragma unroll
     for (int i = 0; i < 4; ++i) s[i] += s_odd[i];
   }
-  float pr[4];
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {  // head 2t + e: s[e] (token g), s[e + 2] (token g + 8)
-    const float s0 = k_valid[0] ? s[e] * scale_log2 : -INFINITY;
-    const float s1 = k_valid[1] ? s[e + 2] * scale_log2 : -INFINITY;
-    float mx = fmaxf(s0, s1);
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-    const float m_new = fmaxf(m[e], mx);  // finite: token t0 is in range
-    const float alpha = fast_exp2(m[e] - m_new);
-    m[e] = m_new;
-    pr[e] = fast_exp2(s0 - m_new);
-    pr[e + 2] = fast_exp2(s1 - m_new);
-    l[e] = l[e] * alpha + pr[e] + pr[e + 2];
-#pragma unroll
-    for (int mt = 0; mt < 8; ++mt) {
-      o[mt][e] *= alpha;
-      o[mt][e + 2] *= alpha;
-    }
-  }
-  // P as hi + lo bf16 pairs (heads 2t, 2t + 1) of tokens g and g + 8, then transposed into
-  // the B fragments (tokens 2t, 2t + 1 and 2t + 8, 2t + 9 of head g).
-  const uint32_t hi0 = pack_bf16x2(pr[0], pr[1]), hi1 = pack_bf16x2(pr[2], pr[3]);
-  const uint32_t lo0 =
-      pack_bf16x2(pr[0] - __uint_as_float(hi0 << 16), pr[1] - __uint_as_float(hi0 & 0xffff0000u));
-  const uint32_t lo1 =
-      pack_bf16x2(pr[2] - __uint_as_float(hi1 << 16), pr[3] - __uint_as_float(hi1 & 0xffff0000u));
-  const uint32_t bh0 = movmatrix_trans(hi0), bh1 = movmatrix_trans(hi1);
-  const uint32_t bl0 = movmatrix_trans(lo0), bl1 = movmatrix_trans(lo1);
+  uint32_t bh0, bh1, bl0, bl1;
+  softmax_step(s, k_valid, scale_log2, m, l, o, bh0, bh1, bl0, bl1);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
 #pragma unroll
@@ -775,17 +789,6 @@ __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t*
   }
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // A kLdmatrix ring step's operands, as mma.m16n8k16 A fragments (mma_sync.cuh): k[c] = K rows
 // (the 16 tokens) by dims 16c .. + 16, v[mt] = V^T rows (dims 16mt .. + 16) by the 16 tokens.
 struct RingStep {
@@ -831,9 +834,7 @@ __device__ __forceinline__ void load_q_ring(const KernelArgs& a, size_t q_row0, 
 
 // mma_step<true> for a kLdmatrix ring step (ring_load_step's fragments, load_q_ring's q): the
 // same math, with S = q·k as two chains of 4 MMAs (even and odd 16-dim chunks) and o in the
-// standard fragment layout: o[mt][e + 2i] = O[head 2t + e][dim 16mt + g + 8i]. The softmax
-// lines repeat mma_step's on purpose, as merge_partials_staged's do: these kernels have moved
-// by 2% when shared code changed their PTX.
+// standard fragment layout: o[mt][e + 2i] = O[head 2t + e][dim 16mt + g + 8i].
 __device__ __forceinline__ void ring_mma_step(const RingStep& st, const uint32_t (&qs)[8][2],
                                               int t0, int end, int lane, float scale_log2,
                                               float (&m)[2], float (&l)[2], float (&o)[8][4]) {
@@ -845,35 +846,8 @@ __device__ __forceinline__ void ring_mma_step(const RingStep& st, const uint32_t
   for (int c = 0; c < 8; ++c) mma_bf16_16816(c % 2 ? s_odd : s, st.k[c], qs[c][0], qs[c][1]);
 #pragma unroll
   for (int i = 0; i < 4; ++i) s[i] += s_odd[i];
-  float pr[4];
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {  // head 2t + e: s[e] (token g), s[e + 2] (token g + 8)
-    const float s0 = k_valid[0] ? s[e] * scale_log2 : -INFINITY;
-    const float s1 = k_valid[1] ? s[e + 2] * scale_log2 : -INFINITY;
-    float mx = fmaxf(s0, s1);
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-    const float m_new = fmaxf(m[e], mx);  // finite: token t0 is in range
-    const float alpha = fast_exp2(m[e] - m_new);
-    m[e] = m_new;
-    pr[e] = fast_exp2(s0 - m_new);
-    pr[e + 2] = fast_exp2(s1 - m_new);
-    l[e] = l[e] * alpha + pr[e] + pr[e + 2];
-#pragma unroll
-    for (int mt = 0; mt < 8; ++mt) {
-      o[mt][e] *= alpha;
-      o[mt][e + 2] *= alpha;
-    }
-  }
-  // P as hi + lo bf16 pairs, transposed into B fragments (as in mma_step).
-  const uint32_t hi0 = pack_bf16x2(pr[0], pr[1]), hi1 = pack_bf16x2(pr[2], pr[3]);
-  const uint32_t lo0 =
-      pack_bf16x2(pr[0] - __uint_as_float(hi0 << 16), pr[1] - __uint_as_float(hi0 & 0xffff0000u));
-  const uint32_t lo1 =
-      pack_bf16x2(pr[2] - __uint_as_float(hi1 << 16), pr[3] - __uint_as_float(hi1 & 0xffff0000u));
-  const uint32_t bh0 = movmatrix_trans(hi0), bh1 = movmatrix_trans(hi1);
-  const uint32_t bl0 = movmatrix_trans(lo0), bl1 = movmatrix_trans(lo1);
+  uint32_t bh0, bh1, bl0, bl1;
+  softmax_step(s, k_valid, scale_log2, m, l, o, bh0, bh1, bl0, bl1);
 #pragma unroll
   for (int mt = 0; mt < 8; ++mt) {
     mma_bf16_16816(o[mt], st.v[mt], bh0, bh1);

@@ -23,6 +23,22 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// ldmatrix.x4: lanes 8i..8i+7 give the row addresses of 8×8 matrix i (16 bytes per row);
+// register i of every lane receives matrix i's elements (row lane/4, columns 2·(lane%4)+{0,1}),
+// the lower column in the low half.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// Same, transposed: register i receives matrix i's elements (rows 2·(lane%4)+{0,1}, column
+// lane/4), the lower row in the low half.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 // The transpose of an 8 × 8 b16 matrix held one register per lane (row lane / 4, columns
 // 2 (lane % 4) and + 1), in the same layout.
 __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {

@@ -49,22 +49,6 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// ldmatrix.x4: lanes 8i..8i+7 give the row addresses of 8×8 matrix i (16 bytes per row);
-// register i of every lane receives matrix i's elements (row lane/4, columns 2·(lane%4)+{0,1}),
-// the lower column in the low half.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-// Same, transposed: register i receives matrix i's elements (rows 2·(lane%4)+{0,1}, column
-// lane/4), the lower row in the low half.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // 2^x; ex2.approx(-inf) = +0, which the masked scores rely on.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
