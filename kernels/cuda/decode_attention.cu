@@ -44,6 +44,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
@@ -906,21 +907,19 @@ __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* t
     cp_async_wait<kStages - 1>();
     __syncwarp();
     if (i < kStages) trace.at(kTraceLoaded);  // the steps requested first
+    std::conditional_t<kLdmatrix, RingStep, MmaStep> st;
     if constexpr (kLdmatrix) {
-      RingStep st;
       ring_load_step(shared_address(stage), lane, st);
-      __syncwarp();
-      const int t_next = t0 + kStages * kWarps * 16;
-      if (t_next < end) ring_request<true>(a, table, kvh, t_next, end, stage, lane);
-      cp_async_commit();
+    } else {
+      mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
+    }
+    __syncwarp();
+    const int t_next = t0 + kStages * kWarps * 16;
+    if (t_next < end) ring_request<kLdmatrix>(a, table, kvh, t_next, end, stage, lane);
+    cp_async_commit();
+    if constexpr (kLdmatrix) {
       ring_mma_step(st, q, t0, end, lane, a.scale_log2, m, l, o);
     } else {
-      MmaStep st;
-      mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
-      __syncwarp();
-      const int t_next = t0 + kStages * kWarps * 16;
-      if (t_next < end) ring_request<false>(a, table, kvh, t_next, end, stage, lane);
-      cp_async_commit();
       mma_step<true>(st, q, t0, end, lane, a.scale_log2, m, l, o);
     }
   }
@@ -1598,6 +1597,21 @@ bool tensor_core_shape(const DecodeAttentionParams& p) {
          mma_use() != MmaUse::kNone;
 }
 
+// A ring plan's variant (plan.ring_stages 2 or 3, as decode_attention checks): its stages, its
+// merge and its steps.
+template <int D, int G, bool kLdmatrix>
+void launch_ring(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
+                 cudaStream_t stream) {
+  if (plan.ring_stages == 2) {
+    return plan.staged_merge
+               ? launch_variant<D, G, false, true, true, 2, true, kLdmatrix>(args, grid, stream)
+               : launch_variant<D, G, false, true, true, 2, false, kLdmatrix>(args, grid, stream);
+  }
+  return plan.staged_merge
+             ? launch_variant<D, G, false, true, true, 3, true, kLdmatrix>(args, grid, stream)
+             : launch_variant<D, G, false, true, true, 3, false, kLdmatrix>(args, grid, stream);
+}
+
 template <int D, int G>
 void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
             cudaStream_t stream) {
@@ -1607,34 +1621,11 @@ void launch(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
     const MmaUse use = mma_use();
     if (args.block_shift >= 4 && (use == MmaUse::kAll || (use == MmaUse::kSteps && !prologue))) {
       if (prologue) return launch_variant<D, G, true, true, true>(args, grid, stream);
-      if (plan.ring_ldmatrix) {
-        switch (plan.ring_stages) {
-          case 2:
-            return plan.staged_merge
-                       ? launch_variant<D, G, false, true, true, 2, true, true>(args, grid, stream)
-                       : launch_variant<D, G, false, true, true, 2, false, true>(args, grid,
-                                                                                 stream);
-          case 3:
-            return plan.staged_merge
-                       ? launch_variant<D, G, false, true, true, 3, true, true>(args, grid, stream)
-                       : launch_variant<D, G, false, true, true, 3, false, true>(args, grid,
-                                                                                 stream);
-          default:
-            break;
-        }
+      if (plan.ring_stages > 0) {
+        return plan.ring_ldmatrix ? launch_ring<D, G, true>(args, plan, grid, stream)
+                                  : launch_ring<D, G, false>(args, plan, grid, stream);
       }
-      switch (plan.ring_stages) {
-        case 2:
-          return plan.staged_merge
-                     ? launch_variant<D, G, false, true, true, 2, true>(args, grid, stream)
-                     : launch_variant<D, G, false, true, true, 2>(args, grid, stream);
-        case 3:
-          return plan.staged_merge
-                     ? launch_variant<D, G, false, true, true, 3, true>(args, grid, stream)
-                     : launch_variant<D, G, false, true, true, 3>(args, grid, stream);
-        default:
-          return launch_variant<D, G, false, true, true>(args, grid, stream);
-      }
+      return launch_variant<D, G, false, true, true>(args, grid, stream);
     }
   }
   if (prologue) {
