@@ -1238,11 +1238,17 @@ __global__ void __launch_bounds__(kThreads,
   }
   if constexpr (kMma) {
     float mm[2] = {-INFINITY, -INFINITY}, lm[2] = {0.0f, 0.0f}, om[8][4] = {};
-    if constexpr (kLdmatrix) {
-      uint32_t qs[8][2];
-      load_q_ring<G>(a, out_row0, lane, qs);
-      ring_request_first<kRing, true>(a, table, kvh, warp, lane, begin, end, len, false, ring);
-      ring_steps<kRing, true>(a, table, kvh, warp, lane, begin, end, ring, qs, mm, lm, om, trace);
+    if constexpr (kRing > 0) {
+      // q as the B fragments of the ring's kind of step (ring_steps).
+      std::conditional_t<kLdmatrix, uint32_t[8][2], uint4[4]> q;
+      if constexpr (kLdmatrix) {
+        load_q_ring<G>(a, out_row0, lane, q);
+      } else {
+        load_q_fragments<G>(a, out_row0, lane, q);
+      }
+      ring_request_first<kRing, kLdmatrix>(a, table, kvh, warp, lane, begin, end, len, false, ring);
+      ring_steps<kRing, kLdmatrix>(a, table, kvh, warp, lane, begin, end, ring, q, mm, lm, om,
+                                   trace);
       __syncthreads();  // the warps' partials below overwrite the rings
     } else {
       uint4 qb[4];
@@ -1251,11 +1257,6 @@ __global__ void __launch_bounds__(kThreads,
         mma_prologue_steps<G>(a, table, kvh, warp, lane, begin, end, prologue_tiles, fresh_tok,
                               tiles, full, qb, mm, lm, om, trace);
         __syncthreads();  // the warps' partials below overwrite the tiles
-      } else if constexpr (kRing > 0) {
-        ring_request_first<kRing, false>(a, table, kvh, warp, lane, begin, end, len, false, ring);
-        ring_steps<kRing, false>(a, table, kvh, warp, lane, begin, end, ring, qb, mm, lm, om,
-                                 trace);
-        __syncthreads();  // the warps' partials below overwrite the rings
       } else {
         mma_steps(a, table, kvh, warp, lane, begin, end, qb, mma_preloaded, mma_first, mm, lm, om);
       }
