@@ -49,6 +49,7 @@
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cp_async.cuh"
+#include "kernels/cuda/exp2.cuh"
 #include "kernels/cuda/load.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/pdl.h"
@@ -288,13 +289,6 @@ __device__ __forceinline__ int splits_used(int len, int num_splits, int gran, in
   if (len <= 0) return 0;
   *chunk = ceil_div(ceil_div(len, num_splits), gran) * gran;
   return ceil_div(len, *chunk);
-}
-
-// 2^x; exactly 0 for x = -inf.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-  return r;
 }
 
 // Eight bf16 (one uint4) to fp32: a bf16 is the high half of the fp32 with the same value.

@@ -32,6 +32,7 @@
 #include "kernels/cuda/bulk_copy.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cp_async.cuh"
+#include "kernels/cuda/exp2.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/cuda/wgmma.cuh"
 #include "kernels/paged_kv.h"
@@ -41,20 +42,6 @@ namespace arbor::cuda {
 namespace {
 
 constexpr int kBlockN = 64;  // keys per K/V tile
-
-// ---------------------------------------------------------------------------------------------
-// PTX wrappers.
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 2^x; ex2.approx(-inf) = +0, which the masked scores rely on.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The kernel.
@@ -208,8 +195,8 @@ __global__ void __launch_bounds__(Tile<kHeadDim, kWarps>::kThreads, kWarps >= 8 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* const sq = reinterpret_cast<bf16*>(smem_raw);
   bf16* const skv = sq + T::kQElems;  // stage s: K at skv + 2s·kKvElems, V right after
-  const uint32_t sq_addr = smem_addr(sq);
-  const uint32_t skv_addr = smem_addr(skv);
+  const uint32_t sq_addr = shared_address(sq);
+  const uint32_t skv_addr = shared_address(skv);
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -485,7 +472,7 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   const int32_t* table = a.block_tables + size_t(seq) * a.max_blocks_per_seq;
 
   extern __shared__ unsigned char smem_raw[];
-  const uint32_t sq = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sq = (shared_address(smem_raw) + 1023u) & ~1023u;
   const uint32_t skv = sq + T::kQBytes;  // stage s: K at skv + 2s·kKvBytes, V right after
 
   const int tid = threadIdx.x;
@@ -497,8 +484,8 @@ __global__ void __launch_bounds__(WgTile<kHeadDim>::kThreads, 1)
   // when every consumer thread is done reading it. No block-wide barrier per tile: a consumer
   // warpgroup waits only for the data it reads, and the producer, before refilling a stage,
   // for both consumer warpgroups to have left it.
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw + (sq - smem_addr(smem_raw)) + T::kQBytes +
-                                               2 * kStages * T::kKvBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw + (sq - shared_address(smem_raw)) +
+                                               T::kQBytes + 2 * kStages * T::kKvBytes);
   uint64_t* empty = full + kStages;
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
