@@ -520,9 +520,11 @@ struct MmaStep {
 };
 
 // Loads the warp step of 16 tokens from t0, whose K and V rows are consecutive (D apart)
-// from k_rows and v_rows, in global memory or (kShared) in a prologue tile; rows past `end`
-// are zero (for V, p = 0 multiplies them; in a tile they hold whatever was there before).
-template <bool kShared>
+// from k_rows and v_rows, in global memory or (kShared) in a prologue tile or ring stage; rows
+// past `end` are zero (for V, p = 0 multiplies them; in a tile they hold whatever was there
+// before). kRowsZeroed: the copies that filled the stage zeroed those rows, so every row is
+// loaded as it is, without a select per load.
+template <bool kShared, bool kRowsZeroed = false>
 __device__ __forceinline__ void mma_load_rows(const bf16* k_rows, const bf16* v_rows, int lane,
                                               int t0, int end, MmaStep& st) {
   constexpr int D = 128;
@@ -538,7 +540,7 @@ __device__ __forceinline__ void mma_load_rows(const bf16* k_rows, const bf16* v_
   const bf16* vp = v_rows + 2 * t * D + 8 * g;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const bool valid = t0 + g + 8 * r < end;
+    const bool valid = kRowsZeroed || t0 + g + 8 * r < end;
 #pragma unroll
     for (int p = 0; p < 4; ++p)
       st.k[r][p] = valid ? load(kp + r * 8 * D + 32 * p) : make_uint4(0, 0, 0, 0);
@@ -546,7 +548,7 @@ __device__ __forceinline__ void mma_load_rows(const bf16* k_rows, const bf16* v_
   constexpr int kVRow[4] = {0, 1, 8, 9};  // tokens 2t + kVRow[i]
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const bool valid = t0 + 2 * t + kVRow[i] < end;
+    const bool valid = kRowsZeroed || t0 + 2 * t + kVRow[i] < end;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
       st.v[h][i] = valid ? load(vp + kVRow[i] * D + 64 * h) : make_uint4(0, 0, 0, 0);
@@ -758,10 +760,11 @@ struct Ring {
 
 // Requests the step of 16 tokens from t0 (rows up to `end`) into `stage`; every lane of the
 // warp, one cp.async per 16 bytes (the caller commits the group).
-// With kLdmatrix, chunks land swizzled (Ring), and rows past `end` are zero-filled (nothing is
-// read): p = 0 multiplies their V, where what an earlier step left could be NaN (the register
-// steps zero them instead).
-template <bool kLdmatrix>
+// With kLdmatrix, chunks land swizzled (Ring). With kZeroFill (always with kLdmatrix), rows
+// past `end` are zero-filled (nothing is read): p = 0 multiplies their V, where what an
+// earlier step left could be NaN. Without it they are not written, and the steps zero them
+// (mma_load_rows).
+template <bool kLdmatrix, bool kZeroFill>
 __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t* table, int kvh,
                                              int t0, int end, bf16* stage, int lane) {
   constexpr int D = 128;
@@ -777,6 +780,9 @@ __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t*
       const uint32_t at = dst + (c / 16) * D * 2 + ((c % 16) ^ (c / 16 % 8)) * 16;
       cp_async_16(at, k + c * 8, c / 16 < rows);
       cp_async_16(at + 16 * D * 2, v + c * 8, c / 16 < rows);
+    } else if constexpr (kZeroFill) {
+      cp_async_16(dst + c * 16, k + c * 8, c / 16 < rows);
+      cp_async_16(dst + 16 * D * 2 + c * 16, v + c * 8, c / 16 < rows);
     } else if (c / 16 < rows) {
       cp_async_16(dst + c * 16, k + c * 8, true);
       cp_async_16(dst + 16 * D * 2 + c * 16, v + c * 8, true);
@@ -864,7 +870,7 @@ __device__ __forceinline__ void ring_mma_step(const RingStep& st, const uint32_t
 // -> 25.2, batch 2 x 4k 14.8 -> 14.2, batch 4 x 4k 24.1 -> 23.7; level at batch 1 x 2k-3k,
 // batch 8 x 4k, 16 x 2k and 32 x 1k; bench/RESULTS.md). Two in flight measured as all three.
 // Bulk copies of the prologue throttled the same way were slower.
-template <int kStages, bool kLdmatrix>
+template <int kStages, bool kLdmatrix, bool kZeroFill>
 __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const int32_t* table,
                                                    int kvh, int warp, int lane, int begin, int end,
                                                    int len, bool before_wait, bf16* ring) {
@@ -876,7 +882,7 @@ __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const in
     if (!before_wait && early) continue;           // requested before the wait
     if (before_wait && s > 0) cp_async_wait<0>();  // the previous early step has landed
     bf16* stage = ring + (size_t(warp) * kStages + s) * Ring<kStages>::kStageElems;
-    if (t0 < end) ring_request<kLdmatrix>(a, table, kvh, t0, end, stage, lane);
+    if (t0 < end) ring_request<kLdmatrix, kZeroFill>(a, table, kvh, t0, end, stage, lane);
     cp_async_commit();
   }
 }
@@ -888,7 +894,7 @@ __device__ __forceinline__ void ring_request_first(const KernelArgs& a, const in
 // lane's state as mma_step.
 // kLdmatrix: `q` is load_q_ring's, and the steps are ring_load_step's and ring_mma_step's;
 // otherwise `q` is load_q_fragments', read as uint4[4].
-template <int kStages, bool kLdmatrix, typename Q>
+template <int kStages, bool kLdmatrix, bool kZeroFill, typename Q>
 __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* table, int kvh,
                                            int warp, int lane, int begin, int end, bf16* ring,
                                            const Q& q, float (&m)[2], float (&l)[2],
@@ -905,11 +911,11 @@ __device__ __forceinline__ void ring_steps(const KernelArgs& a, const int32_t* t
     if constexpr (kLdmatrix) {
       ring_load_step(shared_address(stage), lane, st);
     } else {
-      mma_load_rows<true>(stage, stage + 16 * D, lane, t0, end, st);
+      mma_load_rows<true, kZeroFill>(stage, stage + 16 * D, lane, t0, end, st);
     }
     __syncwarp();
     const int t_next = t0 + kStages * kWarps * 16;
-    if (t_next < end) ring_request<kLdmatrix>(a, table, kvh, t_next, end, stage, lane);
+    if (t_next < end) ring_request<kLdmatrix, kZeroFill>(a, table, kvh, t_next, end, stage, lane);
     cp_async_commit();
     if constexpr (kLdmatrix) {
       ring_mma_step(st, q, t0, end, lane, a.scale_log2, m, l, o);
@@ -1130,6 +1136,15 @@ __global__ void __launch_bounds__(kThreads,
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
   extern __shared__ __align__(128) unsigned char smem[];
   BlockTrace trace(a);
+  // Whose ring copies zero-fill the rows past a split's end (ring_request): the ldmatrix
+  // rings, which read whole stages, and the register rings without the staged merge, whose
+  // steps then load every row unconditionally, without a zero-fill and a select per load (172
+  // registers instead of 188; H100, per layer in a graph, faster of two or three passes in two
+  // calls: batch 1 x 4k 7.65 -> 7.50 us and 7.72 -> 7.53, x 5k 9.48 -> 9.43 and 9.62 -> 9.53,
+  // GQA 8 x 4k 7.86 -> 7.74 and 7.83 -> 7.75). The staged-merge register rings keep the
+  // selects: zero-filled, they were slower (batch 1 x 6k 9.93 -> 10.15, x 32k 43.78 -> 44.08,
+  // GQA 8 x 8k 11.35 -> 11.52; bench/RESULTS.md).
+  constexpr bool kRingZeroFill = kLdmatrix || !kStagedMerge;
 
   // Without the overlap guarantee nothing is read before the previous kernel completes.
   if (!a.overlap_previous_kernel) {
@@ -1204,7 +1219,8 @@ __global__ void __launch_bounds__(kThreads,
   [[maybe_unused]] bf16* ring =
       reinterpret_cast<bf16*>(smem + (kLdmatrix ? (256 - shared_address(smem) % 256) % 256 : 0));
   if constexpr (kRing > 0) {
-    ring_request_first<kRing, kLdmatrix>(a, table, kvh, warp, lane, begin, end, len, true, ring);
+    ring_request_first<kRing, kLdmatrix, kRingZeroFill>(a, table, kvh, warp, lane, begin, end, len,
+                                                        true, ring);
   } else if constexpr (kMma && !kPrologue) {
     const int t_first = begin + warp * 16;
     if (a.overlap_previous_kernel && t_first < end && t_first + 16 < len) {
@@ -1240,9 +1256,10 @@ __global__ void __launch_bounds__(kThreads,
       } else {
         load_q_fragments<G>(a, out_row0, lane, q);
       }
-      ring_request_first<kRing, kLdmatrix>(a, table, kvh, warp, lane, begin, end, len, false, ring);
-      ring_steps<kRing, kLdmatrix>(a, table, kvh, warp, lane, begin, end, ring, q, mm, lm, om,
-                                   trace);
+      ring_request_first<kRing, kLdmatrix, kRingZeroFill>(a, table, kvh, warp, lane, begin, end,
+                                                          len, false, ring);
+      ring_steps<kRing, kLdmatrix, kRingZeroFill>(a, table, kvh, warp, lane, begin, end, ring, q,
+                                                  mm, lm, om, trace);
       __syncthreads();  // the warps' partials below overwrite the rings
     } else {
       uint4 qb[4];
