@@ -767,6 +767,7 @@ struct Ring {
 template <bool kLdmatrix, bool kZeroFill>
 __device__ __forceinline__ void ring_request(const KernelArgs& a, const int32_t* table, int kvh,
                                              int t0, int end, bf16* stage, int lane) {
+  static_assert(kZeroFill || !kLdmatrix, "ldmatrix reads whole stages: rows must be zeroed");
   constexpr int D = 128;
   const int rows = min(16, end - t0);
   const int64_t elem = kv_row_offset(a, table, kvh, t0, D);
