@@ -1142,9 +1142,10 @@ __global__ void __launch_bounds__(kThreads,
   // steps then load every row unconditionally, without a zero-fill and a select per load (172
   // registers instead of 188; H100, per layer in a graph, faster of two or three passes in two
   // calls: batch 1 x 4k 7.65 -> 7.50 us and 7.72 -> 7.53, x 5k 9.48 -> 9.43 and 9.62 -> 9.53,
-  // GQA 8 x 4k 7.86 -> 7.74 and 7.83 -> 7.75). The staged-merge register rings keep the
-  // selects: zero-filled, they were slower (batch 1 x 6k 9.93 -> 10.15, x 32k 43.78 -> 44.08,
-  // GQA 8 x 8k 11.35 -> 11.52; bench/RESULTS.md).
+  // GQA 8 x 4k 7.86 -> 7.74 and 7.83 -> 7.75; the one loss measured: GQA 8 x 7k 11.33 ->
+  // 11.46). The staged-merge register rings keep the selects: zero-filled, they were slower
+  // (batch 1 x 6k 9.93 -> 10.15, x 32k 43.78 -> 44.08, GQA 8 x 8k 11.35 -> 11.52;
+  // bench/RESULTS.md).
   constexpr bool kRingZeroFill = kLdmatrix || !kStagedMerge;
 
   // Without the overlap guarantee nothing is read before the previous kernel completes.
