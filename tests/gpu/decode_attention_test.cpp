@@ -1,6 +1,7 @@
 // Flash-decoding (cuda::decode_attention) against the CPU reference (cpu::paged_attention)
 // run on the same bf16-rounded q, K and V. Random inputs, shuffled block tables, NaN in
-// every cache slot the kernel must not read and in every output before the run.
+// every cache slot the kernel must not read, in every output and in all shared memory before
+// the run.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -24,6 +25,7 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_buffer.h"
 #include "tests/gpu/late_row_writer.h"
+#include "tests/gpu/shared_poison.h"
 
 namespace {
 
@@ -241,6 +243,7 @@ class GpuCase {
   Outputs run() { return run_on(workspace_.get()); }
   Outputs run_on(void* workspace) {
     poison_outputs();
+    arbor::test::poison_shared_memory(stream_.get());
     launch_on(workspace);
     return download();
   }
