@@ -42,7 +42,7 @@ DecodeTraceAnalysis::DecodeTraceAnalysis(int words_per_block, int blocks_per_lay
 const std::vector<std::string>& DecodeTraceAnalysis::columns() {
   static const std::vector<std::string> names = {
       "period", "lead",   "started", "loaded",  "compute", "publish", "arrive",
-      "merge",  "level2", "exit",    "handoff", "spread",  "last%"};
+      "merge",  "level2", "exit",    "handoff", "spread",  "last%",  "sms"};
   return names;
 }
 
@@ -187,6 +187,11 @@ void DecodeTraceAnalysis::add_replay(const std::vector<uint64_t>& words, int lay
     s["exit"].push_back(span(last, cuda::kTraceEnd));
     s["handoff"].push_back((release[size_t(l + 1)] - end[size_t(l)]) * 1e-3);
     s["last%"].push_back(crit->role & cuda::kTraceLastRow ? 100.0 : 0.0);
+    // How many SMs the layer's working blocks ran on (fewer than blocks: some shared an SM).
+    std::vector<uint32_t> sms;
+    for (const Block& b : blocks) sms.push_back(b.sm);
+    std::sort(sms.begin(), sms.end());
+    s["sms"].push_back(double(std::unique(sms.begin(), sms.end()) - sms.begin()));
     s["spread"].push_back(computed.empty() ? 0.0
                                            : (*std::max_element(computed.begin(), computed.end()) -
                                               *std::min_element(computed.begin(), computed.end())) *
