@@ -111,9 +111,10 @@ struct Options {
   int ring = -1;      // ring stages (0, 2 or 3; with no prologue); -1: as planned
   int kv_heads_adjacent = -1;  // 1 grid (kv head, split, seq), 0 (split, kv head, seq); -1: planned
   int staged = -1;             // ring plans: 1 merge through shared memory, 0 not; -1: as planned
-  int ldmatrix = -1;     // ring plans: 1 steps through ldmatrix, 0 register loads; -1: planned
-  int plan_context = 0;  // plan for this many tokens (>= the context); 0: the context
-  int trace = 0;         // traced graph replays (a traced build only)
+  int ldmatrix = -1;       // ring plans: 1 steps through ldmatrix, 0 register loads; -1: planned
+  int cluster_merge = -1;  // 1 splits merged in a thread-block cluster, 0 through L2; -1: planned
+  int plan_context = 0;    // plan for this many tokens (>= the context); 0: the context
+  int trace = 0;           // traced graph replays (a traced build only)
   bool overlap = true;
   std::string mode = "both";
   std::string block_order = "shuffled";
@@ -238,7 +239,20 @@ Row run_case(const Options& o, int batch, int context, int sms, const DeviceBuff
     plan.ring_ldmatrix = false;
   }
   if (o.kv_heads_adjacent >= 0) plan.kv_heads_adjacent = o.kv_heads_adjacent == 1;
+  if (o.cluster_merge >= 0) {
+    plan.cluster_merge = o.cluster_merge == 1;
+  } else if (plan.ring_stages == 0 || plan.staged_merge || plan.kv_heads_adjacent) {
+    plan.cluster_merge = false;  // a forced setting the cluster merge cannot run with
+  }
   row.splits = plan.num_splits;
+  // The plan's path, in the note column.
+  std::string path = plan.prologue_tiles > 0 ? "prologue" : "";
+  if (plan.ring_stages > 0) path = "ring " + std::to_string(plan.ring_stages);
+  if (plan.ring_ldmatrix) path += ", ldmatrix";
+  if (plan.staged_merge) path += ", staged merge";
+  if (plan.cluster_merge) path += ", cluster merge";
+  if (plan.kv_heads_adjacent) path += (path.empty() ? "" : ", ") + std::string("kv heads adjacent");
+  row.note = path;
   DeviceBuffer workspace(plan.workspace_bytes);
   if (plan.workspace_bytes) CUDA_CHECK(cudaMemset(workspace.get(), 0, plan.workspace_bytes));
   auto launch_layer = [&](int layer) {
@@ -361,6 +375,10 @@ int main(int argc, char** argv) {
   app.add_option("--ldmatrix", o.ldmatrix,
                  "ring plans' steps: -1 as planned, 1 through ldmatrix, 0 register loads")
       ->check(CLI::IsMember({-1, 0, 1}));
+  app.add_option("--cluster-merge", o.cluster_merge,
+                 "merge of the splits: -1 as planned, 1 in a thread-block cluster through shared "
+                 "memory (ring plans of 2-8 splits, GQA 4), 0 through L2")
+      ->check(CLI::IsMember({-1, 0, 1}));
   app.add_option("--kv-heads-adjacent", o.kv_heads_adjacent,
                  "grid order: -1 as planned, 1 one split's KV heads launched next to each other, "
                  "0 one KV head's splits")
@@ -424,12 +442,12 @@ int main(int argc, char** argv) {
     const auto on_off = [](int v) { return v < 0 ? "as planned" : v ? "on" : "off"; };
     std::printf(
         "shape: hq=%d hkv=%d head_dim=%d block_size=%d (%s), bf16; graph: %d layers/replay; "
-        "overlap %d, prologue %s, ring %s, staged merge %s, ldmatrix %s, kv heads adjacent %s, "
-        "plan for %s\n",
+        "overlap %d, prologue %s, ring %s, staged merge %s, ldmatrix %s, cluster merge %s, kv "
+        "heads adjacent %s, plan for %s\n",
         o.hq, o.hkv, o.head_dim, o.block_size, o.block_order.c_str(), o.layers, int(o.overlap),
         o.prologue < 0 ? "as planned" : (std::to_string(o.prologue) + " tiles").c_str(),
         o.ring < 0 ? "as planned" : (std::to_string(o.ring) + " stages").c_str(), on_off(o.staged),
-        on_off(o.ldmatrix), on_off(o.kv_heads_adjacent),
+        on_off(o.ldmatrix), on_off(o.cluster_merge), on_off(o.kv_heads_adjacent),
         o.plan_context > 0 ? (std::to_string(o.plan_context) + " tokens").c_str() : "the context");
     std::printf(
         "GB/s and %% use the graph time (else single); %%read: against the fastest read path, "

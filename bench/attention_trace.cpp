@@ -42,7 +42,7 @@ DecodeTraceAnalysis::DecodeTraceAnalysis(int words_per_block, int blocks_per_lay
 const std::vector<std::string>& DecodeTraceAnalysis::columns() {
   static const std::vector<std::string> names = {
       "period", "lead",   "started", "loaded",  "compute", "publish", "arrive",
-      "merge",  "level2", "exit",    "handoff", "spread",  "last%",  "sms"};
+      "merge",  "level2", "exit",    "handoff", "spread",  "last%",   "sms"};
   return names;
 }
 

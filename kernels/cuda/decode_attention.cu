@@ -951,6 +951,68 @@ __device__ __forceinline__ bool arrive_last(int* counter, int expected) {
   return s_is_last;
 }
 
+// The cluster merge (plan.cluster_merge): the splits of a (sequence, kv head) launch as one
+// thread-block cluster; every split but the last used pushes its partial into the last one's
+// shared memory with st.async, counted on that block's mbarrier, and the last split merges
+// from its own shared memory. No workspace, no atomic and no L2 round trip: the last split,
+// which reads the sequence's last row after the wait, is the one that finishes last in ~95%
+// of layers (the block timelines), so it usually finds the others' partials there.
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait_acquire() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// The shared::cluster address of `addr` (a shared::cta address) in the block of rank `rank`.
+__device__ __forceinline__ uint32_t cluster_map(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+// Stores into another block's shared memory (a shared::cluster address), counting the bytes
+// on that block's mbarrier.
+__device__ __forceinline__ void st_async(uint32_t dst, float4 v, uint32_t bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, "
+      "[%5];" ::"r"(dst),
+      "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void st_async(uint32_t dst, float v, uint32_t bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];" ::"r"(dst),
+      "f"(v), "r"(bar)
+      : "memory");
+}
+// mbar_wait with cluster-scope acquire: what other blocks stored is visible after it.
+__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t parity) {
+  const uint32_t addr = shared_address(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// A cluster merge's most splits (the portable cluster size), and the shared memory after the
+// ring in which the last split receives the others' partials: [slot][G][D] o, then [slot][G]
+// m and l. With 3 stages and GQA 4, two blocks still fit an SM.
+constexpr int kClusterMaxSplits = 8;
+template <int D, int G>
+constexpr int cluster_part_bytes() {
+  return (G * D + 2 * G) * 4;
+}
+template <int D, int G>
+constexpr int cluster_recv_bytes() {
+  return (kClusterMaxSplits - 1) * cluster_part_bytes<D, G>();
+}
+
 // Stores of partials for the merge, with an L2 evict_last policy. A pair's first partials are
 // written up to ~11 us before its merge reads them (the spread of a long layer's blocks), while
 // the other splits stream tens of MB through the 50 MB L2; the partials' lines, at the same
@@ -1109,6 +1171,74 @@ __device__ __forceinline__ void merge(const KernelArgs& a, size_t first, int cou
   }
 }
 
+// The end of a cluster merge's block (plan.cluster_merge, n_used > 1): the warps' partials
+// in s_o, s_m, s_l merge into the block's (one chunk a thread, as in the kernel's loop); every
+// split but the last used pushes it into the last one's receiving slots and leaves; the last
+// split waits for their bytes and merges them, then its own, in split order with
+// merge_partials' formulas, into the output.
+template <int D, int G, int kRing, bool kLdmatrix>
+__device__ __forceinline__ void cluster_merge_block(const KernelArgs& a, unsigned char* smem,
+                                                    uint64_t* recv_full, int split, int n_used,
+                                                    size_t out_row0, const float (*s_o)[G][D],
+                                                    const float (*s_m)[G], const float (*s_l)[G],
+                                                    BlockTrace& trace) {
+  const int e = threadIdx.x;  // the kernel's static_assert: one chunk a thread
+  const int h = e / (D / 4), d = e % (D / 4) * 4;
+  float mb = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) mb = fmaxf(mb, s_m[w][h]);
+  const float ref = mb == -INFINITY ? 0.0f : mb;
+  float lb = 0.0f;
+  float4 ob = make_float4(0, 0, 0, 0);
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const float c = fast_exp2(s_m[w][h] - ref);
+    lb += c * s_l[w][h];
+    ob = scale_add(ob, 1.0f, *reinterpret_cast<const float4*>(&s_o[w][h][d]), c);
+  }
+  // After the ring: the last split's blocks are resident while the others still stream.
+  float* recv_o = reinterpret_cast<float*>(smem + Ring<kRing, kLdmatrix>::kBytes);
+  float* recv_m = recv_o + (kClusterMaxSplits - 1) * G * D;
+  float* recv_l = recv_m + (kClusterMaxSplits - 1) * G;
+  const int last = n_used - 1;  // its rank in the cluster: the cluster's x is the split
+  if (split != last) {
+    cluster_wait_acquire();  // every block of the cluster has initialized its barrier
+    const uint32_t bar = cluster_map(shared_address(recv_full), last);
+    st_async(cluster_map(shared_address(recv_o + (split * G + h) * D + d), last), ob, bar);
+    if (d == 0) {
+      st_async(cluster_map(shared_address(recv_m + split * G + h), last), mb, bar);
+      st_async(cluster_map(shared_address(recv_l + split * G + h), last), lb, bar);
+    }
+    trace.at(kTraceWritten);
+    trace.end();
+    return;
+  }
+  if (threadIdx.x == 0)
+    mbar_arrive_expect_tx(recv_full, uint32_t(last * cluster_part_bytes<D, G>()));
+  trace.at(kTraceWritten);
+  mbar_wait_cluster(recv_full, 0);
+  trace.at(kTraceArrived);
+  float mm = -INFINITY, lm = 0.0f;
+  float4 om = make_float4(0, 0, 0, 0);
+#pragma unroll kClusterMaxSplits
+  for (int i = 0; i < last; ++i) {
+    const float ms = recv_m[i * G + h], ls = recv_l[i * G + h];
+    const float4 os = *reinterpret_cast<const float4*>(recv_o + (i * G + h) * D + d);
+    const float m_new = fmaxf(mm, ms);
+    const float c_old = fast_exp2(mm - m_new), c_new = fast_exp2(ms - m_new);
+    lm = lm * c_old + ls * c_new;
+    om = scale_add(om, c_old, os, c_new);
+    mm = m_new;
+  }
+  const float m_new = fmaxf(mm, mb);
+  const float c_old = fast_exp2(mm - m_new), c_new = fast_exp2(mb - m_new);
+  write_final<D>(a, out_row0 + h, d, scale_add(om, c_old, ob, c_new), lm * c_old + lb * c_new,
+                 m_new);
+  trace.role(kTraceFinalMerger);
+  trace.at(kTraceMerged);
+  trace.end();
+}
+
 // kPrologue: the variant for plans with a prologue; without, the kernel is the register
 // loop alone, with the register budget to itself (one kernel with both paths cost the
 // H200 2% at long contexts: the loop recomputed indices it could no longer keep).
@@ -1122,7 +1252,7 @@ __device__ __forceinline__ void merge(const KernelArgs& a, size_t first, int cou
 // kLdmatrix: plan.ring_ldmatrix (ring variants only): the steps read their stages with
 // ldmatrix (Ring, ring_load_step, ring_mma_step).
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma, int kRing = 0,
-          bool kStagedMerge = false, bool kLdmatrix = false>
+          bool kStagedMerge = false, bool kLdmatrix = false, bool kClusterMerge = false>
 __global__ void __launch_bounds__(kThreads,
                                   kRing > 0 ? Ring<(kRing > 0 ? kRing : 1), kLdmatrix>::kBlocksPerSm
                                   : kMma    ? kMmaBlocksPerSm
@@ -1132,6 +1262,8 @@ __global__ void __launch_bounds__(kThreads,
   static_assert(kRing == 0 || (kMma && !kPrologue), "the ring feeds the tensor-core steps");
   static_assert(!kStagedMerge || kRing > 0, "the staged merge uses the ring's shared memory");
   static_assert(!kLdmatrix || kRing > 0, "ldmatrix reads the ring's stages");
+  static_assert(!kClusterMerge || (kRing > 0 && !kStagedMerge && G * D / 4 == kThreads),
+                "the cluster merge: ring variants with the register merge, one chunk a thread");
   using T = Tile<D, G>;
   constexpr int kLanes = T::kLanesPerRow;
   constexpr int kChunks = G * D / 4;  // float4 chunks of one (seq, kv head) output
@@ -1147,6 +1279,17 @@ __global__ void __launch_bounds__(kThreads,
   // (batch 1 x 6k 9.93 -> 10.15, x 32k 43.78 -> 44.08, GQA 8 x 8k 11.35 -> 11.52;
   // bench/RESULTS.md).
   constexpr bool kRingZeroFill = kLdmatrix || !kStagedMerge;
+
+  // The cluster merge's receiving barrier, initialized in every block before the cluster
+  // arrival that the senders wait for before their first store into another block.
+  [[maybe_unused]] __shared__ uint64_t recv_full;
+  if constexpr (kClusterMerge) {
+    if (threadIdx.x == 0) {
+      mbar_init(&recv_full, 1);
+      fence_mbar_init();
+    }
+    cluster_arrive_release();
+  }
 
   // Without the overlap guarantee nothing is read before the previous kernel completes.
   if (!a.overlap_previous_kernel) {
@@ -1402,6 +1545,13 @@ __global__ void __launch_bounds__(kThreads,
   __syncthreads();
   trace.at(kTraceComputed);
   const size_t pair = size_t(seq) * a.num_kv_heads + kvh;
+  if constexpr (kClusterMerge) {
+    if (n_used > 1) {
+      cluster_merge_block<D, G, kRing, kLdmatrix>(a, smem, &recv_full, split, n_used, out_row0, s_o,
+                                                  s_m, s_l, trace);
+      return;
+    }
+  }
   for (int e = threadIdx.x; e < kChunks; e += kThreads) {
     const int h = e / (D / 4), d = e % (D / 4) * 4;
     float mb = -INFINITY;
@@ -1561,19 +1711,26 @@ bool aligned(const void* ptr, size_t bytes) {
 }
 
 template <int D, int G, bool kPrologue, bool kOneBlock, bool kMma = false, int kRing = 0,
-          bool kStagedMerge = false, bool kLdmatrix = false>
+          bool kStagedMerge = false, bool kLdmatrix = false, bool kClusterMerge = false>
 void launch_variant(const KernelArgs& args, dim3 grid, cudaStream_t stream) {
   // Above 48 KiB of shared memory (static, under 8 KiB here, plus dynamic) a kernel must opt
   // in, per device: set it on every launch (cheap, and not on the path of graph replays).
   using T = Tile<D, G>;
   int smem = std::max(args.prologue_tiles * 2 * T::kTileBytes, T::kMergeBytes);
   if constexpr (kRing > 0) smem = std::max(smem, Ring<kRing, kLdmatrix>::kBytes);
-  const auto kernel =
-      decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing, kStagedMerge, kLdmatrix>;
+  if constexpr (kClusterMerge) smem = Ring<kRing, kLdmatrix>::kBytes + cluster_recv_bytes<D, G>();
+  const auto kernel = decode_attention_kernel<D, G, kPrologue, kOneBlock, kMma, kRing, kStagedMerge,
+                                              kLdmatrix, kClusterMerge>;
   if (smem > 48 * 1024 - kSmemPerBlockExtra) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
-  launch_pdl(kernel, grid, dim3(kThreads), smem, stream, args);
+  // The cluster merge: a sequence's splits for one kv head are one cluster (grid x is the
+  // split: decode_attention allows it with the split-major grid only).
+  if constexpr (kClusterMerge) {
+    launch_pdl_cluster(kernel, grid, dim3(kThreads), smem, stream, grid.x, args);
+  } else {
+    launch_pdl(kernel, grid, dim3(kThreads), smem, stream, args);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -1616,6 +1773,15 @@ bool tensor_core_shape(const DecodeAttentionParams& p) {
 template <int D, int G, bool kLdmatrix>
 void launch_ring(const KernelArgs& args, const DecodeAttentionPlan& plan, dim3 grid,
                  cudaStream_t stream) {
+  if constexpr (G * D / 4 == kThreads) {  // GQA 4 (decode_attention checks the plan)
+    if (plan.cluster_merge) {
+      return plan.ring_stages == 2
+                 ? launch_variant<D, G, false, true, true, 2, false, kLdmatrix, true>(args, grid,
+                                                                                      stream)
+                 : launch_variant<D, G, false, true, true, 3, false, kLdmatrix, true>(args, grid,
+                                                                                      stream);
+    }
+  }
   if (plan.ring_stages == 2) {
     return plan.staged_merge
                ? launch_variant<D, G, false, true, true, 2, true, kLdmatrix>(args, grid, stream)
@@ -1686,6 +1852,24 @@ bool staged_merge(const DecodeAttentionParams& p, const DecodeAttentionPlan& pla
 // plans keep the register steps.
 bool ring_ldmatrix(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan) {
   return plan.ring_stages > 0 && (p.num_seqs > 1 || plan.num_splits < kLdmatrixMaxSplitsBatch1);
+}
+
+// Whether a plan can take the cluster merge (plan.cluster_merge): what the kernel supports.
+bool cluster_merge_supported(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan) {
+  return plan.ring_stages > 0 && !plan.staged_merge && !plan.kv_heads_adjacent &&
+         plan.num_splits >= 2 && plan.num_splits <= kClusterMaxSplits && p.head_dim == 128 &&
+         p.num_q_heads == 4 * p.num_kv_heads;
+}
+
+// Whether a plan takes the cluster merge: at batch 1, wherever it can. After the last split's
+// steps it leaves one push into shared memory and a merge from it, instead of the partial's
+// store and release, the atomic's round trip and the merge's loads through an L2 that the
+// next layer's early loads keep busy (H100, in-run against the register merge, per layer in a
+// graph, bench/RESULTS.md): batch 1 x 768 4.29 -> 3.52 us, x 1k 4.40 -> 3.64, x 1.5k 4.86 ->
+// 4.53, x 2k 5.25 -> 4.74. Batches of 2 and more lose: batch 2 x 1k 5.20 -> 5.27, batch 4 x
+// 1k 8.12 -> 10.52, batch 8 x 512 8.45 -> 10.37 (why was not traced).
+bool cluster_merge(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan) {
+  return p.num_seqs == 1 && cluster_merge_supported(p, plan);
 }
 
 // A split streamed whole into shared memory takes the latency of its loads off the
@@ -1833,6 +2017,7 @@ DecodeAttentionPlan plan_decode_attention(const DecodeAttentionParams& p, int nu
   plan.ring_ldmatrix = ring_ldmatrix(p, plan);
   plan.kv_heads_adjacent =
       int64_t(p.num_seqs) * p.max_context_len >= kKvHeadsAdjacentMinBatchTokens;
+  plan.cluster_merge = cluster_merge(p, plan);
   plan.workspace_bytes = workspace_layout(p, plan.num_splits).total;
   return plan;
 }
@@ -1880,6 +2065,11 @@ void decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan&
   }
   if (plan.staged_merge && plan.ring_stages == 0) {
     fail("plan.staged_merge needs plan.ring_stages (it merges through the ring's shared memory)");
+  }
+  if (plan.cluster_merge && !cluster_merge_supported(p, plan)) {
+    fail("plan.cluster_merge needs plan.ring_stages, 2 to " + std::to_string(kClusterMaxSplits) +
+         " splits, no staged merge, the split-major grid (kv_heads_adjacent off), head_dim 128 "
+         "and GQA 4");
   }
   if (plan.num_splits < 1 || plan.num_splits > kMaxSplits) {
     fail("plan.num_splits " + std::to_string(plan.num_splits) + " is outside [1, " +

@@ -129,6 +129,12 @@ struct DecodeAttentionPlan {
   // same time. Changes no result bit. The plan takes it for large batches and long contexts
   // (plan_decode_attention).
   bool kv_heads_adjacent = false;
+  // Ring plans of 2-8 splits at GQA 4 with the register merge and the split-major grid only:
+  // a sequence's splits for one KV head launch as one thread-block cluster, and every split
+  // but the last pushes its partial into the last split's shared memory, which merges them
+  // there: no atomic and no round trip through L2 after the last split's steps. The plan takes
+  // it at batch 1 (plan_decode_attention); batches of 2 and more lose with it.
+  bool cluster_merge = false;
   size_t workspace_bytes = 0;  // caller allocates this much, zeroed once at allocation
 };
 

@@ -141,7 +141,8 @@ void check_breakdown(double tick_ns, double tolerance_us, bool two_level = false
                                                      {"exit", 0.05},
                                                      {"handoff", period - 2.51 - level2},
                                                      {"spread", 0.06},
-                                                     {"last%", 50.0}};
+                                                     {"last%", 50.0},
+                                                     {"sms", 2.0}};  // kSms
   for (const auto& [name, us] : expected) {
     INFO(name << " tick " << tick_ns << " ns");
     REQUIRE(sum.us.count(name) == 1);

@@ -301,6 +301,36 @@ TEST_CASE("decode_attention plans ldmatrix ring steps", "[cuda-host][decode]") {
   }
 }
 
+// The cluster merge: batch 1 ring plans of 2-8 splits at GQA 4 (the split-major grid, the
+// register merge); nothing else.
+TEST_CASE("decode_attention plans the cluster merge at batch 1", "[cuda-host][decode]") {
+  struct Case {
+    int hq, seqs, len;
+    bool cluster;
+  };
+  for (const Case& c :
+       {Case{32, 1, 768, true}, Case{32, 1, 1024, true}, Case{32, 1, 1536, true},
+        Case{32, 1, 2048, true}, Case{32, 1, 512, false}, Case{32, 1, 3072, false},
+        Case{32, 1, 4096, false}, Case{32, 1, 32768, false}, Case{32, 2, 1024, false},
+        Case{32, 8, 4096, false}, Case{64, 1, 1024, false}, Case{64, 1, 2048, false}}) {
+    const DecodeAttentionPlan plan =
+        plan_decode_attention(params(c.seqs, c.hq, 8, 128, 16, c.len, true), 132);
+    INFO("hq " << c.hq << " seqs " << c.seqs << " len " << c.len << ": " << plan.num_splits
+               << " splits, ring " << plan.ring_stages);
+    CHECK(plan.cluster_merge == c.cluster);
+    if (plan.cluster_merge) {
+      CHECK(plan.ring_stages > 0);
+      CHECK(plan.num_splits >= 2);
+      CHECK(plan.num_splits <= 8);
+      CHECK(!plan.staged_merge);
+      CHECK(!plan.kv_heads_adjacent);
+    }
+  }
+  // Forced splits and plans without the overlap take no ring, hence no cluster merge.
+  CHECK(!plan_decode_attention(params(1, 32, 8, 128, 16, 1024, true), 132, 8).cluster_merge);
+  CHECK(!plan_decode_attention(params(1, 32, 8, 128, 16, 1024, false), 132).cluster_merge);
+}
+
 // One split's KV heads launch next to each other once the batch holds 16384 tokens in all
 // (max context x sequences), whatever the split count or path; smaller batches keep one KV
 // head's splits together.
@@ -490,4 +520,28 @@ TEST_CASE("decode_attention rejects bad shapes and plans before touching the dev
   staged.ring_stages = 0;
   staged.staged_merge = true;
   rejects(p, staged, workspace);
+  // The cluster merge: ring plans of 2-8 splits, the register merge, the split-major grid, GQA
+  // 4 at head dim 128.
+  DecodeAttentionPlan cluster = multi;  // 4 splits
+  cluster.ring_stages = 3;
+  cluster.cluster_merge = true;
+  CHECK_NOTHROW(arbor::cuda::decode_attention(launchable(params(0, 32, 8, 128, 16, 1024, true)),
+                                              cluster, workspace, nullptr));
+  DecodeAttentionPlan bad_cluster = cluster;
+  bad_cluster.ring_stages = 0;
+  rejects(p, bad_cluster, workspace);
+  bad_cluster = cluster;
+  bad_cluster.staged_merge = true;
+  rejects(p, bad_cluster, workspace);
+  bad_cluster = cluster;
+  bad_cluster.kv_heads_adjacent = true;
+  rejects(p, bad_cluster, workspace);
+  for (int splits : {1, 9}) {
+    bad_cluster = cluster;
+    bad_cluster.num_splits = splits;
+    rejects(p, bad_cluster, workspace);
+  }
+  bad = p;
+  bad.num_q_heads = 16;  // GQA 8
+  rejects(bad, cluster, workspace);
 }

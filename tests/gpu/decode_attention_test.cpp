@@ -207,16 +207,25 @@ class GpuCase {
 
   // The ring variant with this many stages (0: as planned), over the whole split: it takes
   // the place of the prologue; staged_merge: its merge through shared memory.
+  // A planned cluster merge is kept only where the forced ring can run it.
   void use_ring(int stages, bool staged_merge = false, bool ldmatrix = false) {
     if (stages == 0) return;
     plan_.prologue_tiles = 0;
     plan_.ring_stages = stages;
     plan_.staged_merge = staged_merge;
     plan_.ring_ldmatrix = ldmatrix;
+    if (staged_merge) plan_.cluster_merge = false;
   }
 
-  // The grid order (plan.kv_heads_adjacent).
-  void set_kv_heads_adjacent(bool adjacent) { plan_.kv_heads_adjacent = adjacent; }
+  // The merge of the splits in a thread-block cluster (plan.cluster_merge, ring plans).
+  void use_cluster_merge(bool on) { plan_.cluster_merge = on; }
+
+  // The grid order (plan.kv_heads_adjacent), both with the merge through L2: the cluster
+  // merge needs the split-major grid.
+  void set_kv_heads_adjacent(bool adjacent) {
+    plan_.kv_heads_adjacent = adjacent;
+    plan_.cluster_merge = false;
+  }
 
   // New device-side lengths (each at most what the cache was filled for).
   void set_lens(const std::vector<int>& lens) {
@@ -332,7 +341,8 @@ std::string describe(const Inputs& in, const std::vector<int>& lens,
      << " block_size=" << in.shape.bs << " plan.num_splits=" << plan.num_splits
      << " plan.prologue_tiles=" << plan.prologue_tiles << " plan.ring_stages=" << plan.ring_stages
      << " plan.staged_merge=" << plan.staged_merge << " plan.ring_ldmatrix=" << plan.ring_ldmatrix
-     << " plan.kv_heads_adjacent=" << plan.kv_heads_adjacent << " lens=[";
+     << " plan.kv_heads_adjacent=" << plan.kv_heads_adjacent
+     << " plan.cluster_merge=" << plan.cluster_merge << " lens=[";
   for (size_t i = 0; i < lens.size() && i < 16; ++i) ss << (i ? "," : "") << lens[i];
   if (lens.size() > 16) ss << ",... (" << lens.size() << " sequences)";
   ss << "]";
@@ -511,6 +521,68 @@ TEST_CASE("decode_attention's ring variant matches the CPU reference", "[gpu][de
   // partials (1248 tokens in 39 splits of 32) take two or three batches.
   for (const Shape& shape : {Shape{16, 2, 128, 16}, Shape{8, 2, 128, 16}}) {
     run_and_check(shape, {1248, 1000, 0}, {32, 39}, /*with_f32=*/true, seed++, {2, 3});
+  }
+}
+
+// The cluster merge (plan.cluster_merge: ring plans of 2-8 splits at GQA 4, planned at batch
+// 1): the splits of a (sequence, kv head) push their partials into the last used split's
+// shared memory. Batches with empty and one-split sequences and idle splits (lengths shorter
+// than the plan's splits), 2 to 8 splits, both ring depths and both kinds of steps, with and
+// without the overlap, against the CPU reference and against the merge through L2, which uses
+// the same formulas in the same order: they agree to fp32 rounding (the compiler may contract
+// the two differently into FMAs).
+TEST_CASE("decode_attention's cluster merge matches the CPU reference and the merge through L2",
+          "[gpu][decode]") {
+  const auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (std::isinf(a[i]) || std::isinf(b[i])) {  // empty contexts: lse = -inf in both
+        if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
+        continue;
+      }
+      worst =
+          std::max(worst, std::abs(double(a[i]) - b[i]) / std::max(1.0, std::abs(double(a[i]))));
+    }
+    return worst;
+  };
+  uint64_t seed = 1200;
+  struct Case {
+    Shape shape;
+    std::vector<int> lens;
+  };
+  for (const Case& c : {Case{Shape{32, 8, 128, 16}, {1024}}, Case{Shape{32, 8, 128, 16}, {2048}},
+                        Case{Shape{32, 8, 128, 16}, {0, 1, 17, 129, 640, 1000, 2047}},
+                        Case{Shape{16, 4, 128, 64}, {333, 64, 1, 0, 1500}},
+                        Case{Shape{8, 2, 128, 16}, {4097, 15, 768}}}) {
+    const Inputs in = make_inputs(c.shape, c.lens, seed++);
+    const Reference ref = cpu_reference(in, c.lens);
+    for (int splits : {0, 2, 3, 5, 8}) {
+      for (int ring : {2, 3}) {
+        for (bool ldmatrix : {false, true}) {
+          for (bool overlap : {false, true}) {
+            GpuCase l2(in, true, splits, -1, overlap), cluster(in, true, splits, -1, overlap);
+            l2.use_ring(ring, false, ldmatrix);
+            cluster.use_ring(ring, false, ldmatrix);
+            l2.use_cluster_merge(false);
+            cluster.use_cluster_merge(true);
+            const std::string what = describe(in, c.lens, cluster.plan()) +
+                                     " force_splits=" + std::to_string(splits) +
+                                     " overlap=" + std::to_string(overlap);
+            if (cluster.plan().num_splits < 2 || cluster.plan().num_splits > 8) {
+              INFO(what);
+              CHECK_THROWS_AS(cluster.run(), std::invalid_argument);
+              continue;
+            }
+            const Outputs a = l2.run(), b = cluster.run();
+            check_outputs(in, c.lens, ref, b, what);
+            INFO(what);
+            CHECK(close(a.out_f32, b.out_f32) < 1e-5);
+            CHECK(close(a.lse, b.lse) < 1e-5);
+          }
+        }
+      }
+    }
   }
 }
 
