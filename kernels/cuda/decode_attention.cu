@@ -984,22 +984,6 @@ __device__ __forceinline__ void st_async(uint32_t dst, float v, uint32_t bar) {
       "f"(v), "r"(bar)
       : "memory");
 }
-// mbar_wait with cluster-scope acquire: what other blocks stored is visible after it.
-__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t parity) {
-  const uint32_t addr = shared_address(bar);
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity)
-        : "memory");
-  } while (!done);
-}
 // A cluster merge's most splits (the portable cluster size), and the shared memory after the
 // ring in which the last split receives the others' partials: [slot][G][D] o, then [slot][G]
 // m and l. With 3 stages and GQA 4, two blocks still fit an SM.
@@ -1171,6 +1155,28 @@ __device__ __forceinline__ void merge(const KernelArgs& a, size_t first, int cou
   }
 }
 
+// The block's partial of chunk (h, d): its warps' (m, l, o) from shared memory, rescaled to
+// their largest m. Warp 0 always has the split's first token, so m is finite; guarded anyway.
+struct BlockPart {
+  float m, l;
+  float4 o;
+};
+template <int D, int G>
+__device__ __forceinline__ BlockPart reduce_warps(const float (*s_o)[G][D], const float (*s_m)[G],
+                                                  const float (*s_l)[G], int h, int d) {
+  BlockPart b{-INFINITY, 0.0f, make_float4(0, 0, 0, 0)};
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) b.m = fmaxf(b.m, s_m[w][h]);
+  const float ref = b.m == -INFINITY ? 0.0f : b.m;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const float c = fast_exp2(s_m[w][h] - ref);
+    b.l += c * s_l[w][h];
+    b.o = scale_add(b.o, 1.0f, *reinterpret_cast<const float4*>(&s_o[w][h][d]), c);
+  }
+  return b;
+}
+
 // The end of a cluster merge's block (plan.cluster_merge, n_used > 1): the warps' partials
 // in s_o, s_m, s_l merge into the block's (one chunk a thread, as in the kernel's loop); every
 // split but the last used pushes it into the last one's receiving slots and leaves; the last
@@ -1184,18 +1190,7 @@ __device__ __forceinline__ void cluster_merge_block(const KernelArgs& a, unsigne
                                                     BlockTrace& trace) {
   const int e = threadIdx.x;  // the kernel's static_assert: one chunk a thread
   const int h = e / (D / 4), d = e % (D / 4) * 4;
-  float mb = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) mb = fmaxf(mb, s_m[w][h]);
-  const float ref = mb == -INFINITY ? 0.0f : mb;
-  float lb = 0.0f;
-  float4 ob = make_float4(0, 0, 0, 0);
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) {
-    const float c = fast_exp2(s_m[w][h] - ref);
-    lb += c * s_l[w][h];
-    ob = scale_add(ob, 1.0f, *reinterpret_cast<const float4*>(&s_o[w][h][d]), c);
-  }
+  const auto [mb, lb, ob] = reduce_warps<D, G>(s_o, s_m, s_l, h, d);
   // After the ring: the last split's blocks are resident while the others still stream.
   float* recv_o = reinterpret_cast<float*>(smem + Ring<kRing, kLdmatrix>::kBytes);
   float* recv_m = recv_o + (kClusterMaxSplits - 1) * G * D;
@@ -1216,7 +1211,7 @@ __device__ __forceinline__ void cluster_merge_block(const KernelArgs& a, unsigne
   if (threadIdx.x == 0)
     mbar_arrive_expect_tx(recv_full, uint32_t(last * cluster_part_bytes<D, G>()));
   trace.at(kTraceWritten);
-  mbar_wait_cluster(recv_full, 0);
+  mbar_wait<true>(recv_full, 0);
   trace.at(kTraceArrived);
   float mm = -INFINITY, lm = 0.0f;
   float4 om = make_float4(0, 0, 0, 0);
@@ -1554,19 +1549,7 @@ __global__ void __launch_bounds__(kThreads,
   }
   for (int e = threadIdx.x; e < kChunks; e += kThreads) {
     const int h = e / (D / 4), d = e % (D / 4) * 4;
-    float mb = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mb = fmaxf(mb, s_m[w][h]);
-    // Warp 0 always has the split's first token, so mb is finite; guard anyway.
-    const float ref = mb == -INFINITY ? 0.0f : mb;
-    float lb = 0.0f;
-    float4 ob = make_float4(0, 0, 0, 0);
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float c = fast_exp2(s_m[w][h] - ref);
-      lb += c * s_l[w][h];
-      ob = scale_add(ob, 1.0f, *reinterpret_cast<const float4*>(&s_o[w][h][d]), c);
-    }
+    const auto [mb, lb, ob] = reduce_warps<D, G>(s_o, s_m, s_l, h, d);
     if (n_used == 1) {
       write_final<D>(a, out_row0 + h, d, ob, lb, mb);
     } else {

@@ -419,6 +419,21 @@ void check_outputs(const Inputs& in, const std::vector<int>& lens, const Referen
   CHECK(rel < 5e-3);
 }
 
+// The largest difference between two results, relative where |a| > 1; infinite where only
+// one side is infinite (lse of an empty context is -inf in both).
+double worst_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isinf(a[i]) || std::isinf(b[i])) {
+      if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
+      continue;
+    }
+    worst = std::max(worst, std::abs(double(a[i]) - b[i]) / std::max(1.0, std::abs(double(a[i]))));
+  }
+  return worst;
+}
+
 // Builds inputs once, then for each split setting runs the kernel and compares with the CPU.
 // rings: ring stages to run each setting with (0: as planned), each with both merges (the
 // register loads' and the staged one through the ring's shared memory) and both kinds of steps
@@ -533,19 +548,6 @@ TEST_CASE("decode_attention's ring variant matches the CPU reference", "[gpu][de
 // the two differently into FMAs).
 TEST_CASE("decode_attention's cluster merge matches the CPU reference and the merge through L2",
           "[gpu][decode]") {
-  const auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
-    REQUIRE(a.size() == b.size());
-    double worst = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      if (std::isinf(a[i]) || std::isinf(b[i])) {  // empty contexts: lse = -inf in both
-        if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
-        continue;
-      }
-      worst =
-          std::max(worst, std::abs(double(a[i]) - b[i]) / std::max(1.0, std::abs(double(a[i]))));
-    }
-    return worst;
-  };
   uint64_t seed = 1200;
   struct Case {
     Shape shape;
@@ -577,8 +579,8 @@ TEST_CASE("decode_attention's cluster merge matches the CPU reference and the me
             const Outputs a = l2.run(), b = cluster.run();
             check_outputs(in, c.lens, ref, b, what);
             INFO(what);
-            CHECK(close(a.out_f32, b.out_f32) < 1e-5);
-            CHECK(close(a.lse, b.lse) < 1e-5);
+            CHECK(worst_difference(a.out_f32, b.out_f32) < 1e-5);
+            CHECK(worst_difference(a.lse, b.lse) < 1e-5);
           }
         }
       }
@@ -681,19 +683,6 @@ TEST_CASE(
 TEST_CASE("decode_attention's staged merge matches the register merge to fp32 rounding",
           "[gpu][decode]") {
   uint64_t seed = 950;
-  const auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
-    REQUIRE(a.size() == b.size());
-    double worst = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      if (std::isinf(a[i]) || std::isinf(b[i])) {  // empty contexts: lse = -inf in both
-        if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
-        continue;
-      }
-      worst =
-          std::max(worst, std::abs(double(a[i]) - b[i]) / std::max(1.0, std::abs(double(a[i]))));
-    }
-    return worst;
-  };
   for (const Shape& shape : {Shape{32, 8, 128, 16}, Shape{16, 2, 128, 16}}) {
     const std::vector<int> lens = {4097, 1000, 0, 129};
     const Inputs in = make_inputs(shape, lens, seed++);
@@ -704,8 +693,8 @@ TEST_CASE("decode_attention's staged merge matches the register merge to fp32 ro
         staged.use_ring(ring, true);
         const Outputs a = registers.run(), b = staged.run();
         INFO("hq " << shape.hq << " splits " << splits << " ring " << ring);
-        CHECK(close(a.out_f32, b.out_f32) < 1e-5);
-        CHECK(close(a.lse, b.lse) < 1e-5);
+        CHECK(worst_difference(a.out_f32, b.out_f32) < 1e-5);
+        CHECK(worst_difference(a.lse, b.lse) < 1e-5);
       }
     }
   }
