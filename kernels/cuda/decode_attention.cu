@@ -955,8 +955,8 @@ __device__ __forceinline__ bool arrive_last(int* counter, int expected) {
 // thread-block cluster; every split but the last used pushes its partial into the last one's
 // shared memory with st.async, counted on that block's mbarrier, and the last split merges
 // from its own shared memory. No workspace, no atomic and no L2 round trip: the last split,
-// which reads the sequence's last row after the wait, is the one that finishes last in ~95%
-// of layers (the block timelines), so it usually finds the others' partials there.
+// which reads the sequence's last row after the wait, finishes last in ~95% of batch 1 x 1k
+// layers (the block timelines), so it usually finds the others' partials there.
 __device__ __forceinline__ void cluster_arrive_release() {
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 }
@@ -1191,7 +1191,8 @@ __device__ __forceinline__ void cluster_merge_block(const KernelArgs& a, unsigne
   const int e = threadIdx.x;  // the kernel's static_assert: one chunk a thread
   const int h = e / (D / 4), d = e % (D / 4) * 4;
   const auto [mb, lb, ob] = reduce_warps<D, G>(s_o, s_m, s_l, h, d);
-  // After the ring: the last split's blocks are resident while the others still stream.
+  // The receiving slots lie after the ring, which the last split may still be reading when
+  // the others push.
   float* recv_o = reinterpret_cast<float*>(smem + Ring<kRing, kLdmatrix>::kBytes);
   float* recv_m = recv_o + (kClusterMaxSplits - 1) * G * D;
   float* recv_l = recv_m + (kClusterMaxSplits - 1) * G;
